@@ -1,0 +1,144 @@
+"""timm backbones: creation by name, starting weights (random, pretrained, local file), a new classifier,
+and the data config (input size, normalisation) the model expects."""
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+from .errors import UserError
+from .recipe import DataCfg, ModelCfg
+
+
+def check_name(name: str) -> None:
+    """Refuse an unknown timm model name, suggesting the closest ones."""
+    base = name.split(".", 1)[0]  # timm accepts name.pretrained_tag
+    if timm.is_model(base):
+        return
+    close = difflib.get_close_matches(base, timm.list_models(), n=3, cutoff=0.6)
+    hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+    raise UserError(f"unknown timm model '{name}'{hint}")
+
+
+def build(cfg: ModelCfg, num_classes: int, seed: int = 0) -> tuple[nn.Module, Callable[[], nn.Module]]:
+    """Create the model with a new `num_classes` classifier, seeded; load its starting weights.
+
+    Returns (model, init_model): init_model() builds the same architecture at its own random init,
+    which strategies use to re-draw fixed weights (`fixed: random`).
+    """
+    check_name(cfg.name)
+
+    def create(pretrained: bool) -> nn.Module:
+        try:
+            return timm.create_model(cfg.name, pretrained=pretrained, num_classes=num_classes, **cfg.kwargs)
+        except TypeError as e:
+            raise UserError(f"model.kwargs not accepted by {cfg.name}: {e}") from None
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        try:
+            model = create(cfg.pretrained)
+        except UserError:
+            raise
+        except Exception as e:  # the Hub is unreachable and the weights are not cached, or similar
+            if not cfg.pretrained:
+                raise
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserError(f"could not load pretrained weights for '{cfg.name}' ({first}); "
+                            "check the network or the Hugging Face cache, or set model.checkpoint") from None
+    if cfg.checkpoint:
+        load_checkpoint(model, cfg.checkpoint)
+
+    def init_model() -> nn.Module:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return create(False)
+
+    return model, init_model
+
+
+def classifier_params(model: nn.Module) -> set[str]:
+    """Names of the classifier's parameters (timm's get_classifier(); else the last Linear)."""
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    if isinstance(head, nn.Module) and any(True for _ in head.parameters()):
+        for name, module in model.named_modules():
+            if module is head:
+                return {f"{name}.{p}" if name else p for p, _ in head.named_parameters()}
+    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        return set()
+    return {f"{linears[-1]}.{p}" for p, _ in model.get_submodule(linears[-1]).named_parameters()}
+
+
+def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state dict from .safetensors or a torch file (weights_only: never unpickles code)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint file not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise UserError(f"cannot read checkpoint {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    for key in ("state_dict", "model", "state_dict_ema"):  # common training-checkpoint wrappers
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"checkpoint {path} does not hold a state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def load_checkpoint(model: nn.Module, path: str | Path) -> None:
+    """Load local starting weights; the classifier is kept new when its shape differs (new classes)."""
+    state = read_weights(path)
+    own = model.state_dict()
+    head = classifier_params(model)
+    for key in head:  # adapting to the new number of classes, as timm's pretrained loading does
+        if key in state and key in own and state[key].shape != own[key].shape:
+            del state[key]
+    missing = [k for k in own if k not in state and k not in head]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)} vs model {tuple(own[k].shape)}" for k in state
+              if k in own and state[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {_few(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys {_few(unexpected)}")
+        if shapes:
+            parts.append(f"shape mismatch {_few(shapes)}")
+        raise UserError(f"checkpoint {path} does not fit {model.default_cfg.get('architecture', '')}: " + "; ".join(parts))
+    model.load_state_dict(state, strict=False)
+
+
+def _few(items: list[str], n: int = 3) -> str:
+    more = f" and {len(items) - n} more" if len(items) > n else ""
+    return ", ".join(items[:n]) + more
+
+
+def data_config(model: nn.Module, cfg: DataCfg) -> dict:
+    """timm's data config for the model (input size, interpolation, mean, std, crop), recipe overrides applied."""
+    from timm.data import resolve_model_data_config
+
+    config = dict(resolve_model_data_config(model))
+    if cfg.input_size is not None:
+        size = cfg.input_size
+        config["input_size"] = (3, size, size) if isinstance(size, int) else (3, *size[-2:])
+    for key in ("mean", "std"):
+        if getattr(cfg, key) is not None:
+            config[key] = tuple(getattr(cfg, key))
+    if cfg.interpolation is not None:
+        config["interpolation"] = cfg.interpolation
+    if cfg.crop_pct is not None:
+        config["crop_pct"] = cfg.crop_pct
+    return config

@@ -1,0 +1,190 @@
+"""Partly learned weights: a trainable slice plus a frozen remainder, never a gradient mask.
+
+`make_partial(module, axis, learned_index)` replaces a module's `weight` Parameter with
+  - `weight_learned`: an nn.Parameter holding the learned slice (the only thing an optimizer sees),
+  - `weight_fixed`:   a buffer holding the fixed slice (no grad, no weight decay, no momentum),
+and swaps the module's class for a subclass of its own class (isinstance checks keep working) whose
+`weight` is a property that joins the two. Layers whose forward only calls `self.weight` (any conv,
+timm's StdConv2d, ...) just work. Plain nn.Conv2d (groups=1) and nn.Linear sliced along out or in
+channels use a split forward instead: the learned and the fixed slice run as two convolutions (or
+matmuls), so autograd computes a weight gradient for the learned slice only.
+
+The module's state dict keeps timm's layout (`<name>.weight` holds the full, joined tensor), so
+checkpoints, `load_state_dict` and export round-trip with plain timm models.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+AXES = ("out", "in", "spatial")
+
+
+def axis_size(weight_shape: torch.Size, axis: str) -> int:
+    """How many slices the weight has along `axis` (out filters, in channels, kernel positions)."""
+    if axis == "out":
+        return weight_shape[0]
+    if axis == "in":
+        return weight_shape[1] if len(weight_shape) > 1 else 1
+    if axis == "spatial":
+        size = 1
+        for s in weight_shape[2:]:
+            size *= s
+        return size
+    raise ValueError(f"unknown axis {axis!r}")
+
+
+def _view(weight: torch.Tensor, axis: str) -> tuple[torch.Tensor, int]:
+    """The weight viewed so that `axis` is one dimension; returns (view, dim)."""
+    if axis == "spatial":
+        return weight.reshape(weight.shape[0], weight.shape[1], -1), 2
+    return weight, {"out": 0, "in": 1}[axis]
+
+
+def is_partial(module: nn.Module) -> bool:
+    return isinstance(module, _PartialWeight)
+
+
+def make_partial(module: nn.Module, axis: str, learned_index: torch.Tensor,
+                 fixed_source: torch.Tensor | None = None) -> None:
+    """Split `module.weight` along `axis`: entries at `learned_index` learn, the rest stay fixed.
+
+    `fixed_source` (same shape as the weight) gives the values of the fixed part; default: the current
+    weight. The learned part starts from the current weight.
+    """
+    weight = module.weight
+    if is_partial(module):
+        raise ValueError("module is already partial")
+    n = axis_size(weight.shape, axis)
+    learned_index = torch.as_tensor(learned_index, dtype=torch.long).flatten().sort().values
+    if learned_index.numel() == 0 or learned_index.numel() >= n:
+        raise ValueError("learned_index must select some, but not all, slices")
+    mask = torch.ones(n, dtype=torch.bool)
+    mask[learned_index] = False
+    fixed_index = mask.nonzero().flatten()
+    source = weight if fixed_source is None else fixed_source
+    with torch.no_grad():
+        view, dim = _view(weight.detach(), axis)
+        learned = view.index_select(dim, learned_index).clone()
+        fixed = _view(source.detach().to(weight.dtype), axis)[0].index_select(dim, fixed_index).clone()
+    order = torch.cat([learned_index, fixed_index])
+    contiguous = bool(torch.equal(order, torch.arange(n)))
+
+    del module._parameters["weight"]
+    module.register_parameter("weight_learned", nn.Parameter(learned))
+    module.register_buffer("weight_fixed", fixed)
+    # structure, not state: rebuilt from the strategy (seeded), so not in the state dict
+    module.register_buffer("partial_learned_index", learned_index, persistent=False)
+    module.register_buffer("partial_fixed_index", fixed_index, persistent=False)
+    module.register_buffer("partial_inverse", None if contiguous else torch.argsort(order), persistent=False)
+    module.partial_axis = axis
+    module.partial_dim = dim
+    module.partial_shape = tuple(weight.shape)
+    module.__class__ = _partial_class(type(module), axis, module)
+
+
+# --------------------------------------------------------------------------------------------
+
+
+class _PartialWeight:
+    """Mixin for a module whose weight is weight_learned (+) weight_fixed."""
+
+    partial_axis: str
+    partial_dim: int
+    partial_shape: tuple
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The full weight (differentiable w.r.t. the learned slice)."""
+        full = torch.cat([self.weight_learned, self.weight_fixed.to(self.weight_learned.dtype)], self.partial_dim)
+        if self.partial_inverse is not None:
+            full = full.index_select(self.partial_dim, self.partial_inverse)
+        return full.reshape(self.partial_shape)
+
+    def partial_counts(self) -> tuple[int, int]:
+        """(learned scalars, total scalars) of this weight."""
+        return self.weight_learned.numel(), self.weight_learned.numel() + self.weight_fixed.numel()
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        # timm layout: the joined weight under `weight`, then everything else but the two parts
+        destination[prefix + "weight"] = self.weight if keep_vars else self.weight.detach()
+        for name, p in self._parameters.items():
+            if p is not None and name != "weight_learned":
+                destination[prefix + name] = p if keep_vars else p.detach()
+        for name, b in self._buffers.items():
+            if b is not None and name != "weight_fixed" and name not in self._non_persistent_buffers_set:
+                destination[prefix + name] = b if keep_vars else b.detach()
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        own = {k: v for k, v in state_dict.items() if k.startswith(prefix) and k != prefix + "weight"}
+        if prefix + "weight" in state_dict:
+            full = state_dict[prefix + "weight"]
+            if tuple(full.shape) != self.partial_shape:
+                error_msgs.append(f"size mismatch for {prefix}weight: copying a param with shape "
+                                  f"{tuple(full.shape)}, the shape in current model is {self.partial_shape}.")
+                return
+            view, dim = _view(full, self.partial_axis)
+            own[prefix + "weight_learned"] = view.index_select(dim, self.partial_learned_index.to(full.device))
+            own[prefix + "weight_fixed"] = view.index_select(dim, self.partial_fixed_index.to(full.device))
+        super()._load_from_state_dict(own, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        for part in ("weight_learned", "weight_fixed"):  # report the timm key, not our internal ones
+            if prefix + part in missing_keys:
+                missing_keys.remove(prefix + part)
+                if prefix + "weight" not in missing_keys:
+                    missing_keys.append(prefix + "weight")
+
+    def _take(self, t: torch.Tensor, which: str, dim: int) -> torch.Tensor:
+        """The learned or fixed slices of an activation/bias along `dim` (a view when contiguous)."""
+        k = self.weight_learned.shape[self.partial_dim]
+        if self.partial_inverse is None:
+            return t.narrow(dim, 0, k) if which == "learned" else t.narrow(dim, k, t.shape[dim] - k)
+        index = self.partial_learned_index if which == "learned" else self.partial_fixed_index
+        return t.index_select(dim, index)
+
+    def _join_out(self, learned: torch.Tensor, fixed: torch.Tensor, dim: int) -> torch.Tensor:
+        out = torch.cat([learned, fixed], dim)
+        return out if self.partial_inverse is None else out.index_select(dim, self.partial_inverse)
+
+
+class _SplitConv2d(_PartialWeight):
+    """nn.Conv2d (groups=1) sliced along out or in: two convolutions, weight grad for one only."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        wl, wf = self.weight_learned, self.weight_fixed.to(self.weight_learned.dtype)
+        if self.partial_axis == "out":
+            bl = None if self.bias is None else self._take(self.bias, "learned", 0)
+            bf = None if self.bias is None else self._take(self.bias, "fixed", 0)
+            return self._join_out(self._conv_forward(x, wl, bl), self._conv_forward(x, wf, bf), 1)
+        return (self._conv_forward(self._take(x, "learned", 1), wl, self.bias)
+                + self._conv_forward(self._take(x, "fixed", 1), wf, None))
+
+
+class _SplitLinear(_PartialWeight):
+    """nn.Linear sliced along out or in: two matmuls, weight grad for the learned one only."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        wl, wf = self.weight_learned, self.weight_fixed.to(self.weight_learned.dtype)
+        if self.partial_axis == "out":
+            bl = None if self.bias is None else self._take(self.bias, "learned", 0)
+            bf = None if self.bias is None else self._take(self.bias, "fixed", 0)
+            return self._join_out(F.linear(x, wl, bl), F.linear(x, wf, bf), -1)
+        return F.linear(self._take(x, "learned", -1), wl, self.bias) + F.linear(self._take(x, "fixed", -1), wf)
+
+
+_CLASSES: dict[tuple[type, type], type] = {}
+
+
+def _partial_class(cls: type, axis: str, module: nn.Module) -> type:
+    mixin: type = _PartialWeight
+    if axis in ("out", "in"):
+        if cls is nn.Conv2d and module.groups == 1:
+            mixin = _SplitConv2d
+        elif cls is nn.Linear:
+            mixin = _SplitLinear
+    key = (cls, mixin)
+    if key not in _CLASSES:
+        _CLASSES[key] = type(f"Partial{cls.__name__}", (mixin, cls), {"__module__": __name__})
+    return _CLASSES[key]

@@ -1,0 +1,308 @@
+"""Recipes: YAML -> typed, validated dataclasses, with `section.key=value` overrides.
+
+A recipe is plain data. It never names code to import; unknown keys are refused with a suggestion;
+the resolved recipe (every default filled in) is saved with each run.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+
+from .errors import UserError, did_you_mean
+
+
+@dataclass
+class ModelCfg:
+    """Which timm backbone, and where its starting weights come from."""
+
+    name: str = "resnet18"
+    pretrained: bool = False  # timm's pretrained weights (Hub or local cache)
+    checkpoint: Optional[str] = None  # local .safetensors/.pth used as starting weights
+    kwargs: dict = field(default_factory=dict)  # passed to timm.create_model (drop_path_rate, ...)
+
+
+@dataclass
+class DataCfg:
+    """Which dataset, which columns and splits, and how images become tensors (timm transforms)."""
+
+    dataset: str = "digits"
+    config: Optional[str] = None  # Hub dataset configuration name
+    image_column: Optional[str] = None  # detected when None
+    label_column: Optional[str] = None  # detected when None
+    train_split: str = "train"
+    val_split: Optional[str] = None  # None: validation, else test, else carved out of train
+    val_fraction: float = 0.1  # used only when the dataset has no validation split
+    max_train_samples: Optional[int] = None
+    max_val_samples: Optional[int] = None
+    num_workers: int = 2
+    # timm data config; None means "resolved from the model" (resolve_model_data_config)
+    input_size: Optional[Union[int, list[int]]] = None
+    mean: Optional[list[float]] = None
+    std: Optional[list[float]] = None
+    interpolation: Optional[str] = None
+    crop_pct: Optional[float] = None
+    # training augmentation (timm create_transform options); augment: false = eval transform
+    augment: bool = True
+    scale: Optional[list[float]] = None
+    ratio: Optional[list[float]] = None
+    hflip: float = 0.5
+    color_jitter: float = 0.0
+    auto_augment: Optional[str] = None
+    re_prob: float = 0.0
+    skip_bad_images: bool = False
+
+
+@dataclass
+class TrainCfg:
+    """The optimisation: timm optimizer and scheduler factories, run length, precision, seed."""
+
+    epochs: int = 1
+    max_steps: Optional[int] = None  # optimizer updates; stops early when reached
+    batch_size: int = 64  # per process
+    eval_batch_size: Optional[int] = None  # default: 2 x batch_size
+    lr: float = 1e-3
+    opt: str = "adamw"  # any timm optimizer name (create_optimizer_v2)
+    weight_decay: float = 0.05
+    momentum: float = 0.9
+    sched: str = "cosine"  # any timm scheduler name (create_scheduler_v2)
+    warmup_epochs: int = 0
+    min_lr: float = 0.0
+    clip_grad: Optional[float] = None  # max gradient norm
+    label_smoothing: float = 0.0
+    grad_accum_steps: int = 1
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    seed: int = 0
+    log_every: int = 10  # steps between progress-bar refreshes of loss / throughput
+    progress: bool = True
+
+
+@dataclass
+class OutputCfg:
+    """Where the run folder goes."""
+
+    dir: Optional[str] = None  # default: runs/<recipe name>
+
+
+SECTIONS: dict[str, type] = {"model": ModelCfg, "data": DataCfg, "train": TrainCfg, "output": OutputCfg}
+ALL_SECTIONS = ["model", "data", "strategy", "train", "output"]
+
+
+@dataclass
+class Recipe:
+    """A whole, validated recipe. `strategy` stays a plain node: the strategy registry validates it."""
+
+    name: str = "recipe"
+    model: ModelCfg = field(default_factory=ModelCfg)
+    data: DataCfg = field(default_factory=DataCfg)
+    strategy: Any = field(default_factory=lambda: {"name": "full"})
+    train: TrainCfg = field(default_factory=TrainCfg)
+    output: OutputCfg = field(default_factory=OutputCfg)
+
+    @property
+    def run_dir(self) -> Path:
+        """The run folder: output.dir, or runs/<recipe name>."""
+        return Path(self.output.dir) if self.output.dir else Path("runs") / self.name
+
+    def to_dict(self) -> dict:
+        """The resolved recipe as plain data, in section order (what recipe.yaml in a run holds)."""
+        out = {s: dataclasses.asdict(getattr(self, s)) for s in ("model", "data")}
+        out["strategy"] = copy.deepcopy(self.strategy)
+        out.update({s: dataclasses.asdict(getattr(self, s)) for s in ("train", "output")})
+        return out
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# --------------------------------------------------------------------------------------------
+# loading
+
+
+def load(path: str | Path, overrides: list[str] = ()) -> Recipe:
+    """Read a recipe file, apply `section.key=value` overrides, validate everything."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"recipe file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise UserError(f"{path}: invalid YAML{where}: {problem}") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: a recipe must be a mapping of sections {ALL_SECTIONS}")
+    raw = apply_overrides(raw, overrides)
+    return from_dict(raw, name=path.stem)
+
+
+def from_dict(raw: dict, name: str = "recipe") -> Recipe:
+    """Build a validated Recipe from plain data (as read from YAML)."""
+    from . import strategies  # the registry validates its own node
+
+    for section in raw:
+        if section not in ALL_SECTIONS:
+            raise UserError(f"unknown recipe section '{section}'{did_you_mean(section, ALL_SECTIONS)}")
+    recipe = Recipe(name=name)
+    for section, cls in SECTIONS.items():
+        node = raw.get(section) or {}
+        if not isinstance(node, dict):
+            raise UserError(f"recipe section '{section}' must be a mapping, got {type(node).__name__}")
+        setattr(recipe, section, _build_section(section, cls, node))
+    if "strategy" in raw and raw["strategy"] is not None:
+        recipe.strategy = raw["strategy"]
+    recipe.strategy = strategies.normalize_spec(recipe.strategy)
+    _check_ranges(recipe)
+    return recipe
+
+
+def _build_section(section: str, cls: type, node: dict) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    values = {}
+    for key, value in node.items():
+        if key not in names:
+            hint = did_you_mean(key, names) or did_you_mean(f"{section}.{key}", _all_keys())
+            raise UserError(f"unknown key '{section}.{key}'{hint}")
+        values[key] = coerce(value, hints[key], f"{section}.{key}")
+    return cls(**values)
+
+
+def _all_keys() -> list[str]:
+    return [f"{s}.{f.name}" for s, c in SECTIONS.items() for f in dataclasses.fields(c)]
+
+
+def coerce(value: Any, hint: Any, where: str) -> Any:
+    """Check `value` against a type hint, converting only where lossless (int -> float, 3 -> [3])."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return coerce(value, arg, where)
+            except UserError as e:
+                errors.append(e)
+        raise UserError(f"{where}: expected {_describe(hint)}, got {value!r}")
+    if origin is Literal:
+        if value in args:
+            return value
+        raise UserError(f"{where}: must be one of {list(args)}, got {value!r}{did_you_mean(value, args)}")
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"{where}: expected a list, got {value!r}")
+        return [coerce(v, args[0], where) for v in value] if args else list(value)
+    if hint is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise UserError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    raise UserError(f"{where}: expected {_describe(hint)}, got {value!r}")
+
+
+def _describe(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args)
+    if origin is list:
+        return f"a list of {_describe(args[0])}" if args else "a list"
+    if hint is type(None):
+        return "null"
+    return {bool: "true/false", int: "an integer", float: "a number", str: "a string", dict: "a mapping"}.get(
+        hint, str(hint)
+    )
+
+
+def _check_ranges(r: Recipe) -> None:
+    """Values that are well-typed but meaningless are user errors too."""
+    checks = [
+        (r.train.epochs >= 1, "train.epochs must be >= 1"),
+        (r.train.max_steps is None or r.train.max_steps >= 1, "train.max_steps must be >= 1"),
+        (r.train.batch_size >= 1, "train.batch_size must be >= 1"),
+        (r.train.eval_batch_size is None or r.train.eval_batch_size >= 1, "train.eval_batch_size must be >= 1"),
+        (r.train.lr > 0, "train.lr must be > 0"),
+        (r.train.weight_decay >= 0, "train.weight_decay must be >= 0"),
+        (r.train.grad_accum_steps >= 1, "train.grad_accum_steps must be >= 1"),
+        (r.train.warmup_epochs >= 0, "train.warmup_epochs must be >= 0"),
+        (r.train.clip_grad is None or r.train.clip_grad > 0, "train.clip_grad must be > 0"),
+        (0 <= r.train.label_smoothing < 1, "train.label_smoothing must be in [0, 1)"),
+        (r.train.log_every >= 1, "train.log_every must be >= 1"),
+        (0 < r.data.val_fraction < 1, "data.val_fraction must be in (0, 1)"),
+        (r.data.num_workers >= 0, "data.num_workers must be >= 0"),
+        (r.data.max_train_samples is None or r.data.max_train_samples >= 1, "data.max_train_samples must be >= 1"),
+        (r.data.max_val_samples is None or r.data.max_val_samples >= 1, "data.max_val_samples must be >= 1"),
+        (0 <= r.data.hflip <= 1, "data.hflip must be in [0, 1]"),
+        (0 <= r.data.re_prob <= 1, "data.re_prob must be in [0, 1]"),
+        (r.data.scale is None or len(r.data.scale) == 2, "data.scale must be [min, max]"),
+        (r.data.ratio is None or len(r.data.ratio) == 2, "data.ratio must be [min, max]"),
+        (not r.model.pretrained or not r.model.checkpoint, "set model.pretrained or model.checkpoint, not both"),
+    ]
+    size = r.data.input_size
+    checks.append((size is None or (isinstance(size, int) and size > 0) or len(size) in (2, 3),
+                   "data.input_size must be an integer, [height, width] or [channels, height, width]"))
+    for ok, message in checks:
+        if not ok:
+            raise UserError(message)
+
+
+# --------------------------------------------------------------------------------------------
+# overrides
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Apply `a.b.c=value` strings (values parsed as YAML) to a raw recipe; returns a new dict."""
+    raw = copy.deepcopy(raw)
+    for item in overrides:
+        if "=" not in item:
+            raise UserError(f"override '{item}' must look like section.key=value")
+        dotted, text = item.split("=", 1)
+        keys = dotted.strip().split(".")
+        if len(keys) < 2 or not all(keys):
+            raise UserError(f"override '{item}' must name section.key (e.g. train.epochs=3)")
+        if keys[0] not in ALL_SECTIONS:
+            raise UserError(f"override '{item}': unknown section '{keys[0]}'{did_you_mean(keys[0], ALL_SECTIONS)}")
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError:
+            value = text  # an unparsable value is taken as a plain string
+        _set_path(raw, keys, value, item)
+    return raw
+
+
+def _set_path(node: Any, keys: list[str], value: Any, item: str) -> None:
+    for i, key in enumerate(keys):
+        last = i == len(keys) - 1
+        if isinstance(node, list):
+            if not key.isdigit() or int(key) >= len(node):
+                raise UserError(f"override '{item}': '{key}' is not an index of a {len(node)}-item list")
+            key = int(key)
+        elif isinstance(node, dict):
+            if not last and node.get(key) is None:
+                node[key] = {}
+        else:
+            raise UserError(f"override '{item}': '{keys[i - 1]}' holds a value, not a section")
+        if last:
+            node[key] = value
+        else:
+            node = node[key]

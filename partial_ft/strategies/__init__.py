@@ -1,0 +1,45 @@
+"""The strategy registry and `apply_strategy`, the one entry point the rest of partial_ft uses."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Optional
+
+from torch import nn
+
+# one line per strategy module: importing it registers its strategies
+from . import basic, bias, block, filters, norm  # noqa: F401
+from .layers import classifier_params, norm_params
+from .plan import LayerRow, Plan, build, merge
+from .registry import (Context, Options, Selection, Strategy, list_strategies, normalize_spec, parse_spec,
+                       register)
+
+__all__ = ["apply_strategy", "list_strategies", "normalize_spec", "register", "Plan", "LayerRow", "Options",
+           "Selection", "Strategy", "Context"]
+
+
+def apply_strategy(model: nn.Module, spec: Any, *, seed: int = 0,
+                   init_model: Optional[Callable[[], nn.Module]] = None) -> Plan:
+    """Make `model` learn only what `spec` (the recipe's strategy node: a mapping, or a list of them
+    whose learned sets are united) selects. Afterwards exactly the learned parameters require grad.
+
+    `seed` drives random selections and random fixed parts; `init_model`, when given, builds a fresh
+    model of the same architecture whose init the `fixed: random` option re-draws from.
+    """
+    options = parse_spec(spec)
+    ctx = Context(seed=seed, init_model=init_model)
+    selections = []
+    for opts in options:
+        strategy = _strategy_of(opts)
+        sel = strategy.fn(model, opts, ctx)
+        if opts.head:
+            sel.whole |= classifier_params(model)
+        if opts.norm:
+            sel.whole |= norm_params(model)
+        selections.append(sel)
+    return build(model, options, merge(selections))
+
+
+def _strategy_of(opts: Options) -> Strategy:
+    from .registry import get
+
+    return get(opts.name)

@@ -1,0 +1,52 @@
+"""Finding the parts of a timm model strategies talk about: classifier, norm layers, weight layers, blocks."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from torch import nn
+
+from ..errors import UserError
+from ..models import classifier_params  # noqa: F401  (re-exported for strategies)
+
+_NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm,
+               nn.modules.instancenorm._InstanceNorm)
+
+
+def is_norm(module: nn.Module) -> bool:
+    """BatchNorm / GroupNorm / LayerNorm and their timm subclasses (BatchNormAct2d, LayerNorm2d, RmsNorm...)."""
+    return isinstance(module, _NORM_TYPES) or type(module).__name__.endswith(("Norm", "Norm1d", "Norm2d", "Norm3d"))
+
+
+def norm_params(model: nn.Module) -> set[str]:
+    """Names of the normalisation layers' affine parameters."""
+    return {f"{name}.{p}" for name, m in model.named_modules() if is_norm(m)
+            for p, _ in m.named_parameters(recurse=False)}
+
+
+def bias_params(model: nn.Module) -> set[str]:
+    """Names of every bias parameter."""
+    return {name for name, _ in model.named_parameters() if name.rsplit(".", 1)[-1] == "bias"}
+
+
+def weight_layers(model: nn.Module, kind: str) -> Iterator[tuple[str, nn.Module]]:
+    """(name, module) of conv and/or linear layers with a weight: kind is conv | linear | all."""
+    for name, m in model.named_modules():
+        if not isinstance(getattr(m, "weight", None), nn.Parameter):
+            continue
+        conv = isinstance(m, nn.modules.conv._ConvNd)
+        linear = isinstance(m, nn.Linear)
+        if (conv and kind in ("conv", "all")) or (linear and kind in ("linear", "all")):
+            yield name, m
+
+
+def blocks(model: nn.Module, coarse: bool = True) -> list[list[str]]:
+    """The model's blocks as timm groups them (stem first), each a list of parameter names; the
+    classifier is left out (the `head` option covers it) and so are groups left empty by that."""
+    from timm.models import group_parameters
+
+    if not hasattr(model, "group_matcher"):
+        raise UserError(f"{type(model).__name__} has no timm group_matcher, so it has no blocks")
+    head = classifier_params(model)
+    groups = group_parameters(model, model.group_matcher(coarse=coarse))
+    out = [[n for n in names if n not in head] for _, names in sorted(groups.items())]
+    return [names for names in out if names]

@@ -1,0 +1,13 @@
+"""`norm` (alias `bn`): only the normalisation layers learn."""
+from __future__ import annotations
+
+from torch import nn
+
+from .layers import norm_params
+from .registry import Context, Options, Selection, register
+
+
+@register("norm", aliases=("bn",))
+def norm(model: nn.Module, opts: Options, ctx: Context) -> Selection:
+    """Only the normalisation layers' affine parameters learn (BatchNorm, LayerNorm, GroupNorm)."""
+    return Selection(whole=norm_params(model))

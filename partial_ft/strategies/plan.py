@@ -1,0 +1,149 @@
+"""Turning strategy selections into a model whose learned parameters are exactly those that require
+grad, and a Plan that reports what learns."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+from ..partial import axis_size, is_partial, make_partial
+from .layers import is_norm
+from .registry import Options, PartialSpec, Selection, describe
+
+
+@dataclass
+class LayerRow:
+    """One row of the per-layer table."""
+
+    name: str
+    kind: str
+    learned: int
+    total: int
+    how: str
+
+
+@dataclass
+class Plan:
+    """What a strategy made learnable: counts, the per-layer table, and the resolved options."""
+
+    options: list[Options]
+    learned: int
+    total: int
+    rows: list[LayerRow] = field(default_factory=list)
+    learned_names: list[str] = field(default_factory=list)
+
+    @property
+    def fraction(self) -> float:
+        return self.learned / self.total if self.total else 0.0
+
+    @property
+    def label(self) -> str:
+        """e.g. 'filters(fraction=0.1, fixed=random)' or 'block(index=middle) + bias'."""
+        return " + ".join(describe(o) for o in self.options)
+
+    def table(self) -> str:
+        """The per-layer table as aligned text."""
+        width = max([len(r.name) for r in self.rows] + [5])
+        lines = [f"{'layer':<{width}}  {'type':<16} {'learned':>10} {'total':>10}  how"]
+        for r in self.rows:
+            lines.append(f"{r.name:<{width}}  {r.kind[:16]:<16} {r.learned:>10,} {r.total:>10,}  {r.how}")
+        lines.append(f"{'total':<{width}}  {'':<16} {self.learned:>10,} {self.total:>10,}  "
+                     f"{100 * self.fraction:.3g}% learned")
+        return "\n".join(lines)
+
+
+class _FrozenStats:
+    """Mixin for norm layers whose running statistics stay fixed: always in eval mode, as timm's
+    freeze helpers do, while their affine parameters may still learn."""
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.training = False
+        return self
+
+
+_FROZEN: dict[type, type] = {}
+
+
+def freeze_norm_stats(model: nn.Module) -> int:
+    """Keep every BatchNorm's running statistics fixed (eval mode for good); returns how many."""
+    count = 0
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not isinstance(m, _FrozenStats):
+            cls = type(m)
+            _FROZEN.setdefault(cls, type(f"FrozenStats{cls.__name__}", (_FrozenStats, cls), {}))
+            m.__class__ = _FROZEN[cls]
+            m.train(m.training)
+            count += 1
+    return count
+
+
+def merge(selections: list[Selection]) -> Selection:
+    """Union of selections: whole beats partial; two partial slices of one weight must agree on axis."""
+    out = Selection()
+    for sel in selections:
+        out.whole |= sel.whole
+        for name, spec in sel.partial.items():
+            if name in out.partial and out.partial[name].axis != spec.axis:
+                raise UserError(f"strategies slice {name} along both {out.partial[name].axis} and {spec.axis}")
+            if name in out.partial:
+                union = torch.unique(torch.cat([out.partial[name].learned_index, spec.learned_index]))
+                out.partial[name] = PartialSpec(spec.axis, union, out.partial[name].fixed_source)
+            else:
+                out.partial[name] = spec
+    return out
+
+
+def build(model: nn.Module, options: list[Options], selection: Selection) -> Plan:
+    """Freeze everything, then make the selection learnable (partial weights split in place)."""
+    total = sum(p.numel() for p in model.parameters())
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for name, spec in selection.partial.items():
+        if f"{name}.weight" in selection.whole:
+            continue  # learned whole by another strategy of the list
+        module = model.get_submodule(name)
+        if spec.learned_index.numel() >= axis_size(module.weight.shape, spec.axis):
+            selection.whole.add(f"{name}.weight")
+            continue
+        make_partial(module, spec.axis, spec.learned_index, spec.fixed_source)
+        module.weight_learned.requires_grad_(True)
+    params = dict(model.named_parameters())
+    for name in selection.whole:
+        if name in params:
+            params[name].requires_grad_(True)
+    if any(o.norm_stats == "freeze" for o in options):
+        freeze_norm_stats(model)
+    learned_names = [n for n, p in model.named_parameters() if p.requires_grad]
+    learned = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if learned == 0:
+        raise UserError("this strategy learns no parameters (did you set head: false?)")
+    return Plan(options, learned, total, _rows(model), learned_names)
+
+
+def _rows(model: nn.Module) -> list[LayerRow]:
+    rows = []
+    for name, m in model.named_modules():
+        own = list(m.named_parameters(recurse=False))
+        if not own:
+            continue
+        learned = sum(p.numel() for _, p in own if p.requires_grad)
+        total = sum(p.numel() for _, p in own)
+        if is_partial(m):
+            total += m.weight_fixed.numel()
+            k = m.weight_learned.shape[m.partial_dim]
+            size = k + m.weight_fixed.shape[m.partial_dim]
+            how = f"{k}/{size} {m.partial_axis}"
+        elif learned == total:
+            how = "learned"
+        elif learned == 0:
+            how = "fixed"
+        else:
+            how = "learned: " + ", ".join(p for p, t in own if t.requires_grad)
+        kind = type(m).__name__
+        if is_norm(m) and not m.training and isinstance(m, _FrozenStats):
+            how += " (stats frozen)"
+        rows.append(LayerRow(name or "<model>", kind, learned, total, how))
+    return rows
