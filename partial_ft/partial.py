@@ -188,3 +188,20 @@ def _partial_class(cls: type, axis: str, module: nn.Module) -> type:
     if key not in _CLASSES:
         _CLASSES[key] = type(f"Partial{cls.__name__}", (mixin, cls), {"__module__": __name__})
     return _CLASSES[key]
+
+
+def learned_masks(model: nn.Module) -> dict[str, torch.Tensor]:
+    """For every parameter, in timm's state-dict layout (`<module>.weight`, ...), a bool mask of the
+    entries that learn. Partly learned weights get their slice; whole tensors all-True or all-False."""
+    masks: dict[str, torch.Tensor] = {}
+    for prefix, module in model.named_modules():
+        dot = f"{prefix}." if prefix else ""
+        for name, p in module.named_parameters(recurse=False):
+            if name == "weight_learned" and is_partial(module):
+                mask = torch.zeros(module.partial_shape, dtype=torch.bool)
+                view, dim = _view(mask, module.partial_axis)
+                view.index_fill_(dim, module.partial_learned_index.cpu(), True)
+                masks[dot + "weight"] = view.reshape(module.partial_shape)
+            else:
+                masks[dot + name] = torch.full(p.shape, p.requires_grad, dtype=torch.bool)
+    return masks

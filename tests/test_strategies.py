@@ -1,0 +1,230 @@
+"""Every strategy x several architectures: fixed weights never move, counts are exact, optimizer state
+matches what learns, state dicts round-trip into plain timm models."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import timm
+import torch
+from torch import nn
+
+from partial_ft import apply_strategy, list_strategies, merged_state_dict
+from partial_ft.errors import UserError
+from partial_ft.models import classifier_params
+from partial_ft.partial import learned_masks
+from partial_ft.strategies.layers import bias_params, blocks, norm_params
+
+NUM_CLASSES = 7
+ARCHS = {
+    # name: (timm kwargs, input size)
+    "test_resnet": ({}, 32),  # ResNet
+    "densenet121": ({}, 32),  # DenseNet
+    "vgg11_bn": ({"mlp_ratio": 0.0625}, 32),  # VGG with BN (a slim pre-logits MLP keeps it fast)
+    "test_vit": ({"img_size": 32}, 32),  # ViT: LayerNorm, Linear layers, no BatchNorm
+    "test_convnext": ({}, 32),  # ConvNeXt: depthwise convs, LayerNorm2d
+    "test_efficientnet": ({}, 32),  # EfficientNet: depthwise + pointwise convs, BatchNormAct2d
+}
+
+
+def _create(arch: str) -> nn.Module:
+    kwargs, _ = ARCHS[arch]
+    torch.manual_seed(0)
+    return timm.create_model(arch, num_classes=NUM_CLASSES, **kwargs)
+
+
+def _numel(model: nn.Module, names: set[str]) -> int:
+    params = dict(model.named_parameters())
+    return sum(params[n].numel() for n in names)
+
+
+def _filters_expected(model: nn.Module, fraction=None, count=None, dim="out", layers="conv", norm=True) -> int:
+    """Independent count: per sliced layer, k slices of size numel / n."""
+    head = classifier_params(model)
+    total = 0
+    for name, m in model.named_modules():
+        if not isinstance(getattr(m, "weight", None), nn.Parameter) or f"{name}.weight" in head:
+            continue
+        is_conv, is_linear = isinstance(m, nn.modules.conv._ConvNd), isinstance(m, nn.Linear)
+        if not ((is_conv and layers in ("conv", "all")) or (is_linear and layers in ("linear", "all"))):
+            continue
+        shape = m.weight.shape
+        n = {"out": shape[0], "in": shape[1], "spatial": math.prod(shape[2:])}[dim]
+        k = min(n, count) if count else max(1, round(fraction * n))
+        total += k * (m.weight.numel() // n)
+    extra = head | (norm_params(model) if norm else set())
+    return total + _numel(model, extra)
+
+
+def _block_expected(model, index="middle"):
+    groups = blocks(model)
+    i = {"first": 0, "middle": len(groups) // 2, "last": len(groups) - 1}.get(index, index)
+    return _numel(model, set(groups[i]) | classifier_params(model))
+
+
+# strategy spec -> expected learned count (None: only check it is > 0 and < total)
+CASES = {
+    "full": ({"name": "full"}, lambda m: sum(p.numel() for p in m.parameters())),
+    "head": ({"name": "head"}, lambda m: _numel(m, classifier_params(m))),
+    "block": ({"name": "block", "index": "middle"}, _block_expected),
+    "block_last": ({"name": "block", "index": "last", "head": False},
+                   lambda m: _numel(m, set(blocks(m)[-1]))),
+    "filters_out_random": ({"name": "filters", "fraction": 0.1, "fixed": "random", "select": "random"},
+                           lambda m: _filters_expected(m, fraction=0.1)),
+    "filters_in_zero": ({"name": "filters", "fraction": 0.25, "dim": "in", "fixed": "zero"},
+                        lambda m: _filters_expected(m, fraction=0.25, dim="in")),
+    "filters_spatial": ({"name": "filters", "fraction": 0.3, "dim": "spatial", "layers": "all"},
+                        lambda m: _filters_expected(m, fraction=0.3, dim="spatial", layers="all")),
+    "filters_one": ({"name": "filters", "count": 1, "norm": False, "layers": "all"},
+                    lambda m: _filters_expected(m, count=1, layers="all", norm=False)),
+    "norm": ({"name": "norm", "norm_stats": "freeze"}, lambda m: _numel(m, norm_params(m) | classifier_params(m))),
+    "bn_alias": ({"name": "bn"}, lambda m: _numel(m, norm_params(m) | classifier_params(m))),
+    "bias": ({"name": "bias"}, lambda m: _numel(m, bias_params(m) | classifier_params(m))),
+    "union": ([{"name": "block", "index": "first", "head": False}, {"name": "bias"}],
+              lambda m: _numel(m, set(blocks(m)[0]) | bias_params(m) | classifier_params(m))),
+}
+
+
+def test_every_registered_strategy_is_in_the_table():
+    covered = {spec["name"] if isinstance(spec, dict) else spec[0]["name"] for spec, _ in CASES.values()}
+    covered |= {s.name for s in list_strategies() if set(s.aliases) & covered}
+    assert {s.name for s in list_strategies()} <= covered
+
+
+def _train_steps(model: nn.Module, size: int, steps: int = 3) -> torch.optim.Optimizer:
+    """AdamW with weight decay, bf16 autocast and gradient clipping: everything that could move a
+    fixed entry if fixed entries were merely masked."""
+    learned = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(learned, lr=1e-2, weight_decay=0.5, betas=(0.9, 0.99))
+    g = torch.Generator().manual_seed(1)
+    model.train()
+    for _ in range(steps):
+        x = torch.randn(4, 3, size, size, generator=g)
+        y = torch.randint(0, NUM_CLASSES, (4,), generator=g)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = nn.functional.cross_entropy(model(x).float(), y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(learned, 0.5)
+        opt.step()
+        opt.zero_grad()
+    return opt
+
+
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_fixed_never_move_and_counts_exact(arch, case):
+    spec, expected = CASES[case]
+    model = _create(arch)
+    expected_learned = expected(model)
+    total = sum(p.numel() for p in model.parameters())
+    plan = apply_strategy(model, spec, seed=3)
+
+    # counts: the plan, requires_grad, and the independent expectation agree
+    assert plan.total == total
+    assert plan.learned == sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert plan.learned == expected_learned
+    masks = learned_masks(model)
+    assert sum(int(m.sum()) for m in masks.values()) == plan.learned
+
+    before = merged_state_dict(model)
+    buffers_before = {k: v.clone() for k, v in model.named_buffers() if "running" in k}
+    opt = _train_steps(model, ARCHS[arch][1])
+    after = merged_state_dict(model)
+    assert before.keys() == after.keys()
+
+    moved = total_learned = 0
+    for key, mask in masks.items():
+        b, a = before[key], after[key]
+        assert torch.equal(b[~mask], a[~mask]), f"fixed entries of {key} moved"
+        moved += int((b[mask] != a[mask]).sum())
+        total_learned += int(mask.sum())
+    assert moved >= 0.5 * total_learned, f"only {moved}/{total_learned} learned entries moved"
+
+    # optimizer state is proportional to what learns: AdamW keeps two moments per learned scalar
+    state = sum(s["exp_avg"].numel() + s["exp_avg_sq"].numel() for s in opt.state.values())
+    assert state == 2 * plan.learned
+
+    if (spec.get("norm_stats") if isinstance(spec, dict) else None) == "freeze":
+        for k, v in model.named_buffers():
+            if k in buffers_before:
+                assert torch.equal(buffers_before[k], v), f"frozen statistics {k} moved"
+
+
+@pytest.mark.parametrize("arch", ["test_resnet", "test_vit", "test_efficientnet"])
+@pytest.mark.parametrize("case", ["filters_out_random", "filters_in_zero", "filters_spatial"])
+def test_merged_state_dict_loads_into_plain_timm(arch, case):
+    spec, _ = CASES[case]
+    model = _create(arch)
+    apply_strategy(model, spec, seed=5)
+    _train_steps(model, ARCHS[arch][1], steps=2)
+    model.eval()
+    plain = timm.create_model(arch, num_classes=NUM_CLASSES, **ARCHS[arch][0]).eval()
+    plain.load_state_dict(merged_state_dict(model), strict=True)
+    x = torch.randn(2, 3, ARCHS[arch][1], ARCHS[arch][1])
+    with torch.no_grad():
+        torch.testing.assert_close(plain(x), model(x), rtol=1e-4, atol=1e-5)
+    # and back: a freshly planned model loads the merged dict and predicts the same
+    again = _create(arch)
+    apply_strategy(again, spec, seed=5)
+    again.load_state_dict(merged_state_dict(model), strict=True)
+    again.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_fixed_zero_and_random_set_the_fixed_part():
+    model = _create("test_resnet")
+    reference = _create("test_resnet")
+    apply_strategy(model, {"name": "filters", "fraction": 0.5, "fixed": "zero"})
+    masks = learned_masks(model)
+    state = merged_state_dict(model)
+    conv = "stem.conv1.weight" if "stem.conv1.weight" in state else next(k for k in state if "conv" in k)
+    assert torch.count_nonzero(state[conv][~masks[conv]]) == 0
+    assert torch.equal(state[conv][masks[conv]], reference.state_dict()[conv][masks[conv]])
+
+    fresh = lambda: timm.create_model("test_resnet", num_classes=NUM_CLASSES)  # noqa: E731
+    a, b = _create("test_resnet"), _create("test_resnet")
+    apply_strategy(a, {"name": "filters", "fraction": 0.5, "fixed": "random"}, seed=1, init_model=fresh)
+    apply_strategy(b, {"name": "filters", "fraction": 0.5, "fixed": "random"}, seed=2, init_model=fresh)
+    sa, sb = merged_state_dict(a), merged_state_dict(b)
+    assert not torch.equal(sa[conv][~masks[conv]], sb[conv][~masks[conv]])  # re-drawn, per seed
+    assert torch.equal(sa[conv][masks[conv]], sb[conv][masks[conv]])  # learned part starts from the model
+
+
+def test_random_selection_is_seeded():
+    picks = []
+    for seed in (0, 0, 1):
+        model = _create("test_resnet")
+        apply_strategy(model, {"name": "filters", "fraction": 0.25, "select": "random"}, seed=seed)
+        picks.append(torch.cat([m.flatten() for m in learned_masks(model).values()]))
+    assert torch.equal(picks[0], picks[1]) and not torch.equal(picks[0], picks[2])
+
+
+def test_split_forward_computes_no_weight_grad_for_the_fixed_slice():
+    conv = nn.Conv2d(8, 16, 3, padding=1)
+    from partial_ft.partial import make_partial
+
+    make_partial(conv, "out", torch.arange(2))
+    conv.weight_learned.requires_grad_(True)
+    x = torch.randn(2, 8, 6, 6, requires_grad=True)
+    conv(x).sum().backward()
+    assert conv.weight_learned.grad.shape == (2, 8, 3, 3)
+    assert conv.weight_fixed.grad is None and x.grad is not None
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"name": "filterz"}, "unknown strategy 'filterz' (did you mean 'filters'?)"),
+    ({"name": "filters", "fraction": 1.5}, "fraction must be in (0, 1]"),
+    ({"name": "filters", "fraction": 0}, "fraction must be in (0, 1]"),
+    ({"name": "filters", "count": 0}, "count must be >= 1"),
+    ({"name": "filters", "fraction": 0.1, "count": 2}, "fraction or count, not both"),
+    ({"name": "filters", "dim": "sideways"}, "must be one of ['out', 'in', 'spatial']"),
+    ({"name": "head", "fraction": 0.1}, "unknown option 'strategy.fraction' for strategy 'head'"),
+    ({"name": "block", "index": 99}, "block index 99 is outside"),
+    ({"name": "head", "head": False}, "learns no parameters"),
+    ({"fraction": 0.1}, "strategy needs a 'name'"),
+])
+def test_bad_options_are_user_errors(spec, message):
+    with pytest.raises(UserError) as e:
+        apply_strategy(_create("test_resnet"), spec)
+    assert message in str(e.value)
