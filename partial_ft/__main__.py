@@ -55,10 +55,13 @@ def _fail(message: str) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    import datasets
+
     from . import recipe as recipes
     from .train import run
 
     recipe = recipes.load(args.recipe, args.overrides)
+    datasets.disable_progress_bars()  # our own progress bar is the one that matters
     run(recipe, overwrite=args.overwrite)
     return 0
 

@@ -205,3 +205,11 @@ def learned_masks(model: nn.Module) -> dict[str, torch.Tensor]:
             else:
                 masks[dot + name] = torch.full(p.shape, p.requires_grad, dtype=torch.bool)
     return masks
+
+
+def partial_buffer_names(model: nn.Module) -> list[str]:
+    """Names of the buffers partial weights add (fixed slices, index maps): identical on every process
+    by construction, so DDP need not broadcast them."""
+    return [f"{prefix}.{name}" if prefix else name for prefix, m in model.named_modules() if is_partial(m)
+            for name in ("weight_fixed", "partial_learned_index", "partial_fixed_index", "partial_inverse")
+            if getattr(m, name) is not None]

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from . import __version__, data, models
 from .errors import UserError
+from .partial import partial_buffer_names
 from .recipe import Recipe
 from .strategies import Plan, apply_strategy
 
@@ -50,6 +51,7 @@ def prepare(recipe: Recipe) -> Setup:
         step_scheduler_with_optimizer=False,
     )
     set_seed(t.seed)
+    models.check_name(recipe.model.name)  # fail fast, before any data is loaded
     with accelerator.main_process_first():  # the first process fills the datasets cache
         bundle = data.load(recipe.data, seed=t.seed)
     model, init_model = models.build(recipe.model, bundle.num_classes, seed=t.seed)
@@ -115,6 +117,9 @@ def train_loop(s: Setup) -> dict[str, Any]:
     # the optimizer sees learned parameters only (timm skips requires_grad=False, and puts biases and
     # norm weights in a no-weight-decay group)
     optimizer = create_optimizer_v2(s.model, opt=t.opt, lr=t.lr, weight_decay=t.weight_decay, momentum=t.momentum)
+    # fixed slices are identical on every process (seeded); DDP must not broadcast them every step
+    torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+        s.model, partial_buffer_names(s.model))
     model, optimizer, train_loader, val_loader = acc.prepare(s.model, optimizer, s.train_loader, s.val_loader)
     updates_per_epoch = max(1, math.ceil(len(train_loader) / t.grad_accum_steps))
     # max_steps, when set, decides the length (the last epoch stops early); else epochs does

@@ -1,0 +1,100 @@
+"""Recipes: parsing, typed validation, overrides, and every shipped recipe validates."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from partial_ft import recipe as recipes
+from partial_ft.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = sorted((ROOT / "recipes").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_every_shipped_recipe_validates(path):
+    r = recipes.load(path)
+    assert r.name == path.stem
+    # the resolved form is itself a valid recipe that resolves to the same thing
+    again = recipes.from_dict(yaml.safe_load(r.to_yaml()), name=r.name)
+    assert again.to_dict() == r.to_dict()
+
+
+def test_defaults_and_required_key_names():
+    r = recipes.from_dict({})
+    d = r.to_dict()
+    for dotted in ("model.name", "model.pretrained", "data.dataset", "train.epochs", "train.max_steps",
+                   "train.batch_size", "train.lr", "train.seed", "output.dir"):
+        section, key = dotted.split(".")
+        assert key in d[section], dotted
+    assert d["data"]["dataset"] == "digits"
+    assert d["strategy"]["name"] == "full"
+    assert r.run_dir == Path("runs/recipe")
+
+
+def test_overrides_are_yaml_and_reach_any_key(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump({"strategy": {"name": "filters", "fraction": 0.1}}))
+    r = recipes.load(path, ["train.epochs=3", "train.lr=1e-2", "data.input_size=[48, 40]", "model.kwargs.drop_rate=0.1",
+                            "strategy.fraction=0.5", "strategy.dim=in", "output.dir=somewhere", "data.config=null"])
+    assert r.train.epochs == 3 and r.train.lr == 0.01
+    assert r.data.input_size == [48, 40]
+    assert r.model.kwargs == {"drop_rate": 0.1}
+    assert r.strategy["fraction"] == 0.5 and r.strategy["dim"] == "in"
+    assert r.run_dir == Path("somewhere")
+
+
+def test_override_into_a_strategy_list(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump({"strategy": [{"name": "block"}, {"name": "bias"}]}))
+    r = recipes.load(path, ["strategy.0.index=last"])
+    assert r.strategy[0]["index"] == "last" and r.strategy[1]["name"] == "bias"
+
+
+@pytest.mark.parametrize("raw, overrides, message", [
+    ({"trian": {}}, [], "unknown recipe section 'trian' (did you mean 'train'?)"),
+    ({"train": {"epoch": 3}}, [], "unknown key 'train.epoch' (did you mean 'epochs'?)"),
+    ({"model": {"nmae": "resnet18"}}, [], "unknown key 'model.nmae' (did you mean 'name'?)"),
+    ({"train": {"epochs": "ten"}}, [], "train.epochs: expected an integer, got 'ten'"),
+    ({"train": {"lr": 0}}, [], "train.lr must be > 0"),
+    ({"train": {"batch_size": 0}}, [], "train.batch_size must be >= 1"),
+    ({"train": {"epochs": 0}}, [], "train.epochs must be >= 1"),
+    ({"train": {"mixed_precision": "fp8"}}, [], "must be one of ['no', 'fp16', 'bf16']"),
+    ({"model": {"pretrained": "yes"}}, [], "model.pretrained: expected true/false"),
+    ({"data": {"val_fraction": 1.5}}, [], "data.val_fraction must be in (0, 1)"),
+    ({"strategy": {"name": "nope"}}, [], "unknown strategy 'nope'"),
+    ({"strategy": {"name": "filters", "fraction": 2}}, [], "fraction must be in (0, 1]"),
+    ({"strategy": {"name": "bias", "fraction": 0.1}}, [], "unknown option 'strategy.fraction'"),
+    ({}, ["train.epochs"], "must look like section.key=value"),
+    ({}, ["epochs=3"], "must name section.key"),
+    ({}, ["trainn.epochs=3"], "unknown section 'trainn' (did you mean 'train'?)"),
+    ({}, ["train.epochz=3"], "unknown key 'train.epochz' (did you mean 'epochs'?)"),
+])
+def test_mistakes_are_one_line_user_errors(tmp_path, raw, overrides, message):
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(UserError) as e:
+        recipes.load(path, overrides)
+    assert message in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_yaml_syntax_error_names_the_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("model:\n  name: resnet18\ntrain: [epochs: 3\n")
+    with pytest.raises(UserError, match=r"invalid YAML at line \d+"):
+        recipes.load(path)
+
+
+def test_missing_recipe_file(tmp_path):
+    with pytest.raises(UserError, match="recipe file not found"):
+        recipes.load(tmp_path / "nope.yaml")
+
+
+def test_recipes_are_data_not_code(tmp_path):
+    path = tmp_path / "evil.yaml"
+    path.write_text("model: !!python/object/apply:os.system ['echo hi']\n")
+    with pytest.raises(UserError, match="invalid YAML"):
+        recipes.load(path)
