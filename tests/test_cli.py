@@ -133,3 +133,15 @@ def test_strategies_command_lists_every_strategy_with_options():
         assert f"{s.name}" in p.stdout
         for option in s.option_defaults():
             assert f"{option}:" in p.stdout
+
+
+def test_middle_block_recipe_runs_offline_when_overridden(tmp_path):
+    """The design card's recipe (pretrained backbone, Hub data) runs offline on digits from random init."""
+    out = tmp_path / "middle"
+    p = run_cli("--recipe", str(ROOT / "recipes" / "middle_block.yaml"), "data.dataset=digits",
+                "model.pretrained=false", f"output.dir={out}", "train.max_steps=2", "train.batch_size=8",
+                "data.num_workers=0", "data.max_val_samples=16", "train.progress=false")
+    assert p.returncode == 0, p.stderr[-3000:]
+    s = _summary(out)
+    assert s["strategy"] == "block" and s["steps"] == 2 and s["data_config"]["input_size"] == [3, 224, 224]
+    assert s["learned_params"] < 0.2 * s["total_params"]
