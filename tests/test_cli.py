@@ -73,13 +73,16 @@ def test_run_folder_files_and_numbers_are_deterministic(tiny_recipe, tmp_path):
     assert strip(_metrics(tmp_path / "runs" / "b")) == strip(metrics)
 
 
-def test_accelerate_launch(tiny_recipe, tmp_path):
+def test_accelerate_launch_with_bf16_accumulation_and_clipping(tiny_recipe, tmp_path):
     accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or "accelerate"
-    p = run_cli("launch", "--cpu", "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no",
-                "--dynamo_backend", "no", "-m", "partial_ft", "--recipe", str(tiny_recipe("launched")),
-                module=(accelerate,))
+    recipe = tiny_recipe("launched", train={"mixed_precision": "bf16", "grad_accum_steps": 2, "clip_grad": 1.0,
+                                            "opt": "sgd", "momentum": 0.9})
+    p = run_cli("launch", "--cpu", "--num_processes", "1", "--num_machines", "1",
+                "--dynamo_backend", "no", "-m", "partial_ft", "--recipe", str(recipe), module=(accelerate,))
     assert p.returncode == 0, p.stderr[-3000:]
-    assert _summary(tmp_path / "runs" / "launched")["steps"] == 4
+    s = _summary(tmp_path / "runs" / "launched")
+    assert s["steps"] == 4  # optimizer updates, each accumulating 2 batches
+    assert s["optimizer_state_bytes"] == s["learned_params"] * 4  # SGD momentum: one fp32 buffer
 
 
 def test_torchrun_two_processes_count_every_validation_sample_once(tiny_recipe, tmp_path):

@@ -228,3 +228,16 @@ def test_bad_options_are_user_errors(spec, message):
     with pytest.raises(UserError) as e:
         apply_strategy(_create("test_resnet"), spec)
     assert message in str(e.value)
+
+
+@pytest.mark.parametrize("arch", ["regnetx_002", "mobilenetv3_small_050", "efficientnet_b0", "resnet18"])
+def test_one_block_recipe_fits_more_families(arch):
+    """The same `block: middle` spec on further timm families: one timm group learns, exactly."""
+    torch.manual_seed(0)
+    model = timm.create_model(arch, num_classes=NUM_CLASSES)
+    groups = blocks(model)
+    middle = set(groups[len(groups) // 2])
+    expected = _numel(model, middle | classifier_params(model))
+    plan = apply_strategy(model, {"name": "block", "index": "middle"})
+    assert plan.learned == expected
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == middle | classifier_params(model)

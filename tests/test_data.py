@@ -1,0 +1,356 @@
+"""data.py, offline: every local dataset form built on the fly from digits (imagefolder with named classes,
+save_to_disk with only a train split, parquet with non-standard column names), column and split detection,
+the carved validation split, label checks, RGB conversion, unreadable images; a few real CLI runs on each
+form, and one table of CLI error runs (data and model mistakes: one `error:` line, exit 2, no run folder)."""
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value
+from PIL import Image as PILImage
+
+from conftest import run_cli
+from partial_ft import data
+from partial_ft.errors import UserError
+from partial_ft.recipe import DataCfg
+
+NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+ROWS = 200  # digits rows in each local form
+BAD_ROW = 13  # the parquet form's unreadable image (not a PNG) sits at this index
+
+
+def _png(image: PILImage.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _mode_variant(image: PILImage.Image, i: int) -> PILImage.Image:
+    """Mix grayscale, RGBA and palette images: all must reach the model as RGB."""
+    return [image, image.convert("RGBA"), image.convert("P"), image.convert("RGB")][i % 4]
+
+
+@pytest.fixture(scope="module")
+def forms(tmp_path_factory) -> dict[str, Path]:
+    """The local forms of one small digits dataset (ROWS rows), written once per module."""
+    root = tmp_path_factory.mktemp("forms")
+    rows = data.digits()["train"].select(range(ROWS))
+    images, labels = list(rows["image"]), list(rows["label"])
+    # 1. imagefolder: one subfolder per class, named
+    for i, (image, label) in enumerate(zip(images, labels)):
+        folder = root / "imagefolder" / NAMES[label]
+        folder.mkdir(parents=True, exist_ok=True)
+        _mode_variant(image, i).save(folder / f"{i:04d}.png")
+    # 2. save_to_disk with only a train split
+    DatasetDict(train=rows).save_to_disk(str(root / "saved"))
+    # 3. parquet, two files, non-standard names: png bytes in `pix`, class names in `digit`, an id column;
+    #    row BAD_ROW holds bytes that are no image
+    pix = [_png(im) for im in images]
+    pix[BAD_ROW] = b"definitely not a png"
+    table = pa.table({"sample_id": list(range(ROWS)), "pix": pix, "digit": [NAMES[x] for x in labels]})
+    (root / "parquet").mkdir()
+    pq.write_table(table.slice(0, ROWS // 2), root / "parquet" / "part-a.parquet")
+    pq.write_table(table.slice(ROWS // 2), root / "parquet" / "part-b.parquet")
+    # 4. a Hub-like DatasetDict on disk: train, an unlabelled test split (-1) and a labelled `holdout`
+    features = Features({"image": Image(), "label": ClassLabel(names=NAMES)})
+    hub = DatasetDict(
+        train=Dataset.from_dict({"image": images[:120], "label": labels[:120]}, features=features),
+        test=Dataset.from_dict({"image": images[120:160], "label": [-1] * 40}, features=features),
+        holdout=Dataset.from_dict({"image": images[160:], "label": labels[160:]}, features=features),
+    )
+    hub.save_to_disk(str(root / "hublike"))
+    return {"imagefolder": root / "imagefolder", "saved": root / "saved", "parquet": root / "parquet",
+            "hublike": root / "hublike", "labels": labels}
+
+
+def _load(source, **kw) -> data.DataBundle:
+    return data.load(DataCfg(dataset=str(source), **kw), seed=kw.pop("seed", 0) if "seed" in kw else 0)
+
+
+def _err(source, **kw) -> str:
+    with pytest.raises(UserError) as e:
+        data.load(DataCfg(dataset=str(source), **kw))
+    text = str(e.value)
+    assert "\n" not in text
+    return text
+
+
+# --------------------------------------------------------------------------------------------
+# the local forms, in-process
+
+
+def test_imagefolder_named_classes_and_carved_split(forms):
+    b = _load(forms["imagefolder"])
+    assert (b.image_column, b.label_column) == ("image", "label")
+    assert b.class_names == sorted(NAMES)  # class names from the folder names
+    carved = b.info["val_split"]
+    assert carved["carved_from"] == "train" and carved["fraction"] == 0.1 and carved["seed"] == 0
+    val_idx = carved["indices"]
+    assert len(b.train) + len(b.val) == ROWS and len(val_idx) == len(b.val)
+    # disjoint, every class represented in validation (stratified), and the recorded rows are the val rows
+    assert set(b.val[data.INDEX_COLUMN]) == set(val_idx)
+    assert not set(b.train[data.INDEX_COLUMN]) & set(val_idx)
+    assert set(b.val["label"]) == set(range(10))
+    # seeded: same seed same carve, another seed another carve
+    assert data.load(DataCfg(dataset=str(forms["imagefolder"])), seed=0).info["val_split"]["indices"] == val_idx
+    assert data.load(DataCfg(dataset=str(forms["imagefolder"])), seed=1).info["val_split"]["indices"] != val_idx
+
+
+def test_save_to_disk_train_only_writes_nothing_into_the_folder(forms):
+    before = sorted(p.name for p in forms["saved"].rglob("*"))
+    b = _load(forms["saved"], val_fraction=0.25, max_train_samples=50, max_val_samples=20)
+    assert b.class_names == [str(i) for i in range(10)] and b.info["labels"] == "ClassLabel"
+    assert (len(b.train), len(b.val)) == (50, 20)
+    assert b.info["train_samples"] == 50 and b.info["val_samples"] == 20
+    assert 45 <= len(b.info["val_split"]["indices"]) <= 55  # 25% of 200, per class rounding
+    ds = data.ImageDataset(b.train, b.image_column, b.label_column, lambda im: im, "train")
+    image, label = ds[0]
+    assert image.mode == "RGB" and 0 <= label < 10
+    assert sorted(p.name for p in forms["saved"].rglob("*")) == before  # no cache files in the user's data
+
+
+def test_parquet_nonstandard_columns_string_labels(forms):
+    for source in (forms["parquet"], forms["parquet"] / "part-a.parquet", f"{forms['parquet']}/*.parquet"):
+        b = _load(source)
+        assert (b.image_column, b.label_column) == ("pix", "digit")  # bytes column; the only string column
+        assert b.class_names == sorted(NAMES) and b.info["labels"].startswith("strings")
+    assert len(_load(forms["parquet"] / "part-a.parquet").train) + len(
+        _load(forms["parquet"] / "part-a.parquet").val) == ROWS // 2
+    # the mapping: id = position in class_names; each row's id names its digit
+    b = _load(forms["parquet"])
+    ids = b.val["digit"]
+    sources = b.val[data.INDEX_COLUMN]
+    assert all(b.class_names[i] == NAMES[forms["labels"][s]] for i, s in zip(ids, sources))
+    assert isinstance(b.train.features["digit"], ClassLabel) and b.train.features["digit"].names == b.class_names
+    # explicit overrides
+    b = _load(forms["parquet"], image_column="pix", label_column="digit")
+    assert (b.image_column, b.label_column) == ("pix", "digit")
+
+
+def test_hub_like_splits(forms):
+    b = _load(forms["hublike"])  # `test` holds only -1 (unlabelled): skipped, validation carved from train
+    assert b.info["unlabelled_splits_skipped"] == ["test"] and b.info["val_split"]["carved_from"] == "train"
+    b = _load(forms["hublike"], val_split="holdout")
+    assert b.info["val_split"] == "holdout" and len(b.val) == ROWS - 160 and b.val.split == "holdout"
+    b = _load(forms["hublike"], train_split="holdout", val_split="train")
+    assert len(b.train) == ROWS - 160
+
+
+def test_digits_builtin_unchanged():
+    b = data.load(DataCfg(dataset="digits", max_train_samples=64))
+    assert b.info["val_split"] == "validation" and len(b.val) == 360 and len(b.train) == 64
+    # max_train_samples draws the same rows as datasets' own seeded shuffle
+    full = data.digits()["train"]
+    assert list(b.train["label"]) == list(full.shuffle(seed=0).select(range(64))["label"])
+
+
+# --------------------------------------------------------------------------------------------
+# errors, in-process (each a one-line UserError)
+
+
+def _no_label_parquet(tmp_path: Path) -> Path:
+    path = tmp_path / "nolabel.parquet"
+    pq.write_table(pa.table({"pix": [b"x"] * 4, "score": [0.1, 0.2, 0.3, 0.4]}), path)
+    return path
+
+
+def _no_image_parquet(tmp_path: Path) -> Path:
+    path = tmp_path / "noimage.parquet"
+    pq.write_table(pa.table({"name": ["a", "b"], "label": [0, 1]}), path)
+    return path
+
+
+def _out_of_range(tmp_path: Path) -> Path:
+    """A parquet file whose metadata says ClassLabel with 2 classes, but one row holds 5."""
+    features = Features({"image": Image(), "label": ClassLabel(names=["a", "b"])})
+    png = _png(PILImage.new("L", (4, 4)))
+    table = pa.table({"image": [{"bytes": png, "path": None}] * 3, "label": [0, 1, 5]}).cast(features.arrow_schema)
+    pq.write_table(table, tmp_path / "oor.parquet")
+    return tmp_path / "oor.parquet"
+
+
+def _negative_ints(tmp_path: Path) -> Path:
+    path = tmp_path / "neg.parquet"
+    pq.write_table(pa.table({"image": [_png(PILImage.new("L", (4, 4)))] * 3, "label": [0, 1, -3]}), path)
+    return path
+
+
+@pytest.mark.parametrize("source, kw, expected", [
+    (lambda t, f: t / "no" / "such" / "folder", {}, "dataset path does not exist"),
+    (lambda t, f: "no-such-user/no-such-dataset", {}, "cannot load dataset 'no-such-user/no-such-dataset'"),
+    (lambda t, f: f"{t}/*.parquet", {}, "no files match"),
+    (lambda t, f: _no_label_parquet(t), {}, "no label column found; columns: pix (binary), score (float64)"),
+    (lambda t, f: _no_image_parquet(t), {}, "no image column found; columns: name (string), label (int64)"),
+    (lambda t, f: f["parquet"], {"label_column": "digits"}, "data.label_column 'digits' not found; columns: "
+                                                            "sample_id (int64), pix (binary), digit (string)"),
+    (lambda t, f: f["parquet"], {"image_column": "img"}, "data.image_column 'img' not found"),
+    (lambda t, f: f["hublike"], {"val_split": "validation"},
+     "split 'validation' not found; splits: train, test, holdout"),
+    (lambda t, f: f["saved"], {"train_split": "training"}, "split 'training' not found; splits: train"),
+    (lambda t, f: f["hublike"], {"val_split": "test"}, "labels outside the class range: split 'test' column "
+                                                        "'label' holds -1 (classes are 0..9)"),
+    (lambda t, f: _out_of_range(t), {}, "labels outside the class range: split 'train' column 'label' "
+                                        "holds 5 (classes are 0..1)"),
+    (lambda t, f: _negative_ints(t), {}, "labels outside the class range: column 'label' holds negative"),
+    (lambda t, f: f["parquet"], {"label_column": "sample_id"},  # one row per class: nothing to stratify
+     "cannot carve a validation split out of 'train' (200 rows, no class with two samples)"),
+], ids=["missing-path", "hub-id-offline", "empty-glob", "no-label-column", "no-image-column",
+        "bad-label-override", "bad-image-override", "missing-val-split", "missing-train-split",
+        "unlabelled-val-split", "label-above-range", "negative-labels", "cannot-carve"])
+def test_load_errors(tmp_path, forms, source, kw, expected):
+    assert expected in _err(source(tmp_path, forms), **kw)
+
+
+# --------------------------------------------------------------------------------------------
+# images
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "RGBA", "P", "PA", "I;16", "I", "F", "CMYK", "1", "RGB"])
+def test_to_rgb(mode):
+    base = PILImage.fromarray(np.arange(48, dtype=np.uint8).reshape(6, 8) * 5, mode="L")
+    if mode == "I;16":
+        image = PILImage.fromarray(np.asarray(base, dtype=np.uint16) * 257)
+    elif mode == "F":
+        image = PILImage.fromarray(np.asarray(base, dtype=np.float32) / 255.0, mode="F")
+    else:
+        image = base.convert(mode)
+    out = data.to_rgb(image)
+    assert out.mode == "RGB" and out.size == (8, 6)
+    if mode in ("L", "LA", "RGBA", "RGB", "P", "I;16", "I", "F"):  # intensities survive the conversion
+        assert np.abs(np.asarray(out, dtype=int)[..., 0] - np.asarray(base, dtype=int)).max() <= 1
+
+
+def test_unreadable_image_named_by_source_index(forms):
+    b = _load(forms["parquet"])
+    role, hf = ("validation", b.val) if BAD_ROW in b.info["val_split"]["indices"] else ("train", b.train)
+    position = list(hf[data.INDEX_COLUMN]).index(BAD_ROW)
+    ds = data.ImageDataset(hf, b.image_column, b.label_column, lambda im: torch.zeros(1), role)
+    with pytest.raises(data.BadImageError) as e:
+        ds[position]
+    text = str(e.value)
+    assert text.startswith(f"cannot read image at index {BAD_ROW} of split 'train'") and "\n" not in text
+    assert "skip_bad_images" in text and (role == "train") == ("used for validation" not in text)
+    # through a worker process torch re-raises it with the traceback in the message: still one clean line
+    loader = data.loader(ds, batch_size=len(ds), shuffle=False, num_workers=1, seed=0)
+    with pytest.raises(data.BadImageError) as e:
+        next(iter(loader))
+    assert str(e.value) == text
+    # skipped: the item is None, and collate counts it
+    ds.skip_bad_images = True
+    x, y, skipped = next(iter(data.loader(ds, batch_size=len(ds), shuffle=False, num_workers=0, seed=0)))
+    assert skipped == 1 and x.shape[0] == len(ds) - 1 == y.shape[0]
+
+
+def test_transforms_from_timm():
+    config = {"input_size": (3, 32, 32), "interpolation": "bilinear", "mean": (0.5,) * 3, "std": (0.5,) * 3,
+              "crop_pct": 1.0, "crop_mode": "center"}
+    cfg = DataCfg(scale=[0.8, 1.0], ratio=[0.9, 1.1], hflip=0.5)
+    train_tf, eval_tf, deterministic = data.transforms(cfg, config)
+    image = PILImage.new("RGB", (8, 8), (255, 0, 0))
+    assert not deterministic and train_tf(image).shape == eval_tf(image).shape == (3, 32, 32)
+    assert "RandomHorizontalFlip" in repr(train_tf) and "scale=(0.8, 1.0)" in repr(train_tf)
+    assert "Random" not in repr(eval_tf)
+    assert data.transforms(DataCfg(augment=False), config)[2]
+
+
+# --------------------------------------------------------------------------------------------
+# the real CLI on each local form (a few steps), and the CLI error table
+
+
+def _cli_env(tmp_path: Path) -> dict:
+    return {"HF_DATASETS_CACHE": str(tmp_path / "hf-datasets")}  # the run's generated datasets stay in tmp
+
+
+def _summary(result, run_dir: Path) -> dict:
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert isinstance(summary["val_top1"], float) and 0 <= summary["val_top1"] <= 1
+    return summary
+
+
+def test_cli_imagefolder(tmp_path, forms, tiny_recipe):
+    recipe = tiny_recipe("imagefolder", data={"dataset": str(forms["imagefolder"]), "augment": True,
+                                              "scale": [0.8, 1.0], "hflip": 0.5, "num_workers": 1})
+    result = run_cli("--recipe", str(recipe), env=_cli_env(tmp_path))
+    run_dir = tmp_path / "runs" / "imagefolder"
+    _summary(result, run_dir)
+    info = json.loads((run_dir / "data.json").read_text())
+    assert info["class_names"] == sorted(NAMES) and info["val_split"]["carved_from"] == "train"
+    assert len(info["val_split"]["indices"]) == info["val_samples"]
+
+
+def test_cli_save_to_disk_with_checkpoint(tmp_path, forms, tiny_recipe):
+    """A train-only save_to_disk folder, starting from a local checkpoint with another class count."""
+    import timm
+    from safetensors.torch import save_file
+
+    path = tmp_path / "start.safetensors"
+    save_file(timm.create_model("test_resnet", num_classes=5).state_dict(), str(path))
+    recipe = tiny_recipe("saved", data={"dataset": str(forms["saved"])}, model={"checkpoint": str(path)})
+    result = run_cli("--recipe", str(recipe), env=_cli_env(tmp_path))
+    summary = _summary(result, tmp_path / "runs" / "saved")
+    assert summary["num_classes"] == 10
+
+
+def test_cli_parquet_string_labels_skipping_bad_images(tmp_path, forms, tiny_recipe):
+    """Non-standard column names, string labels (their mapping saved), one unreadable image skipped and
+    counted (workers on, one full epoch so every training image is read)."""
+    recipe = tiny_recipe("parquet", data={"dataset": str(forms["parquet"]), "skip_bad_images": True,
+                                          "num_workers": 1},
+                         train={"batch_size": 60, "max_steps": 3, "epochs": 1})
+    result = run_cli("--recipe", str(recipe), env=_cli_env(tmp_path))
+    run_dir = tmp_path / "runs" / "parquet"
+    summary = _summary(result, run_dir)
+    info = json.loads((run_dir / "data.json").read_text())
+    assert (info["image_column"], info["label_column"]) == ("pix", "digit")
+    assert info["class_names"] == sorted(NAMES) and info["labels"].startswith("strings")
+    bad_in_train = BAD_ROW not in info["val_split"]["indices"]
+    assert summary["skipped_images"] == int(bad_in_train)
+
+
+def test_cli_unreadable_image_error(tmp_path, forms, tiny_recipe):
+    """Without skip_bad_images an unreadable image met in a DataLoader worker stops the run with one line
+    naming its index and split. (It is met while training, so the run folder exists by then.)"""
+    recipe = tiny_recipe("bad", data={"dataset": str(forms["parquet"]), "num_workers": 1},
+                         train={"batch_size": 60, "max_steps": 3, "epochs": 1})
+    result = run_cli("--recipe", str(recipe), env=_cli_env(tmp_path))
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = result.stderr.strip().splitlines()
+    assert "Traceback" not in result.stderr and [ln for ln in lines if ln.startswith("error:")] == lines[-1:]
+    assert lines[-1].startswith(f"error: cannot read image at index {BAD_ROW} of split 'train'")
+
+
+def _bad_checkpoint(tmp_path: Path) -> str:
+    import timm
+    from safetensors.torch import save_file
+
+    path = tmp_path / "effnet.safetensors"
+    save_file(timm.create_model("test_efficientnet").state_dict(), str(path))
+    return str(path)
+
+
+@pytest.mark.parametrize("sections, env, expected", [
+    (lambda t: {"data": {"dataset": str(t / "no-such-folder")}}, {}, "error: dataset path does not exist"),
+    (lambda t: {"model": {"name": "resnet181"}}, {}, "error: unknown timm model 'resnet181' (did you mean 'resnet18'"),
+    (lambda t: {"model": {"pretrained": True}}, {"HF_HOME": "{t}/hf", "HF_HUB_CACHE": "{t}/hf/hub"},
+     "error: cannot load pretrained weights for 'test_resnet': not in the local Hugging Face cache"),
+    (lambda t: {"model": {"checkpoint": _bad_checkpoint(t)}}, {},
+     "does not fit model 'test_resnet': missing keys conv1.0.weight"),
+], ids=["missing-dataset", "unknown-model", "pretrained-offline-uncached", "checkpoint-does-not-fit"])
+def test_cli_errors(tmp_path, tiny_recipe, sections, env, expected):
+    """One line on stderr starting `error:`, exit code 2, no traceback, no run folder."""
+    recipe = tiny_recipe("err", **sections(tmp_path))
+    env = {k: v.format(t=tmp_path) for k, v in env.items()}
+    result = run_cli("--recipe", str(recipe), env={**_cli_env(tmp_path), **env})
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = result.stderr.strip().splitlines()
+    assert "Traceback" not in result.stderr and [ln for ln in lines if ln.startswith("error:")] == lines[-1:]
+    assert lines[-1].startswith("error:") and expected in lines[-1]
+    assert not (tmp_path / "runs" / "err").exists()
