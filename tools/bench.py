@@ -1,0 +1,128 @@
+"""Training throughput of each strategy against full fine-tuning and against a plain PyTorch loop.
+
+Each strategy runs as a real `python -m partial_ft` job (a fresh process, so peak memory is its own) on
+the built-in digits data resized to --size; the reference is a minimal hand-written loop over in-memory
+tensors with the same model, batch size and optimizer. Ratios are what matter: they compare runs made
+one after the other on the same machine.
+
+    python tools/bench.py                       # resnet18, 64x64, batch 64, AdamW
+    python tools/bench.py --size 32 --strategies full,head,filters_out --out bench.md
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+STRATEGIES = {
+    "full": {"name": "full"},
+    "head": {"name": "head"},
+    "middle_block": {"name": "block", "index": "middle"},
+    "last_block": {"name": "block", "index": "last"},
+    "filters_out": {"name": "filters", "fraction": 0.1, "dim": "out"},
+    "filters_in": {"name": "filters", "fraction": 0.1, "dim": "in"},
+    "filters_spatial": {"name": "filters", "fraction": 0.1, "dim": "spatial"},
+    "norm": {"name": "norm"},
+    "bias": {"name": "bias"},
+}
+
+
+def plain_loop(model_name: str, size: int, batch: int, steps: int, warmup: int, lr: float) -> float:
+    """Images/s of the simplest correct training loop: model, AdamW, cross-entropy, in-memory batches."""
+    import timm
+    import torch
+
+    torch.manual_seed(0)
+    model = timm.create_model(model_name, num_classes=10).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
+    x = torch.randn(batch, 3, size, size)
+    y = torch.randint(0, 10, (batch,))
+    for i in range(warmup + steps):
+        if i == warmup:
+            start = time.perf_counter()
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return steps * batch / (time.perf_counter() - start)
+
+
+def run_strategy(name: str, spec: dict, args: argparse.Namespace, workdir: Path) -> dict:
+    """Run one strategy through the real CLI and return its summary."""
+    recipe = {
+        "model": {"name": args.model},
+        "data": {"dataset": "digits", "input_size": args.size, "crop_pct": 1.0, "augment": False,
+                 "num_workers": args.workers, "max_val_samples": 64},
+        "strategy": spec,
+        "train": {"max_steps": args.steps, "batch_size": args.batch, "lr": args.lr, "opt": "adamw",
+                  "progress": False, "seed": 0},
+        "output": {"dir": str(workdir / name)},
+    }
+    path = workdir / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    p = subprocess.run([sys.executable, "-m", "partial_ft", "--recipe", str(path), "--overwrite"],
+                       capture_output=True, text=True, env=env)
+    if p.returncode != 0:
+        raise SystemExit(f"{name} failed:\n{p.stderr[-2000:]}")
+    return json.loads((workdir / name / "summary.json").read_text())
+
+
+def markdown(rows: list[dict], args: argparse.Namespace, plain: float) -> str:
+    full = next((r["images_per_second"] for r in rows if r["strategy"] == "full"), None)
+    lines = [
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, {platform.platform()}, "
+        f"torch {__import__('torch').__version__}; {args.model}, {args.size}x{args.size}, batch {args.batch}, "
+        f"AdamW, {args.steps} steps. Plain PyTorch loop: {plain:.0f} images/s.",
+        "",
+        "| strategy | learned params | images/s | × full | × plain loop | optimizer state | peak memory |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        vs_full = f"{r['images_per_second'] / full:.2f}" if full else "–"
+        lines.append(f"| {r['strategy']} | {r['learned_params']:,} ({100 * r['learned_fraction']:.1f}%) | "
+                     f"{r['images_per_second']:.0f} | {vs_full} | {r['images_per_second'] / plain:.2f} | "
+                     f"{r['optimizer_state_bytes'] / 2**20:.1f} MiB | {r['peak_memory_bytes'] / 2**30:.2f} GiB |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="resnet18")
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--warmup", type=int, default=3, help="plain-loop steps not timed")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--strategies", default=",".join(STRATEGIES), help=f"comma list of {', '.join(STRATEGIES)}")
+    p.add_argument("--out", default="bench.md", help="markdown table to write")
+    args = p.parse_args()
+    names = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    unknown = [n for n in names if n not in STRATEGIES]
+    if unknown:
+        raise SystemExit(f"error: unknown bench strategies {unknown}; known: {', '.join(STRATEGIES)}")
+
+    plain = plain_loop(args.model, args.size, args.batch, args.steps, args.warmup, args.lr)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in names:
+            s = run_strategy(name, STRATEGIES[name], args, Path(tmp))
+            rows.append({"strategy": name, "images_per_second": s["train_images_per_second"], **{
+                k: s[k] for k in ("learned_params", "learned_fraction", "optimizer_state_bytes", "peak_memory_bytes")}})
+            print(f"{name:16s} {s['train_images_per_second']:8.0f} img/s", flush=True)
+    table = markdown(rows, args, plain)
+    print(table)
+    Path(args.out).write_text(table)
+
+
+if __name__ == "__main__":
+    main()
