@@ -144,6 +144,12 @@ class _PartialWeight:
         index = self.partial_learned_index if which == "learned" else self.partial_fixed_index
         return t.index_select(dim, index)
 
+    def _bias_parts(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The bias entries of the learned and of the fixed output slices (out-axis split forward)."""
+        if self.bias is None:
+            return None, None
+        return self._take(self.bias, "learned", 0), self._take(self.bias, "fixed", 0)
+
     def _join_out(self, learned: torch.Tensor, fixed: torch.Tensor, dim: int) -> torch.Tensor:
         out = torch.cat([learned, fixed], dim)
         return out if self.partial_inverse is None else out.index_select(dim, self.partial_inverse)
@@ -155,8 +161,7 @@ class _SplitConv2d(_PartialWeight):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         wl, wf = self.weight_learned, self.weight_fixed.to(self.weight_learned.dtype)
         if self.partial_axis == "out":
-            bl = None if self.bias is None else self._take(self.bias, "learned", 0)
-            bf = None if self.bias is None else self._take(self.bias, "fixed", 0)
+            bl, bf = self._bias_parts()
             return self._join_out(self._conv_forward(x, wl, bl), self._conv_forward(x, wf, bf), 1)
         return (self._conv_forward(self._take(x, "learned", 1), wl, self.bias)
                 + self._conv_forward(self._take(x, "fixed", 1), wf, None))
@@ -168,8 +173,7 @@ class _SplitLinear(_PartialWeight):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         wl, wf = self.weight_learned, self.weight_fixed.to(self.weight_learned.dtype)
         if self.partial_axis == "out":
-            bl = None if self.bias is None else self._take(self.bias, "learned", 0)
-            bf = None if self.bias is None else self._take(self.bias, "fixed", 0)
+            bl, bf = self._bias_parts()
             return self._join_out(F.linear(x, wl, bl), F.linear(x, wf, bf), -1)
         return F.linear(self._take(x, "learned", -1), wl, self.bias) + F.linear(self._take(x, "fixed", -1), wf)
 
