@@ -14,10 +14,13 @@ from .errors import UserError
 from .recipe import DataCfg, ModelCfg
 
 
+HUB_PREFIXES = ("hf-hub:", "hf_hub:", "local-dir:")  # timm loads these from the Hub / a folder by itself
+
+
 def check_name(name: str) -> None:
     """Refuse an unknown timm model name, suggesting the closest ones."""
     base = name.split(".", 1)[0]  # timm accepts name.pretrained_tag
-    if timm.is_model(base):
+    if timm.is_model(base) or name.startswith(HUB_PREFIXES):
         return
     close = difflib.get_close_matches(base, timm.list_models(), n=3, cutoff=0.6)
     hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
@@ -45,11 +48,10 @@ def build(cfg: ModelCfg, num_classes: int, seed: int = 0) -> tuple[nn.Module, Ca
         except UserError:
             raise
         except Exception as e:  # the Hub is unreachable and the weights are not cached, or similar
-            if not cfg.pretrained:
+            if not (cfg.pretrained or cfg.name.startswith(HUB_PREFIXES)):
                 raise
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise UserError(f"could not load pretrained weights for '{cfg.name}' ({first}); "
-                            "check the network or the Hugging Face cache, or set model.checkpoint") from None
+            raise UserError(f"cannot load pretrained weights for '{cfg.name}': {_pretrained_reason(e)}; "
+                            "connect once to cache them, or set model.checkpoint to a local file") from None
     if cfg.checkpoint:
         load_checkpoint(model, cfg.checkpoint)
 
@@ -59,6 +61,19 @@ def build(cfg: ModelCfg, num_classes: int, seed: int = 0) -> tuple[nn.Module, Ca
             return create(False)
 
     return model, init_model
+
+
+def _pretrained_reason(e: Exception) -> str:
+    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
+
+    if isinstance(e, (LocalEntryNotFoundError, OfflineModeIsEnabled)):
+        return "not in the local Hugging Face cache, and the Hub cannot be reached (offline)"
+    return _first_line(e)
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def classifier_params(model: nn.Module) -> set[str]:
@@ -87,7 +102,7 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise UserError(f"cannot read checkpoint {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        raise UserError(f"cannot read checkpoint {path}: {_first_line(e)}") from None
     for key in ("state_dict", "model", "state_dict_ema"):  # common training-checkpoint wrappers
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -105,8 +120,9 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> None:
     for key in head:  # adapting to the new number of classes, as timm's pretrained loading does
         if key in state and key in own and state[key].shape != own[key].shape:
             del state[key]
-    missing = [k for k in own if k not in state and k not in head]
-    unexpected = [k for k in state if k not in own]
+    # BatchNorm's num_batches_tracked is absent from older checkpoints and harmless to leave at 0
+    missing = [k for k in own if k not in state and k not in head and not k.endswith("num_batches_tracked")]
+    unexpected = sorted((k for k in state if k not in own), key=lambda k: k.endswith("num_batches_tracked"))
     shapes = [f"{k} {tuple(state[k].shape)} vs model {tuple(own[k].shape)}" for k in state
               if k in own and state[k].shape != own[k].shape]
     if missing or unexpected or shapes:
@@ -117,7 +133,8 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> None:
             parts.append(f"unexpected keys {_few(unexpected)}")
         if shapes:
             parts.append(f"shape mismatch {_few(shapes)}")
-        raise UserError(f"checkpoint {path} does not fit {model.default_cfg.get('architecture', '')}: " + "; ".join(parts))
+        arch = getattr(model, "pretrained_cfg", {}).get("architecture") or type(model).__name__
+        raise UserError(f"checkpoint {path} does not fit model '{arch}': " + "; ".join(parts))
     model.load_state_dict(state, strict=False)
 
 
