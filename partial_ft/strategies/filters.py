@@ -45,7 +45,7 @@ def slice_count(n: int, fraction: Optional[float], count: Optional[int]) -> int:
     return min(n, count) if count is not None else max(1, round(fraction * n))
 
 
-@register("filters", options=FiltersOptions)
+@register("filters", options=FiltersOptions, size_option="fraction")
 def filters(model: nn.Module, opts: FiltersOptions, ctx: Context) -> Selection:
     """Learn a fraction or count of each layer's filters (out), input channels (in) or kernel positions (spatial)."""
     seed = ctx.seed if opts.seed is None else opts.seed

@@ -83,6 +83,7 @@ class Strategy:
     fn: StrategyFn
     options: type
     aliases: tuple[str, ...] = ()
+    size_option: Optional[str] = None  # a float option in (0, 1] that sets how much learns (budget matching)
 
     @property
     def summary(self) -> str:
@@ -97,14 +98,16 @@ _REGISTRY: dict[str, Strategy] = {}
 _ALIASES: dict[str, str] = {}
 
 
-def register(name: str, options: type = Options, aliases: tuple[str, ...] = ()) -> Callable[[StrategyFn], StrategyFn]:
-    """Decorator: register `fn` as strategy `name` (duplicates refused, as timm does for models)."""
+def register(name: str, options: type = Options, aliases: tuple[str, ...] = (),
+             size_option: Optional[str] = None) -> Callable[[StrategyFn], StrategyFn]:
+    """Decorator: register `fn` as strategy `name` (duplicates refused, as timm does for models).
+    `size_option` names the option in (0, 1] that scales how much learns, if there is one."""
 
     def wrap(fn: StrategyFn) -> StrategyFn:
         for key in (name, *aliases):
             if key in _REGISTRY or key in _ALIASES:
                 raise ValueError(f"strategy '{key}' is already registered")
-        _REGISTRY[name] = Strategy(name, fn, options, tuple(aliases))
+        _REGISTRY[name] = Strategy(name, fn, options, tuple(aliases), size_option)
         _ALIASES.update({a: name for a in aliases})
         return fn
 

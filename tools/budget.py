@@ -1,0 +1,80 @@
+"""Budget matching: choose each strategy's size so that all learn about the same number of parameters.
+
+    python tools/budget.py --recipe recipes/quickstart.yaml --budget 0.02 --strategy name=filters,dim=in
+
+A budget below 1 is a fraction of the model's parameters, otherwise a count. Strategies that register a
+`size_option` (e.g. `filters`' fraction) are tuned by bisection on the real plan's learned count;
+the others (full, head, block, norm, bias) have a fixed size and are reported as they are.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+
+import datasets
+import yaml
+
+from partial_ft import apply_strategy
+from partial_ft import recipe as recipes
+from partial_ft.data import load as load_data
+from partial_ft.models import build
+from partial_ft.strategies.registry import get
+
+
+def learned_count(model, init_model, spec: dict, seed: int) -> tuple[int, int]:
+    plan = apply_strategy(copy.deepcopy(model), spec, seed=seed, init_model=init_model)
+    return plan.learned, plan.total
+
+
+def match(model, init_model, spec: dict, target: float, seed: int = 0, steps: int = 30) -> tuple[dict, int]:
+    """The spec with its size option set so that learned params come closest to `target`
+    (a fraction < 1 of the total, or a count); returns (spec, learned)."""
+    spec = {k: v for k, v in spec.items() if k != "count"}
+    option = get(spec["name"]).size_option
+    learned, total = learned_count(model, init_model, spec, seed)
+    goal = target * total if target < 1 else target
+    if option is None:
+        return spec, learned
+    lo, hi = 1e-6, 1.0
+    best = (float("inf"), spec, learned)
+    for _ in range(steps):  # learned(fraction) is non-decreasing: bisect
+        mid = (lo * hi) ** 0.5 if hi / lo > 4 else (lo + hi) / 2
+        trial = {**spec, option: round(mid, 6)}
+        learned, _ = learned_count(model, init_model, trial, seed)
+        best = min(best, (abs(learned - goal), trial, learned), key=lambda b: b[0])
+        if learned < goal:
+            lo = mid
+        else:
+            hi = mid
+    return best[1], best[2]
+
+
+def match_all(recipe: recipes.Recipe, specs: list[dict], target: float) -> list[dict]:
+    """Match every spec of a sweep to the budget; prints what each landed on."""
+    bundle = load_data(recipe.data, seed=recipe.train.seed)
+    model, init_model = build(recipe.model, bundle.num_classes, seed=recipe.train.seed)
+    total = sum(p.numel() for p in model.parameters())
+    goal = target * total if target < 1 else target
+    out = []
+    for spec in specs:
+        matched, learned = match(model, init_model, spec, target, recipe.train.seed)
+        off = learned / goal - 1
+        print(f"budget {goal:,.0f}: {matched} learns {learned:,} ({off:+.1%})", flush=True)
+        out.append(matched)
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--recipe", required=True)
+    p.add_argument("--budget", type=float, required=True, help="fraction (< 1) or count of parameters")
+    p.add_argument("--strategy", action="append", required=True,
+                   help="a strategy as key=value pairs, e.g. name=filters,dim=in (repeatable)")
+    args = p.parse_args()
+    datasets.disable_progress_bars()
+    specs = [{k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in s.split(","))} for s in args.strategy]
+    match_all(recipes.load(args.recipe), specs, args.budget)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""Accuracy against learned parameters (log x) per strategy family, with the paper's logarithmic fit.
+
+    python tools/plot.py sweeps/digits/results.csv            # writes accuracy_vs_params.{png,svg}, fits.json
+
+The paper observes that accuracy grows about logarithmically with the number of learned parameters:
+acc = a + b * ln(params). Each family with at least two distinct sizes gets its own least-squares fit,
+drawn as a line and written (a, b, r2) to fits.json.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+from pathlib import Path
+
+
+def log_fit(params: list[float], accs: list[float]) -> dict[str, float]:
+    """Least-squares fit of acc = a + b * ln(params); returns a, b and r2."""
+    xs = [math.log(p) for p in params]
+    n = len(xs)
+    mx, my = sum(xs) / n, sum(accs) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    if n < 2 or sxx == 0:
+        raise ValueError("a log fit needs at least two distinct parameter counts")
+    b = sum((x - mx) * (y - my) for x, y in zip(xs, accs)) / sxx
+    a = my - b * mx
+    ss_res = sum((y - (a + b * x)) ** 2 for x, y in zip(xs, accs))
+    ss_tot = sum((y - my) ** 2 for y in accs)
+    return {"a": a, "b": b, "r2": 1 - ss_res / ss_tot if ss_tot else 1.0}
+
+
+def read_results(path: Path) -> dict[str, list[tuple[float, float, float]]]:
+    """results.csv -> {family: [(learned_params, mean top-1, std), ...]}."""
+    families: dict[str, list[tuple[float, float, float]]] = {}
+    with path.open() as f:
+        for row in csv.DictReader(f):
+            families.setdefault(row["strategy"], []).append(
+                (float(row["learned_params"]), float(row["val_top1_mean"]), float(row.get("val_top1_std") or 0)))
+    return families
+
+
+def plot(families: dict[str, list[tuple[float, float, float]]], out: Path, title: str = "") -> dict:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fits = {}
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for family, points in sorted(families.items()):
+        points.sort()
+        xs, ys, es = zip(*points)
+        line = ax.errorbar(xs, ys, yerr=es, marker="o", linestyle="none", capsize=3, label=family)
+        if len({round(x) for x in xs}) >= 2:
+            fit = log_fit(list(xs), list(ys))
+            fits[family] = fit
+            grid = [min(xs) * (max(xs) / min(xs)) ** (i / 50) for i in range(51)]
+            ax.plot(grid, [fit["a"] + fit["b"] * math.log(g) for g in grid], color=line[0].get_color(),
+                    linewidth=1, label=f"{family}: {fit['a']:.3f} + {fit['b']:.3f}·ln(p)")
+    ax.set_xscale("log")
+    ax.set_xlabel("learned parameters (log scale)")
+    ax.set_ylabel("validation top-1")
+    ax.set_title(title or "accuracy per learned parameter")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out.mkdir(parents=True, exist_ok=True)
+    for ext in ("png", "svg"):
+        fig.savefig(out / f"accuracy_vs_params.{ext}", dpi=120)
+    plt.close(fig)
+    (out / "fits.json").write_text(json.dumps(fits, indent=2) + "\n")
+    return fits
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("results", help="results.csv written by tools/sweep.py")
+    p.add_argument("--out", help="output folder (default: next to results.csv)")
+    p.add_argument("--title", default="")
+    args = p.parse_args()
+    results = Path(args.results)
+    fits = plot(read_results(results), Path(args.out) if args.out else results.parent, args.title)
+    for family, fit in fits.items():
+        print(f"{family}: acc = {fit['a']:.4f} + {fit['b']:.4f} ln(params)  (r2 {fit['r2']:.3f})")
+
+
+if __name__ == "__main__":
+    main()
