@@ -7,14 +7,14 @@ from typing import Any, Optional
 from torch import nn
 
 # one line per strategy module: importing it registers its strategies
-from . import basic, bias, block, filters, norm  # noqa: F401
+from . import basic, bias, block, filters, lora, norm  # noqa: F401
 from .layers import classifier_params, norm_params
 from .plan import LayerRow, Plan, build, merge
-from .registry import (Context, Options, Selection, Strategy, list_strategies, normalize_spec, parse_spec,
-                       register)
+from .registry import (Context, Options, Selection, Strategy, for_export, list_strategies, normalize_spec,
+                       parse_spec, register)
 
 __all__ = ["apply_strategy", "list_strategies", "normalize_spec", "register", "Plan", "LayerRow", "Options",
-           "Selection", "Strategy", "Context"]
+           "Selection", "Strategy", "Context", "for_export"]
 
 
 def apply_strategy(model: nn.Module, spec: Any, *, seed: int = 0,
@@ -26,6 +26,7 @@ def apply_strategy(model: nn.Module, spec: Any, *, seed: int = 0,
     model of the same architecture whose init the `fixed: random` option re-draws from.
     """
     options = parse_spec(spec)
+    total = sum(p.numel() for p in model.parameters())  # of the model as given, before any adapters
     ctx = Context(seed=seed, init_model=init_model)
     selections = []
     for opts in options:
@@ -36,7 +37,7 @@ def apply_strategy(model: nn.Module, spec: Any, *, seed: int = 0,
         if opts.norm:
             sel.whole |= norm_params(model)
         selections.append(sel)
-    return build(model, options, merge(selections))
+    return build(model, options, merge(selections), total)
 
 
 def _strategy_of(opts: Options) -> Strategy:

@@ -96,9 +96,9 @@ def merge(selections: list[Selection]) -> Selection:
     return out
 
 
-def build(model: nn.Module, options: list[Options], selection: Selection) -> Plan:
-    """Freeze everything, then make the selection learnable (partial weights split in place)."""
-    total = sum(p.numel() for p in model.parameters())
+def build(model: nn.Module, options: list[Options], selection: Selection, total: int) -> Plan:
+    """Freeze everything, then make the selection learnable (partial weights split in place).
+    `total` is the model's parameter count before any strategy added modules (e.g. adapters)."""
     for p in model.parameters():
         p.requires_grad_(False)
     for name, spec in selection.partial.items():

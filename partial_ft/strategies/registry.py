@@ -114,6 +114,23 @@ def register(name: str, options: type = Options, aliases: tuple[str, ...] = (),
     return wrap
 
 
+_EXPORT_HOOKS: list[Callable[[nn.Module], nn.Module]] = []
+
+
+def register_export_hook(fn: Callable[[nn.Module], nn.Module]) -> Callable[[nn.Module], nn.Module]:
+    """Decorator: `fn(model) -> model` turns a strategy's own modules back into plain timm ones for
+    export (e.g. merging adapters); it returns the model unchanged when it has none of them."""
+    _EXPORT_HOOKS.append(fn)
+    return fn
+
+
+def for_export(model: nn.Module) -> nn.Module:
+    """The model with every strategy's export hook applied (a copy when any hook changes something)."""
+    for hook in _EXPORT_HOOKS:
+        model = hook(model)
+    return model
+
+
 def get(name: str) -> Strategy:
     """The registered strategy called `name` (or an alias of it)."""
     key = _ALIASES.get(name, name)
