@@ -209,6 +209,16 @@ def test_fixed_zero_and_random_set_the_fixed_part():
     assert not torch.equal(sa[conv][~masks[conv]], sb[conv][~masks[conv]])  # re-drawn, per seed
     assert torch.equal(sa[conv][masks[conv]], sb[conv][masks[conv]])  # learned part starts from the model
 
+    # ensemble members differ by the selection seed only: their fixed random parts are one backbone
+    c, d = _create("test_resnet"), _create("test_resnet")
+    spec = {"name": "filters", "fraction": 0.25, "fixed": "random", "select": "random"}
+    apply_strategy(c, {**spec, "seed": 5}, seed=1, init_model=fresh)
+    apply_strategy(d, {**spec, "seed": 6}, seed=1, init_model=fresh)
+    mc, md = learned_masks(c)[conv], learned_masks(d)[conv]
+    both_fixed = ~mc & ~md
+    assert not torch.equal(mc, md) and both_fixed.any()
+    assert torch.equal(merged_state_dict(c)[conv][both_fixed], merged_state_dict(d)[conv][both_fixed])
+
 
 def test_random_selection_is_seeded():
     picks = []

@@ -26,7 +26,8 @@ class FiltersOptions(Options):
     select: Literal["first", "random"] = "first"
     fixed: Literal["keep", "random", "zero"] = "keep"
     layers: Literal["conv", "linear", "all"] = "conv"
-    seed: Optional[int] = None  # for select: random and fixed: random (default: train.seed)
+    seed: Optional[int] = None  # for select: random (default: train.seed); fixed: random always uses train.seed,
+    # so ensemble members that differ only by this seed share one fixed backbone
     norm: bool = True  # the paper learns BatchNorm alongside; norm: false is its ablation
 
     def validate(self) -> None:
@@ -69,6 +70,6 @@ def filters(model: nn.Module, opts: FiltersOptions, ctx: Context) -> Selection:
         elif opts.fixed == "zero":
             source = torch.zeros_like(module.weight)
         else:
-            source = ctx.random_weight(name, module, seed)
+            source = ctx.random_weight(name, module)
         sel.partial[name] = PartialSpec(opts.dim, index, source)
     return sel
