@@ -1,4 +1,5 @@
-"""Command line: `python -m partial_ft [train] --recipe R [section.key=value ...]`, `... strategies`.
+"""Command line: `python -m partial_ft [train] --recipe R [section.key=value ...] [--resume | --overwrite]`,
+`... eval RUN_DIR`, `... export RUN_DIR --out FILE.safetensors`, `... strategies`.
 
 Argument parsing only; the work lives in train.py. A user mistake prints one `error: ...` line and
 exits with code 2.
@@ -7,11 +8,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 
 from .errors import UserError
 
-COMMANDS = ("train", "strategies")
+COMMANDS = ("train", "eval", "export", "strategies")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -21,10 +23,19 @@ def _parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train as a recipe says (the default command)")
     t.add_argument("--recipe", required=True, help="recipe YAML file")
     t.add_argument("overrides", nargs="*", metavar="section.key=value", help="recipe overrides (values are YAML)")
-    t.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    how = t.add_mutually_exclusive_group()
+    how.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    how.add_argument("--resume", action="store_true", help="continue the run in the folder from its last checkpoint")
+    e = sub.add_parser("eval", help="evaluate a finished run's delta; writes RUN_DIR/eval.json")
+    e.add_argument("run_dir", metavar="RUN_DIR")
+    e.add_argument("--dataset", help="another dataset with the same classes (default: the run's)")
+    e.add_argument("--split", help="the split to evaluate (default: the run's validation split)")
+    e.add_argument("--max-samples", type=int, help="evaluate at most this many (seeded random) images")
+    x = sub.add_parser("export", help="write a plain timm state dict (full weights) from a run's delta")
+    x.add_argument("run_dir", metavar="RUN_DIR", help="a run folder (or its delta.safetensors)")
+    x.add_argument("--out", required=True, help="the .safetensors file to write")
     sub.add_parser("strategies", help="list the strategies with their options and defaults")
     return p
-
 
 
 
@@ -39,9 +50,8 @@ def main(argv: list[str] | None = None) -> int:
             sub.error = lambda message: _fail(message)
     args = parser.parse_args(argv)
     try:
-        if args.command == "strategies":
-            return _strategies()
-        return _train(args)
+        command = {"strategies": _strategies, "eval": _eval, "export": _export, "train": _train}[args.command]
+        return command(args)
     except UserError as e:
         return _fail(str(e))
     except KeyboardInterrupt:
@@ -58,15 +68,49 @@ def _train(args: argparse.Namespace) -> int:
     import datasets
 
     from . import recipe as recipes
+    from .checkpoint import Interrupted
     from .train import run
 
     recipe = recipes.load(args.recipe, args.overrides)
     datasets.disable_progress_bars()  # our own progress bar is the one that matters
-    run(recipe, overwrite=args.overwrite)
+    try:
+        run(recipe, overwrite=args.overwrite, resume=args.resume)
+    except Interrupted as e:
+        again = shlex.join(["python", "-m", "partial_ft", "--recipe", args.recipe, *args.overrides, "--resume"])
+        if os.environ.get("RANK", "0") == "0":  # one message, not one per process
+            print(f"error: {e}; resume with: {again}", file=sys.stderr)
+        return 128 + e.signum
     return 0
 
 
-def _strategies() -> int:
+def _eval(args: argparse.Namespace) -> int:
+    import datasets
+
+    from .train import evaluate_run
+
+    datasets.disable_progress_bars()
+    r = evaluate_run(args.run_dir, dataset=args.dataset, split=args.split, max_samples=args.max_samples)
+    top5 = "" if r["val_top5"] is None else f"  top5 {r['val_top5']:.4f}"
+    print(f"{args.run_dir} on {r['dataset']}, split {r['split']}: {r['val_samples']} images")
+    print(f"  top1 {r['val_top1']:.4f}{top5}  loss {r['val_loss']:.4f}")
+    worst = sorted(r["per_class_top1"].items(), key=lambda kv: kv[1])[:5]
+    print("  worst classes: " + ", ".join(f"{name} {acc:.3f}" for name, acc in worst))
+    print(f"wrote {os.path.join(args.run_dir, 'eval.json')}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .checkpoint import export
+
+    out, info = export(args.run_dir, args.out)
+    kwargs = "".join(f", {k}={v!r}" for k, v in info["model"]["kwargs"].items())
+    print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB), a plain timm state dict; load it without partial_ft:")
+    print(f"  timm.create_model({info['model']['name']!r}, pretrained=True, pretrained_cfg_overlay=dict("
+          f"file={str(out)!r}, num_classes={len(info['class_names'])}){kwargs})")
+    return 0
+
+
+def _strategies(args: argparse.Namespace) -> int:
     from .strategies import list_strategies
 
     for s in list_strategies():

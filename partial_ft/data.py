@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import glob
 import json
-import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -20,10 +18,9 @@ import datasets
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, NamedSplit, Value
 
-from .errors import UserError
+from .errors import UserError, first_line
 from .recipe import DataCfg
 
 VAL_SPLIT_NAMES = ("validation", "valid", "val", "test")
@@ -101,7 +98,7 @@ def load_raw(cfg: DataCfg) -> DatasetDict:
     except UserError:
         raise
     except Exception as e:  # not on the Hub / offline and not cached / unreadable files
-        reason = _first_line(e)
+        reason = first_line(e)
         if "OfflineModeIsEnabled" in reason or "Couldn't reach" in reason:
             reason += " (offline, and not in the local datasets cache)"
         raise UserError(f"cannot load dataset '{source}' (not a local path, so tried as a Hugging Face Hub "
@@ -136,10 +133,6 @@ def _named(ds: Dataset | DatasetDict) -> DatasetDict:
         out[name] = split
     return DatasetDict(out)
 
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 # --------------------------------------------------------------------------------------------
@@ -369,121 +362,6 @@ def _prepare_splits(dsd: DatasetDict, image_col: str, label_col: str) -> tuple[D
     dsd = DatasetDict({k: v.remove_columns([c for c in v.column_names if c == INDEX_COLUMN])
                        .add_column(INDEX_COLUMN, np.arange(len(v))) for k, v in dsd.items()})
     return dsd, class_names, label_kind
-
-
-# --------------------------------------------------------------------------------------------
-# transforms and loaders
-
-
-def transforms(cfg: DataCfg, data_config: dict) -> tuple[Any, Any, bool]:
-    """timm train and eval transforms; returns (train, eval, train_is_deterministic)."""
-    from timm.data import create_transform
-
-    common = dict(input_size=data_config["input_size"], interpolation=data_config.get("interpolation", "bilinear"),
-                  mean=data_config["mean"], std=data_config["std"], crop_pct=data_config.get("crop_pct"),
-                  crop_mode=data_config.get("crop_mode"))
-    eval_tf = create_transform(is_training=False, **common)
-    if not cfg.augment:
-        return eval_tf, eval_tf, True
-    train_tf = create_transform(
-        is_training=True, scale=tuple(cfg.scale) if cfg.scale else None, ratio=tuple(cfg.ratio) if cfg.ratio else None,
-        hflip=cfg.hflip, color_jitter=cfg.color_jitter, auto_augment=cfg.auto_augment, re_prob=cfg.re_prob,
-        **{k: v for k, v in common.items() if k not in ("crop_pct", "crop_mode")},
-    )
-    return train_tf, eval_tf, False
-
-
-class BadImageError(UserError):
-    """An unreadable image. A DataLoader worker's exception comes back to the main process re-built from
-    'Caught BadImageError in DataLoader worker process N. Original Traceback ...'; keep only our message
-    so the CLI's `error:` line stays the useful one."""
-
-    def __init__(self, message: str):
-        if message.startswith("Caught ") and "BadImageError: " in message:
-            message = message.strip().splitlines()[-1].split("BadImageError: ", 1)[1]
-        super().__init__(message)
-
-
-def to_rgb(image: Any) -> Any:
-    """Any PIL image as 8-bit RGB: grayscale, 16-bit, float, RGBA, palette (with transparency), CMYK."""
-    from PIL import Image as PILImage
-
-    if image.mode == "RGB":
-        return image
-    if image.mode in ("I", "F") or image.mode.startswith("I;16"):
-        array = np.asarray(image, dtype=np.float64)
-        top = 1.0 if image.mode == "F" and array.max() <= 1.0 else 255.0 if array.max() <= 255 else 65535.0
-        image = PILImage.fromarray(np.clip(array / top * 255.0, 0, 255).astype(np.uint8), mode="L")
-    elif image.mode in ("P", "PA"):
-        image = image.convert("RGBA")
-    return image.convert("RGB")
-
-
-def _reason(e: Exception) -> str:
-    from PIL import UnidentifiedImageError
-
-    if isinstance(e, UnidentifiedImageError):
-        return "not a readable image file (unknown format or corrupt data)"
-    return re.sub(r" ?<_io\.BytesIO object at 0x[0-9a-f]+>", "", _first_line(e))
-
-
-class ImageDataset(torch.utils.data.Dataset):
-    """A HF split as (tensor, label) pairs; images decoded and converted to RGB lazily, per item.
-
-    Decoding is ours (the column is read undecoded), so an unreadable image can be named by its index in
-    the source split, and skipped when `skip_bad_images` is set (collate() then counts it)."""
-
-    def __init__(self, hf: Dataset, image_column: str, label_column: str, transform: Any, split: str,
-                 skip_bad_images: bool = False):
-        index = [INDEX_COLUMN] if INDEX_COLUMN in hf.column_names else []
-        self.hf = hf.select_columns([image_column, label_column, *index]).cast_column(image_column, Image(decode=False))
-        self.image_column, self.label_column = image_column, label_column
-        self.transform, self.split, self.skip_bad_images = transform, split, skip_bad_images
-        self.source = str(hf.split) if hf.split is not None else split  # the split the rows come from
-
-    def __len__(self) -> int:
-        return len(self.hf)
-
-    def __getitem__(self, index: int):
-        row = self.hf[index]
-        try:
-            if row[self.image_column] is None:
-                raise ValueError("the image is missing")
-            image = Image().decode_example(row[self.image_column])
-            image.load()  # PIL decodes lazily: surface truncated data here, not inside the transform
-            image = to_rgb(image)
-        except Exception as e:
-            if self.skip_bad_images:
-                return None
-            used = f" (used for {self.split})" if self.split != self.source else ""
-            raise BadImageError(f"cannot read image at index {row.get(INDEX_COLUMN, index)} of split "
-                                f"'{self.source}'{used}: {_reason(e)} (set data.skip_bad_images: true to skip "
-                                "unreadable images)") from None
-        return self.transform(image), row[self.label_column]
-
-
-def collate(batch: list) -> Optional[tuple[torch.Tensor, torch.Tensor, int]]:
-    """Stack (image, label) pairs, dropping unreadable ones; returns (x, y, skipped)."""
-    good = [b for b in batch if b is not None]
-    if not good:
-        return None
-    x = torch.stack([b[0] for b in good])
-    y = torch.tensor([b[1] for b in good], dtype=torch.long)
-    return x, y, len(batch) - len(good)
-
-
-def loader(ds: ImageDataset, batch_size: int, shuffle: bool, num_workers: int, seed: int,
-           pin_memory: bool = False) -> torch.utils.data.DataLoader:
-    """A DataLoader with seeded shuffling and persistent workers."""
-    return torch.utils.data.DataLoader(
-        ds, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, collate_fn=collate,
-        persistent_workers=num_workers > 0, pin_memory=pin_memory, drop_last=False,
-        generator=torch.Generator().manual_seed(seed),
-    )
-
-
-def steps_per_epoch(n: int, batch_size: int, processes: int) -> int:
-    return math.ceil(math.ceil(n / processes) / batch_size)
 
 
 def save_info(bundle: DataBundle, path: Path) -> None:

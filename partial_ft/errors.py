@@ -13,3 +13,9 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """Return ' (did you mean X?)' for the closest choice, or '' when nothing is close."""
     close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.5)
     return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def first_line(e: BaseException) -> str:
+    """An exception's first message line (or its type name): what a one-line `error:` can quote."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

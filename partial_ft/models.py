@@ -10,7 +10,7 @@ import timm
 import torch
 from torch import nn
 
-from .errors import UserError
+from .errors import UserError, first_line
 from .recipe import DataCfg, ModelCfg
 
 
@@ -68,12 +68,8 @@ def _pretrained_reason(e: Exception) -> str:
 
     if isinstance(e, (LocalEntryNotFoundError, OfflineModeIsEnabled)):
         return "not in the local Hugging Face cache, and the Hub cannot be reached (offline)"
-    return _first_line(e)
+    return first_line(e)
 
-
-def _first_line(e: Exception) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 def classifier_params(model: nn.Module) -> set[str]:
@@ -102,7 +98,7 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise UserError(f"cannot read checkpoint {path}: {_first_line(e)}") from None
+        raise UserError(f"cannot read checkpoint {path}: {first_line(e)}") from None
     for key in ("state_dict", "model", "state_dict_ema"):  # common training-checkpoint wrappers
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

@@ -80,6 +80,7 @@ class TrainCfg:
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     seed: int = 0
     log_every: int = 10  # steps between progress-bar refreshes of loss / throughput
+    checkpoint_every: Optional[int] = 500  # steps between resumable checkpoints (also one at each epoch end)
     progress: bool = True
 
 
@@ -179,6 +180,9 @@ def _all_keys() -> list[str]:
     return [f"{s}.{f.name}" for s, c in SECTIONS.items() for f in dataclasses.fields(c)]
 
 
+_BOOL_WORDS = {False: ("no", "off", "false"), True: ("yes", "on", "true")}
+
+
 def coerce(value: Any, hint: Any, where: str) -> Any:
     """Check `value` against a type hint, converting only where lossless (int -> float, 3 -> [3])."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
@@ -195,6 +199,10 @@ def coerce(value: Any, hint: Any, where: str) -> Any:
                 errors.append(e)
         raise UserError(f"{where}: expected {_describe(hint)}, got {value!r}")
     if origin is Literal:
+        if isinstance(value, bool):  # YAML 1.1 reads no/off/yes/on as booleans
+            spelled = [a for a in args if isinstance(a, str) and a in _BOOL_WORDS[value]]
+            if spelled:
+                return spelled[0]
         if value in args:
             return value
         raise UserError(f"{where}: must be one of {list(args)}, got {value!r}{did_you_mean(value, args)}")
@@ -253,6 +261,8 @@ def _check_ranges(r: Recipe) -> None:
         (r.train.clip_grad is None or r.train.clip_grad > 0, "train.clip_grad must be > 0"),
         (0 <= r.train.label_smoothing < 1, "train.label_smoothing must be in [0, 1)"),
         (r.train.log_every >= 1, "train.log_every must be >= 1"),
+        (r.train.checkpoint_every is None or r.train.checkpoint_every >= 1,
+         "train.checkpoint_every must be >= 1 (null: only at epoch ends)"),
         (0 < r.data.val_fraction < 1, "data.val_fraction must be in (0, 1)"),
         (r.data.num_workers >= 0, "data.num_workers must be >= 0"),
         (r.data.max_train_samples is None or r.data.max_train_samples >= 1, "data.max_train_samples must be >= 1"),

@@ -1,29 +1,30 @@
 """The training run: recipe -> data, model, strategy plan -> one Accelerate loop -> run folder.
 
-Read it top to bottom: `run()` sets everything up, `train_loop()` is the loop, `evaluate()` measures.
+Read it top to bottom: `run()` sets everything up, `train_loop()` is the loop, `evaluate()` measures,
+`evaluate_run()` measures a finished run's delta again (the `eval` command).
 """
 from __future__ import annotations
 
 import json
 import math
 import resource
-import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, set_seed
+from accelerate.utils import DataLoaderConfiguration, broadcast_object_list, set_seed
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import __version__, data, models
+from . import __version__, checkpoint, data, loaders, models
+from .checkpoint import Interrupted, StopFlag
 from .errors import UserError
 from .partial import partial_buffer_names
-from .recipe import Recipe
+from .recipe import Recipe, from_dict
 from .strategies import Plan, apply_strategy
 
 
@@ -39,6 +40,7 @@ class Setup:
     data_config: dict
     train_loader: torch.utils.data.DataLoader
     val_loader: torch.utils.data.DataLoader
+    fingerprint: str  # of the fixed values, taken before any training (they never change)
 
 
 def prepare(recipe: Recipe) -> Setup:
@@ -57,48 +59,45 @@ def prepare(recipe: Recipe) -> Setup:
     model, init_model = models.build(recipe.model, bundle.num_classes, seed=t.seed)
     plan = apply_strategy(model, recipe.strategy, seed=t.seed, init_model=init_model)
     data_config = models.data_config(model, recipe.data)
-    train_tf, eval_tf, _ = data.transforms(recipe.data, data_config)
-    skip = recipe.data.skip_bad_images
-    workers = recipe.data.num_workers
+    train_tf, eval_tf, _ = loaders.transforms(recipe.data, data_config)
     pin = accelerator.device.type == "cuda"
-    train_ds = data.ImageDataset(bundle.train, bundle.image_column, bundle.label_column, train_tf, "train", skip)
-    val_ds = data.ImageDataset(bundle.val, bundle.image_column, bundle.label_column, eval_tf, "validation", skip)
-    train_loader = data.loader(train_ds, t.batch_size, True, workers, t.seed, pin)
-    val_loader = data.loader(val_ds, t.eval_batch_size or 2 * t.batch_size, False, workers, t.seed, pin)
-    return Setup(recipe, accelerator, bundle, model, plan, data_config, train_loader, val_loader)
+    columns = (bundle.image_column, bundle.label_column)
+    train_loader = loaders.make_loader(bundle.train, *columns, train_tf, "train", recipe.data, t.batch_size,
+                                       True, t.seed, pin)
+    val_loader = loaders.make_loader(bundle.val, *columns, eval_tf, "validation", recipe.data,
+                                     t.eval_batch_size or 2 * t.batch_size, False, t.seed, pin)
+    checkpoint.shield_workers(train_loader, val_loader)  # SIGTERM / Ctrl-C: the loop checkpoints first
+    fixed = checkpoint.fingerprint(model) if accelerator.is_main_process else ""  # the main process saves deltas
+    return Setup(recipe, accelerator, bundle, model, plan, data_config, train_loader, val_loader, fixed)
 
 
-def start_run_dir(run_dir: Path, overwrite: bool) -> None:
-    """Refuse to clobber a finished or started run unless asked to overwrite."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise UserError(f"output.dir {run_dir} is a file, not a folder")
-    if run_dir.is_dir() and any(run_dir.iterdir()):
-        if not overwrite:
-            raise UserError(f"run folder {run_dir} already holds a run; pass --overwrite to replace it "
-                            "or set output.dir")
-        shutil.rmtree(run_dir)
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create run folder {run_dir}: {e.strerror}") from None
-
-
-def run(recipe: Recipe, overwrite: bool = False) -> dict[str, Any]:
-    """Train as the recipe says and write the run folder; returns the summary."""
+def run(recipe: Recipe, overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
+    """Train as the recipe says and write the run folder; returns the summary. With `resume`, continue
+    the run in the folder from its last checkpoint. SIGTERM / Ctrl-C checkpoint and raise Interrupted."""
     s = prepare(recipe)
     acc, run_dir = s.accelerator, recipe.run_dir
-    if acc.is_main_process:
-        start_run_dir(run_dir, overwrite)
+    resume_from = [checkpoint.start_run_dir(recipe, overwrite, resume) if acc.is_main_process else None]
+    resume_from = broadcast_object_list(resume_from)[0] if acc.num_processes > 1 else resume_from[0]
+    if acc.is_main_process and resume_from is None:  # a fresh start (or a resume with nothing saved yet)
         (run_dir / "recipe.yaml").write_text(recipe.to_yaml())
         (run_dir / "plan.txt").write_text(s.plan.table() + "\n")
         data.save_info(s.bundle, run_dir / "data.json")
+        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+    if acc.is_main_process:
         print(s.plan.table(), flush=True)
         print(f"strategy {s.plan.label}: learning {s.plan.learned:,} of {s.plan.total:,} parameters "
               f"({100 * s.plan.fraction:.3g}%)", flush=True)
+        if resume_from is not None:
+            print(f"resuming from {resume_from}", flush=True)
     acc.wait_for_everyone()
-    summary = train_loop(s)
+    with checkpoint.stop_on_signals() as stop:
+        summary, model = train_loop(s, resume_from, stop)
     if acc.is_main_process:
+        delta = checkpoint.save_delta(run_dir / checkpoint.DELTA_NAME, model, recipe, s.bundle.class_names,
+                                      s.data_config, s.fingerprint)
+        summary["delta_bytes"] = delta.stat().st_size
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        checkpoint.remove_checkpoints(run_dir)  # finished: the delta is what a run keeps
         top5 = "" if summary["val_top5"] is None else f"  val_top5 {summary['val_top5']:.4f}"
         print(f"run folder {run_dir}: val_top1 {summary['val_top1']:.4f}{top5}  learned "
               f"{summary['learned_params']:,}/{summary['total_params']:,} params "
@@ -108,8 +107,27 @@ def run(recipe: Recipe, overwrite: bool = False) -> dict[str, Any]:
     return summary
 
 
-def train_loop(s: Setup) -> dict[str, Any]:
-    """One readable loop: epochs of accumulated, clipped, scheduled steps; evaluation every epoch."""
+@dataclass
+class Progress:
+    """Where the loop is. Saved with every checkpoint, so a resumed run continues exactly."""
+
+    epoch: int = 0  # the epoch in progress (0-based)
+    batches: int = 0  # batches of that epoch already consumed
+    step: int = 0  # optimizer updates so far
+    images: int = 0
+    skipped: int = 0
+    train_seconds: float = 0.0
+    epoch_images: int = 0
+    epoch_seconds: float = 0.0
+    loss_sum: float = 0.0  # this epoch's running loss (its train_loss is the mean)
+    loss_count: int = 0
+    metrics: dict = field(default_factory=dict)  # the last epoch's metrics
+    metrics_lines: int = 0  # lines of metrics.jsonl written (one per finished epoch)
+
+
+def train_loop(s: Setup, resume_from: Optional[Path], stop: StopFlag) -> tuple[dict[str, Any], nn.Module]:
+    """One readable loop: epochs of accumulated, clipped, scheduled steps; evaluation and a checkpoint
+    every epoch, a checkpoint every `checkpoint_every` steps. Returns (summary, trained model)."""
     from timm.optim import create_optimizer_v2
     from timm.scheduler import create_scheduler_v2
 
@@ -126,57 +144,97 @@ def train_loop(s: Setup) -> dict[str, Any]:
     epochs = math.ceil(t.max_steps / updates_per_epoch) if t.max_steps else t.epochs
     scheduler, _ = create_scheduler_v2(optimizer, sched=t.sched, num_epochs=epochs, warmup_epochs=t.warmup_epochs,
                                        min_lr=t.min_lr, step_on_epochs=False, updates_per_epoch=updates_per_epoch)
+    acc.register_for_checkpointing(scheduler)
     criterion = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
     learned = [p for p in model.parameters() if p.requires_grad]
     metrics_path = recipe.run_dir / "metrics.jsonl"
 
-    step = images = skipped = 0
-    train_seconds = 0.0
-    metrics: dict[str, Any] = {}
-    for epoch in range(epochs):
-        model.train()
-        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{epochs}", leave=False, dynamic_ncols=True,
-                   disable=not (t.progress and acc.is_local_main_process), mininterval=1.0)
-        epoch_start, epoch_images, loss_sum, loss_count = time.perf_counter(), 0, 0.0, 0
-        for batch in bar:
-            if batch is None:  # every image of the batch was unreadable and skipped
-                continue
-            x, y, bad = batch
-            skipped += bad
-            with acc.accumulate(model):
-                loss = criterion(model(x), y)
-                acc.backward(loss)
-                if acc.sync_gradients and t.clip_grad:
-                    acc.clip_grad_norm_(learned, t.clip_grad)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            epoch_images += x.shape[0] * acc.num_processes
-            loss_sum += loss.item()
-            loss_count += 1
-            if acc.sync_gradients:
-                step += 1
-                scheduler.step_update(step)
-                if step % t.log_every == 0:
-                    rate = epoch_images / max(time.perf_counter() - epoch_start, 1e-9)
-                    bar.set_postfix(loss=f"{loss_sum / loss_count:.4f}", img_s=f"{rate:.0f}",
-                                    lr=f"{optimizer.param_groups[0]['lr']:.2e}")
-                if t.max_steps and step >= t.max_steps:
-                    break
-        bar.close()
-        train_seconds += time.perf_counter() - epoch_start
-        images += epoch_images
-        metrics = evaluate(model, val_loader, acc, len(s.bundle.class_names))
-        metrics.update(epoch=epoch + 1, step=step, train_loss=loss_sum / max(loss_count, 1),
-                       lr=optimizer.param_groups[0]["lr"], train_seconds=round(train_seconds, 3))
-        if acc.is_main_process:
-            with metrics_path.open("a") as f:
-                f.write(json.dumps(metrics) + "\n")
-            top5 = "" if metrics["val_top5"] is None else f"  val_top5 {metrics['val_top5']:.4f}"
-            print(f"epoch {epoch + 1}/{epochs}  step {step}  loss {metrics['train_loss']:.4f}  "
-                  f"val_top1 {metrics['val_top1']:.4f}{top5}", flush=True)
-        if t.max_steps and step >= t.max_steps:
-            break
+    p = Progress()
+    if resume_from is not None:  # model, optimizer, scheduler, RNG states, and where the loop was
+        p = Progress(**checkpoint.load_checkpoint(acc, resume_from))
+        if acc.is_main_process:  # epochs logged after the checkpoint are run again: drop their lines
+            lines = metrics_path.read_text().splitlines(keepends=True) if metrics_path.is_file() else []
+            metrics_path.write_text("".join(lines[:p.metrics_lines]))
 
+    def save() -> Path:
+        return checkpoint.save_checkpoint(acc, recipe.run_dir, asdict(p))
+
+    def finished() -> bool:
+        return p.epoch >= epochs or bool(t.max_steps and p.step >= t.max_steps)
+
+    batches = train_loader
+    try:
+        while not finished():
+            model.train()
+            # an epoch's order comes from (seed, epoch) alone (seedable sampler), so a resumed epoch sees the
+            # same batches; skip those it already learned from
+            train_loader.set_epoch(p.epoch)
+            batches = acc.skip_first_batches(train_loader, p.batches) if p.batches else train_loader
+            bar = tqdm(batches, desc=f"epoch {p.epoch + 1}/{epochs}", leave=False, dynamic_ncols=True,
+                       disable=not (t.progress and acc.is_local_main_process), mininterval=1.0,
+                       initial=p.batches, total=len(train_loader))
+            epoch_start = time.perf_counter() - p.epoch_seconds
+            for batch in bar:
+                p.batches += 1
+                x, y, bad = batch
+                p.skipped += bad
+                if x is None:  # every image of the batch was unreadable and skipped
+                    continue
+                with acc.accumulate(model):
+                    loss = criterion(model(x), y)
+                    acc.backward(loss)
+                    if acc.sync_gradients and t.clip_grad:
+                        acc.clip_grad_norm_(learned, t.clip_grad)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                p.epoch_images += x.shape[0] * acc.num_processes
+                p.loss_sum += loss.item()
+                p.loss_count += 1
+                if not acc.sync_gradients:
+                    continue  # checkpoints and stops only fall between whole (accumulated) steps
+                p.step += 1
+                scheduler.step_update(p.step)
+                if p.step % t.log_every == 0:
+                    rate = p.epoch_images / max(time.perf_counter() - epoch_start, 1e-9)
+                    bar.set_postfix(loss=f"{p.loss_sum / p.loss_count:.4f}", img_s=f"{rate:.0f}",
+                                    lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+                if t.max_steps and p.step >= t.max_steps:
+                    break
+                stopping = _stop_requested(acc, stop)
+                periodic = t.checkpoint_every and p.step % t.checkpoint_every == 0 and p.batches < len(train_loader)
+                if stopping or periodic:  # (the epoch's last batch is followed by the epoch-end checkpoint)
+                    p.epoch_seconds = time.perf_counter() - epoch_start
+                    folder = save()
+                    if stopping:
+                        raise Interrupted(stop.signum, p.step, folder)
+            bar.close()
+            p.train_seconds += time.perf_counter() - epoch_start
+            p.images += p.epoch_images
+            p.metrics = evaluate(model, val_loader, acc, len(s.bundle.class_names))
+            p.metrics.update(epoch=p.epoch + 1, step=p.step, train_loss=p.loss_sum / max(p.loss_count, 1),
+                             lr=optimizer.param_groups[0]["lr"], train_seconds=round(p.train_seconds, 3))
+            if acc.is_main_process:
+                with metrics_path.open("a") as f:
+                    f.write(json.dumps(p.metrics) + "\n")
+                top5 = "" if p.metrics["val_top5"] is None else f"  val_top5 {p.metrics['val_top5']:.4f}"
+                print(f"epoch {p.epoch + 1}/{epochs}  step {p.step}  loss {p.metrics['train_loss']:.4f}  "
+                      f"val_top1 {p.metrics['val_top1']:.4f}{top5}", flush=True)
+            p = Progress(epoch=p.epoch + 1, step=p.step, images=p.images, skipped=p.skipped, metrics=p.metrics,
+                         train_seconds=p.train_seconds, metrics_lines=p.metrics_lines + 1)
+            if not finished():
+                folder = save()
+                if _stop_requested(acc, stop):
+                    raise Interrupted(stop.signum, p.step, folder)
+
+    finally:  # on errors too: persistent workers must not outlive the loop (see loaders.shutdown_workers)
+        loaders.shutdown_workers(train_loader, val_loader, batches)
+
+    return summarize(s, p, optimizer), acc.unwrap_model(model)
+
+
+def summarize(s: Setup, p: Progress, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """What summary.json holds: the plan's counts, the last epoch's metrics, throughput and memory."""
+    recipe, acc, metrics = s.recipe, s.accelerator, p.metrics
     return {
         "model": recipe.model.name,
         "strategy": s.plan.label,
@@ -188,18 +246,28 @@ def train_loop(s: Setup) -> dict[str, Any]:
         "val_top5": metrics.get("val_top5"),
         "val_loss": metrics.get("val_loss"),
         "epochs": metrics.get("epoch", 0),
-        "steps": step,
-        "train_seconds": round(train_seconds, 3),
-        "train_images_per_second": images / train_seconds if train_seconds else 0.0,
+        "steps": p.step,
+        "train_seconds": round(p.train_seconds, 3),
+        "train_images_per_second": p.images / p.train_seconds if p.train_seconds else 0.0,
         "optimizer_state_bytes": optimizer_state_bytes(optimizer),
         "peak_memory_bytes": peak_memory_bytes(acc.device),
-        "skipped_images": skipped,
+        "skipped_images": p.skipped,
         "num_processes": acc.num_processes,
         "num_classes": len(s.bundle.class_names),
         "data_config": {k: list(v) if isinstance(v, tuple) else v for k, v in s.data_config.items()},
         "seed": recipe.train.seed,
         "partial_ft_version": __version__,
     }
+
+
+def _stop_requested(acc: Accelerator, stop: StopFlag) -> bool:
+    """Whether any process got SIGTERM / Ctrl-C: all processes must stop (and checkpoint) together."""
+    if acc.num_processes == 1:
+        return stop.signum is not None
+    flag = torch.tensor([stop.signum or 0], device=acc.device)
+    signum = int(acc.reduce(flag, reduction="max").item())
+    stop.signum = stop.signum or (signum or None)
+    return signum != 0
 
 
 @torch.no_grad()
@@ -212,10 +280,9 @@ def evaluate(model: nn.Module, loader: torch.utils.data.DataLoader, acc: Acceler
     loss_sum = 0.0
     per_class_correct = torch.zeros(num_classes, dtype=torch.long)
     per_class_total = torch.zeros(num_classes, dtype=torch.long)
-    for batch in loader:
-        if batch is None:
+    for x, y, _ in loader:
+        if x is None:
             continue
-        x, y, _ = batch
         logits = model(x)
         logits, y = acc.gather_for_metrics((logits, y))
         logits = logits.float()
@@ -234,6 +301,43 @@ def evaluate(model: nn.Module, loader: torch.utils.data.DataLoader, acc: Acceler
         "val_samples": total,
         "per_class_top1": (per_class_correct / per_class_total.clamp(min=1)).tolist(),
     }
+
+
+def evaluate_run(run_dir: str | Path, dataset: Optional[str] = None, split: Optional[str] = None,
+                 max_samples: Optional[int] = None) -> dict[str, Any]:
+    """Evaluate a finished run's delta (the `eval` command) and write run_dir/eval.json. By default on the
+    run's own validation split with its own settings, so the numbers equal summary.json's; with another
+    dataset or split, on all of it (or max_samples)."""
+    import yaml
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "recipe.yaml").is_file():
+        raise UserError(f"{run_dir} is not a run folder (no recipe.yaml)")
+    recipe = from_dict(yaml.safe_load((run_dir / "recipe.yaml").read_text()))
+    info = checkpoint.read_info(run_dir)
+    model = checkpoint.load_delta(run_dir)
+    cfg, t = recipe.data, recipe.train
+    if dataset or split or max_samples:
+        cfg = replace(cfg, dataset=dataset or cfg.dataset, config=cfg.config if not dataset else None,
+                      val_split=split or (cfg.val_split if not dataset else None), max_val_samples=max_samples)
+    acc = Accelerator(mixed_precision=t.mixed_precision)
+    with acc.main_process_first():
+        bundle = data.load(cfg, seed=t.seed)
+    if bundle.class_names != info["class_names"]:
+        raise UserError(f"dataset '{cfg.dataset}' has classes {bundle.class_names[:10]}, but the run learned "
+                        f"{info['class_names'][:10]}: the classifier cannot be evaluated on it")
+    _, eval_tf, _ = loaders.transforms(cfg, info["data_config"])
+    loader = loaders.make_loader(bundle.val, bundle.image_column, bundle.label_column, eval_tf, "validation", cfg,
+                                 t.eval_batch_size or 2 * t.batch_size, False, t.seed, acc.device.type == "cuda")
+    model, loader = acc.prepare(model, loader)
+    metrics = evaluate(model, loader, acc, len(bundle.class_names))
+    val_split = bundle.info["val_split"]
+    result = {"dataset": cfg.dataset, "split": val_split if isinstance(val_split, str) else
+              f"{val_split['carved_from']} (carved, fraction {val_split['fraction']})", **metrics,
+              "per_class_top1": dict(zip(bundle.class_names, metrics["per_class_top1"]))}
+    if acc.is_main_process:
+        (run_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
 
 
 def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:

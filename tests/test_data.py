@@ -17,7 +17,7 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
 from PIL import Image as PILImage
 
 from conftest import run_cli
-from partial_ft import data
+from partial_ft import data, loaders
 from partial_ft.errors import UserError
 from partial_ft.recipe import DataCfg
 
@@ -110,7 +110,7 @@ def test_save_to_disk_train_only_writes_nothing_into_the_folder(forms):
     assert (len(b.train), len(b.val)) == (50, 20)
     assert b.info["train_samples"] == 50 and b.info["val_samples"] == 20
     assert 45 <= len(b.info["val_split"]["indices"]) <= 55  # 25% of 200, per class rounding
-    ds = data.ImageDataset(b.train, b.image_column, b.label_column, lambda im: im, "train")
+    ds = loaders.ImageDataset(b.train, b.image_column, b.label_column, lambda im: im, "train")
     image, label = ds[0]
     assert image.mode == "RGB" and 0 <= label < 10
     assert sorted(p.name for p in forms["saved"].rglob("*")) == before  # no cache files in the user's data
@@ -143,7 +143,7 @@ def test_arrow_file_and_image_paths(tmp_path, forms):
     pq.write_table(pa.table({"file": files, "cls": [Path(f).parent.name for f in files]}), tmp_path / "paths.parquet")
     b = _load(tmp_path / "paths.parquet")
     assert (b.image_column, b.label_column) == ("file", "cls") and b.class_names == sorted(NAMES)
-    image, label = data.ImageDataset(b.train, "file", "cls", lambda im: im, "train")[0]
+    image, label = loaders.ImageDataset(b.train, "file", "cls", lambda im: im, "train")[0]
     source_row = b.train[0][data.INDEX_COLUMN]
     assert image.mode == "RGB" and image.size == (8, 8) and b.class_names[label] == Path(files[source_row]).parent.name
 
@@ -235,7 +235,7 @@ def test_to_rgb(mode):
         image = PILImage.fromarray(np.asarray(base, dtype=np.float32) / 255.0, mode="F")
     else:
         image = base.convert(mode)
-    out = data.to_rgb(image)
+    out = loaders.to_rgb(image)
     assert out.mode == "RGB" and out.size == (8, 6)
     if mode in ("L", "LA", "RGBA", "RGB", "P", "I;16", "I", "F"):  # intensities survive the conversion
         assert np.abs(np.asarray(out, dtype=int)[..., 0] - np.asarray(base, dtype=int)).max() <= 1
@@ -245,20 +245,20 @@ def test_unreadable_image_named_by_source_index(forms):
     b = _load(forms["parquet"])
     role, hf = ("validation", b.val) if BAD_ROW in b.info["val_split"]["indices"] else ("train", b.train)
     position = list(hf[data.INDEX_COLUMN]).index(BAD_ROW)
-    ds = data.ImageDataset(hf, b.image_column, b.label_column, lambda im: torch.zeros(1), role)
-    with pytest.raises(data.BadImageError) as e:
+    ds = loaders.ImageDataset(hf, b.image_column, b.label_column, lambda im: torch.zeros(1), role)
+    with pytest.raises(loaders.BadImageError) as e:
         ds[position]
     text = str(e.value)
     assert text.startswith(f"cannot read image at index {BAD_ROW} of split 'train'") and "\n" not in text
     assert "skip_bad_images" in text and (role == "train") == ("used for validation" not in text)
     # through a worker process torch re-raises it with the traceback in the message: still one clean line
-    loader = data.loader(ds, batch_size=len(ds), shuffle=False, num_workers=1, seed=0)
-    with pytest.raises(data.BadImageError) as e:
+    loader = loaders.loader(ds, batch_size=len(ds), shuffle=False, num_workers=1, seed=0)
+    with pytest.raises(loaders.BadImageError) as e:
         next(iter(loader))
     assert str(e.value) == text
     # skipped: the item is None, and collate counts it
     ds.skip_bad_images = True
-    x, y, skipped = next(iter(data.loader(ds, batch_size=len(ds), shuffle=False, num_workers=0, seed=0)))
+    x, y, skipped = next(iter(loaders.loader(ds, batch_size=len(ds), shuffle=False, num_workers=0, seed=0)))
     assert skipped == 1 and x.shape[0] == len(ds) - 1 == y.shape[0]
 
 
@@ -266,12 +266,12 @@ def test_transforms_from_timm():
     config = {"input_size": (3, 32, 32), "interpolation": "bilinear", "mean": (0.5,) * 3, "std": (0.5,) * 3,
               "crop_pct": 1.0, "crop_mode": "center"}
     cfg = DataCfg(scale=[0.8, 1.0], ratio=[0.9, 1.1], hflip=0.5)
-    train_tf, eval_tf, deterministic = data.transforms(cfg, config)
+    train_tf, eval_tf, deterministic = loaders.transforms(cfg, config)
     image = PILImage.new("RGB", (8, 8), (255, 0, 0))
     assert not deterministic and train_tf(image).shape == eval_tf(image).shape == (3, 32, 32)
     assert "RandomHorizontalFlip" in repr(train_tf) and "scale=(0.8, 1.0)" in repr(train_tf)
     assert "Random" not in repr(eval_tf)
-    assert data.transforms(DataCfg(augment=False), config)[2]
+    assert loaders.transforms(DataCfg(augment=False), config)[2]
 
 
 # --------------------------------------------------------------------------------------------

@@ -97,3 +97,24 @@ def test_tiny_sweep_end_to_end_writes_tables_and_plot(tiny_recipe, tmp_path):
     assert (out / "accuracy_vs_params.png").stat().st_size > 1000
     assert (out / "accuracy_vs_params.svg").is_file()
     assert "filters" in (out / "fits.json").read_text()
+
+
+def test_two_member_ensemble_and_weight_stats_on_trained_runs(tiny_recipe, tmp_path):
+    import json
+
+    out = tmp_path / "ens"
+    recipe = tiny_recipe("ens_base", strategy={"name": "filters", "fraction": 0.25, "fixed": "random"})
+    p = _tool("ensemble.py", "--recipe", str(recipe), "--members", "2", "--out", str(out))
+    assert p.returncode == 0, p.stderr[-2000:]
+    result = json.loads((out / "ensemble.json").read_text())["shared_backbone"]
+    assert result["members"] == 2 and len(result["member_top1"]) == 2
+    assert 0 <= result["ensemble_top1"] <= 1
+    summaries = [json.loads((out / f"member{i}" / "summary.json").read_text()) for i in range(2)]
+    assert result["learned_params_total"] == sum(s["learned_params"] for s in summaries)
+    assert result["mean_member_top1"] == sum(s["val_top1"] for s in summaries) / 2  # same split, same weights
+
+    p = _tool("weight_stats.py", str(out / "member0"))
+    assert p.returncode == 0, p.stderr[-2000:]
+    rows = (out / "member0" / "weight_stats.csv").read_text().splitlines()
+    assert rows[0].startswith("layer,entries,learned") and len(rows) > 5
+    assert (out / "member0" / "weight_stats.png").stat().st_size > 1000

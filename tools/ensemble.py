@@ -29,17 +29,16 @@ from partial_ft import recipe as recipes  # noqa: E402
 @torch.no_grad()
 def member_logits(run_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits, labels) of a run's delta on the run's own validation split, in dataset order."""
-    from partial_ft import data
+    from partial_ft import data, loaders
 
     recipe = recipes.load(run_dir / "recipe.yaml")
     model = load_delta(run_dir).eval()
     bundle = data.load(recipe.data, seed=recipe.train.seed)
     config = json.loads((run_dir / "summary.json").read_text())["data_config"]
-    _, eval_tf, _ = data.transforms(recipe.data, config)
-    ds = data.ImageDataset(bundle.val, bundle.image_column, bundle.label_column, eval_tf, "validation")
+    _, eval_tf, _ = loaders.transforms(recipe.data, config)
+    ds = loaders.ImageDataset(bundle.val, bundle.image_column, bundle.label_column, eval_tf, "validation")
     logits, labels = [], []
-    for batch in data.loader(ds, 256, False, 0, 0):
-        x, y = batch[0], batch[1]
+    for x, y, _ in loaders.loader(ds, 256, False, 0, 0):
         logits.append(model(x).float())
         labels.append(y)
     return torch.cat(logits), torch.cat(labels)

@@ -27,7 +27,6 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import datasets
 import yaml

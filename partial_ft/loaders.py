@@ -1,0 +1,138 @@
+"""From a split of a Hugging Face dataset to batches: timm transforms, RGB conversion, unreadable images,
+and DataLoaders with seeded order and persistent workers."""
+from __future__ import annotations
+
+import re
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from datasets import Dataset, Image
+
+from .data import INDEX_COLUMN
+from .errors import UserError, first_line
+from .recipe import DataCfg
+
+def transforms(cfg: DataCfg, data_config: dict) -> tuple[Any, Any, bool]:
+    """timm train and eval transforms; returns (train, eval, train_is_deterministic)."""
+    from timm.data import create_transform
+
+    common = dict(input_size=data_config["input_size"], interpolation=data_config.get("interpolation", "bilinear"),
+                  mean=data_config["mean"], std=data_config["std"], crop_pct=data_config.get("crop_pct"),
+                  crop_mode=data_config.get("crop_mode"))
+    eval_tf = create_transform(is_training=False, **common)
+    if not cfg.augment:
+        return eval_tf, eval_tf, True
+    train_tf = create_transform(
+        is_training=True, scale=tuple(cfg.scale) if cfg.scale else None, ratio=tuple(cfg.ratio) if cfg.ratio else None,
+        hflip=cfg.hflip, color_jitter=cfg.color_jitter, auto_augment=cfg.auto_augment, re_prob=cfg.re_prob,
+        **{k: v for k, v in common.items() if k not in ("crop_pct", "crop_mode")},
+    )
+    return train_tf, eval_tf, False
+
+
+class BadImageError(UserError):
+    """An unreadable image. A DataLoader worker's exception comes back to the main process re-built from
+    'Caught BadImageError in DataLoader worker process N. Original Traceback ...'; keep only our message
+    so the CLI's `error:` line stays the useful one."""
+
+    def __init__(self, message: str):
+        if message.startswith("Caught ") and "BadImageError: " in message:
+            message = message.strip().splitlines()[-1].split("BadImageError: ", 1)[1]
+        super().__init__(message)
+
+
+def to_rgb(image: Any) -> Any:
+    """Any PIL image as 8-bit RGB: grayscale, 16-bit, float, RGBA, palette (with transparency), CMYK."""
+    from PIL import Image as PILImage
+
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I", "F") or image.mode.startswith("I;16"):
+        array = np.asarray(image, dtype=np.float64)
+        top = 1.0 if image.mode == "F" and array.max() <= 1.0 else 255.0 if array.max() <= 255 else 65535.0
+        image = PILImage.fromarray(np.clip(array / top * 255.0, 0, 255).astype(np.uint8), mode="L")
+    elif image.mode in ("P", "PA"):
+        image = image.convert("RGBA")
+    return image.convert("RGB")
+
+
+def _reason(e: Exception) -> str:
+    from PIL import UnidentifiedImageError
+
+    if isinstance(e, UnidentifiedImageError):
+        return "not a readable image file (unknown format or corrupt data)"
+    return re.sub(r" ?<_io\.BytesIO object at 0x[0-9a-f]+>", "", first_line(e))
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """A HF split as (tensor, label) pairs; images decoded and converted to RGB lazily, per item.
+
+    Decoding is ours (the column is read undecoded), so an unreadable image can be named by its index in
+    the source split, and skipped when `skip_bad_images` is set (collate() then counts it)."""
+
+    def __init__(self, hf: Dataset, image_column: str, label_column: str, transform: Any, split: str,
+                 skip_bad_images: bool = False):
+        index = [INDEX_COLUMN] if INDEX_COLUMN in hf.column_names else []
+        self.hf = hf.select_columns([image_column, label_column, *index]).cast_column(image_column, Image(decode=False))
+        self.image_column, self.label_column = image_column, label_column
+        self.transform, self.split, self.skip_bad_images = transform, split, skip_bad_images
+        self.source = str(hf.split) if hf.split is not None else split  # the split the rows come from
+
+    def __len__(self) -> int:
+        return len(self.hf)
+
+    def __getitem__(self, index: int):
+        row = self.hf[index]
+        try:
+            if row[self.image_column] is None:
+                raise ValueError("the image is missing")
+            image = Image().decode_example(row[self.image_column])
+            image.load()  # PIL decodes lazily: surface truncated data here, not inside the transform
+            image = to_rgb(image)
+        except Exception as e:
+            if self.skip_bad_images:
+                return None
+            used = f" (used for {self.split})" if self.split != self.source else ""
+            raise BadImageError(f"cannot read image at index {row.get(INDEX_COLUMN, index)} of split "
+                                f"'{self.source}'{used}: {_reason(e)} (set data.skip_bad_images: true to skip "
+                                "unreadable images)") from None
+        return self.transform(image), row[self.label_column]
+
+
+def collate(batch: list) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor], int]:
+    """Stack (image, label) pairs, dropping unreadable ones (None); returns (x, y, skipped), with x and
+    y None when no image of the batch could be read."""
+    good = [b for b in batch if b is not None]
+    if not good:
+        return None, None, len(batch)
+    x = torch.stack([b[0] for b in good])
+    y = torch.tensor([b[1] for b in good], dtype=torch.long)
+    return x, y, len(batch) - len(good)
+
+
+def loader(ds: ImageDataset, batch_size: int, shuffle: bool, num_workers: int, seed: int,
+           pin_memory: bool = False) -> torch.utils.data.DataLoader:
+    """A DataLoader with seeded shuffling and persistent workers."""
+    return torch.utils.data.DataLoader(
+        ds, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, collate_fn=collate,
+        persistent_workers=num_workers > 0, pin_memory=pin_memory, drop_last=False,
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
+def make_loader(split: Dataset, image_column: str, label_column: str, transform: Any, role: str, cfg: DataCfg,
+                batch_size: int, shuffle: bool, seed: int, pin_memory: bool = False) -> torch.utils.data.DataLoader:
+    """The DataLoader of one split as the recipe's data section configures it."""
+    ds = ImageDataset(split, image_column, label_column, transform, role, cfg.skip_bad_images)
+    return loader(ds, batch_size, shuffle, cfg.num_workers, seed, pin_memory)
+
+
+def shutdown_workers(*loaders: torch.utils.data.DataLoader) -> None:
+    """Stop persistent DataLoader workers now. On an error path they would otherwise live until Python's
+    exit, which ends them with SIGTERM, a signal workers ignore while training (see checkpoint.py)."""
+    for dl in loaders:
+        iterator = getattr(dl, "_iterator", None)
+        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()
+            dl._iterator = None

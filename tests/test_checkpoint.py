@@ -1,0 +1,326 @@
+"""Deltas (only what learned) round-trip exactly and stay small; a base that differs is refused; eval
+equals the run's summary; exports load into bare timm; runs resume exactly after SIGKILL and SIGTERM."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from conftest import TINY, write_recipe
+from partial_ft import load_delta, merged_state_dict
+from partial_ft import recipe as recipes
+from partial_ft import train
+from partial_ft.__main__ import main
+from partial_ft.checkpoint import fingerprint, latest, save_checkpoint, save_delta, start_run_dir
+from partial_ft.errors import UserError
+from partial_ft.models import build
+from partial_ft.strategies import apply_strategy
+
+NUM_CLASSES = 5
+TIMING_KEYS = {"train_seconds", "train_images_per_second", "peak_memory_bytes", "delta_bytes"}
+
+
+# --------------------------------------------------------------------------------------------
+# deltas without training: perturb what learns (as training would), save, rebuild, compare
+
+
+def _trained(model_section: dict, strategy: dict, seed: int = 3):
+    """A model built and stripped down as a run does, with its learned values and BN stats moved."""
+    recipe = recipes.from_dict({"model": model_section, "strategy": strategy, "train": {"seed": seed}})
+    model, init_model = build(recipe.model, NUM_CLASSES, seed=seed)
+    apply_strategy(model, recipe.strategy, seed=seed, init_model=init_model)
+    base = fingerprint(model)
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.1 * torch.randn(p.shape, generator=gen))
+        model.train()
+        model(torch.randn(4, 3, 32, 32, generator=gen))  # updates running stats where they update
+    return recipe, model.eval(), base
+
+
+def _save(tmp_path: Path, recipe, model, base) -> Path:
+    names = [f"c{i}" for i in range(NUM_CLASSES)]
+    return save_delta(tmp_path / "delta.safetensors", model, recipe, names, {"input_size": [3, 32, 32]}, base)
+
+
+CASES = {
+    # id: (model section, strategy)
+    "resnet-filters-random": ({"name": "test_resnet"}, {"name": "filters", "fraction": 0.25, "fixed": "random"}),
+    "resnet-in-frozen-stats": ({"name": "test_resnet"}, {"name": "filters", "count": 2, "dim": "in",
+                                                         "select": "random", "norm_stats": "freeze"}),
+    "vit-bias": ({"name": "test_vit", "kwargs": {"img_size": 32}}, {"name": "bias"}),
+    "vit-linear-filters": ({"name": "test_vit", "kwargs": {"img_size": 32}},
+                           {"name": "filters", "fraction": 0.1, "layers": "linear", "fixed": "random"}),
+    "efficientnet-block": ({"name": "test_efficientnet"}, {"name": "block", "index": "middle"}),
+    "convnext-spatial": ({"name": "test_convnext"}, {"name": "filters", "count": 1, "dim": "spatial"}),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_delta_round_trip_predicts_identically_and_stays_small(case, tmp_path):
+    recipe, model, base = _trained(*CASES[case])
+    path = _save(tmp_path, recipe, model, base)
+    rebuilt = load_delta(path)
+    x = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), model(x))
+    for key, value in merged_state_dict(model).items():
+        assert torch.equal(merged_state_dict(rebuilt)[key], value), key
+
+    # only learned values and updated BN statistics: learned_params x 4 bytes (+ stats), never the model
+    learned = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    stats = sum(b.numel() * b.element_size() for n, b in model.named_buffers()
+                if n.endswith(("running_mean", "running_var", "num_batches_tracked")))
+    frozen = "freeze" in str(recipe.strategy)
+    header = int.from_bytes(path.read_bytes()[:8], "little")
+    assert path.stat().st_size - 8 - header == learned * 4 + (0 if frozen else stats)
+    assert header < 4096 + 200 * len(load_file(str(path)))  # metadata + one small entry per tensor
+    assert path.stat().st_size < 0.5 * sum(v.numel() * 4 for v in merged_state_dict(model).values())
+    with safe_open(str(path), "pt") as f:
+        meta = {k: json.loads(v) for k, v in f.metadata().items()}
+    assert meta["seed"] == 3 and meta["model"]["name"] == recipe.model.name and meta["learned_params"] == learned
+    assert set(meta["versions"]) == {"partial_ft", "torch", "timm"} and len(meta["fingerprint"]) == 64
+
+
+def test_delta_of_a_local_checkpoint_base_and_refusal_of_another_base(tmp_path):
+    """A base from local weights is re-read from its file; other weights or another seed are refused."""
+    source = timm.create_model("test_resnet", num_classes=3)
+    weights = tmp_path / "base.safetensors"
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(weights))
+    recipe, model, base = _trained({"name": "test_resnet", "checkpoint": str(weights)},
+                                   {"name": "filters", "fraction": 0.5, "select": "random"})
+    path = _save(tmp_path, recipe, model, base)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(load_delta(tmp_path)(x), model(x))  # a run folder works too
+
+    # the base file changed: fixed weights differ, so the delta is refused, not silently used
+    changed = {k: v + 0.01 if v.is_floating_point() else v for k, v in source.state_dict().items()}
+    save_file({k: v.contiguous() for k, v in changed.items()}, str(weights))
+    with pytest.raises(UserError, match="does not fit its rebuilt base"):
+        load_delta(path)
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(weights))
+
+    # another seed draws another random selection of filters
+    tensors = load_file(str(path))
+    with safe_open(str(path), "pt") as f:
+        meta = dict(f.metadata())
+    save_file(tensors, str(path), metadata={**meta, "seed": "4"})
+    with pytest.raises(UserError, match="does not fit its rebuilt base"):
+        load_delta(path)
+    with pytest.raises(UserError, match="no delta at"):
+        load_delta(tmp_path / "nothing")
+
+
+class _FakeAccelerator:
+    """Just what save_checkpoint uses; save_state writes a model file, or dies half-way."""
+
+    is_main_process = True
+    crash = False
+
+    def wait_for_everyone(self):
+        pass
+
+    def save_state(self, folder):
+        (Path(folder) / "model.safetensors").write_bytes(b"partial" if self.crash else b"complete")
+        if self.crash:
+            raise OSError("disk full")
+
+
+def test_a_crash_mid_checkpoint_leaves_the_previous_one_in_charge(tmp_path):
+    acc = _FakeAccelerator()
+    first = save_checkpoint(acc, tmp_path, {"step": 3, "epoch": 0, "batches": 3})
+    assert latest(tmp_path) == first
+    acc.crash = True
+    with pytest.raises(OSError):
+        save_checkpoint(acc, tmp_path, {"step": 6, "epoch": 0, "batches": 6})
+    assert latest(tmp_path) == first and (first / "model.safetensors").read_bytes() == b"complete"
+    assert json.loads((first / "train_state.json").read_text())["step"] == 3
+    acc.crash = False
+    second = save_checkpoint(acc, tmp_path, {"step": 6, "epoch": 0, "batches": 6})
+    assert latest(tmp_path) == second
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["latest", second.name]  # no leftovers
+
+
+def test_run_folder_decisions(tmp_path):
+    recipe = recipes.from_dict({**TINY, "output": {"dir": str(tmp_path / "run")}})
+    assert start_run_dir(recipe, resume=True) is None and recipe.run_dir.is_dir()  # nothing to resume: start
+    (recipe.run_dir / "recipe.yaml").write_text(recipe.to_yaml())
+    with pytest.raises(UserError, match="already holds a run that stopped before its first checkpoint; pass --resume"):
+        start_run_dir(recipe)
+    assert start_run_dir(recipe, resume=True) is None  # killed before its first checkpoint: from the start
+    folder = save_checkpoint(_FakeAccelerator(), recipe.run_dir, {"step": 5, "epoch": 0, "batches": 5})
+    with pytest.raises(UserError, match="already holds a run stopped at step 5; pass --resume"):
+        start_run_dir(recipe)
+    assert start_run_dir(recipe, resume=True) == folder
+    assert start_run_dir(recipe, overwrite=True) is None and not any(recipe.run_dir.iterdir())
+
+
+# --------------------------------------------------------------------------------------------
+# whole runs: one straight run (in-process) is the reference for eval, export, and both resumes
+
+RUN = {"train": {"epochs": 2, "max_steps": None, "checkpoint_every": 3},  # 8 batches per epoch
+       "data": {"max_train_samples": 256, "max_val_samples": 60}}
+STRIP = lambda rows: [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rows]  # noqa: E731
+
+
+def _recipe(folder: Path, name: str) -> Path:
+    recipe = {k: dict(v) for k, v in TINY.items()}
+    for section, values in RUN.items():
+        recipe[section] = {**recipe[section], **values}
+    recipe["output"] = {"dir": str(folder / "runs" / name)}
+    return write_recipe(folder / f"{name}.yaml", recipe)
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("straight")
+    recipe = recipes.load(_recipe(folder, "straight"))
+    summary = train.run(recipe)
+    return recipe.run_dir, summary
+
+
+def test_run_writes_a_delta_and_no_checkpoints(straight):
+    run_dir, summary = straight
+    assert (run_dir / "delta.safetensors").is_file() and not (run_dir / "checkpoints").exists()
+    assert summary["delta_bytes"] == (run_dir / "delta.safetensors").stat().st_size
+    assert summary["delta_bytes"] < summary["learned_params"] * 4 + 20_000
+    assert [m["step"] for m in _metrics(run_dir)] == [8, 16]
+
+
+def test_eval_equals_summary_and_export_loads_into_bare_timm(straight, tmp_path, capsys):
+    run_dir, summary = straight
+    assert main(["eval", str(run_dir)]) == 0
+    result = json.loads((run_dir / "eval.json").read_text())
+    for key in ("val_top1", "val_top5", "val_loss"):
+        assert result[key] == summary[key], key  # exact: same values, same batches, same device
+    assert list(result["per_class_top1"]) == [str(i) for i in range(10)] and result["val_samples"] == 60
+    out = capsys.readouterr().out
+    assert f"top1 {summary['val_top1']:.4f}" in out and "worst classes" in out
+
+    assert main(["eval", str(run_dir), "--split", "validation", "--max-samples", "20"]) == 0
+    assert json.loads((run_dir / "eval.json").read_text())["val_samples"] == 20
+
+    exported = tmp_path / "export" / "model.safetensors"
+    assert main(["export", str(run_dir), "--out", str(exported)]) == 0
+    assert "pretrained_cfg_overlay" in capsys.readouterr().out
+    bare = timm.create_model("test_resnet", pretrained=True,
+                             pretrained_cfg_overlay=dict(file=str(exported), num_classes=10)).eval()
+    rebuilt = load_delta(run_dir)
+    x = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected, got = rebuilt(x), bare(x)
+    assert torch.allclose(got, expected, rtol=1e-5, atol=1e-5) and torch.equal(got.argmax(1), expected.argmax(1))
+
+
+def test_refuses_to_clobber_or_resume_a_finished_run(straight, capsys):
+    run_dir, _ = straight
+    path = str(run_dir.parent.parent / "straight.yaml")
+    for extra, message in ([[], "already holds a run that finished; pass --overwrite"],
+                           [["--resume"], "already finished: nothing to resume"],
+                           [["--resume", "--overwrite"], "not allowed with argument"]):
+        with pytest.raises(SystemExit) as e:
+            main(["--recipe", path, *extra])
+        assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+# a subprocess CLI run whose batches slow down (after the first checkpoint, or from the start), so a
+# signal reliably lands mid-run; the code under test is unchanged
+SLOW_CLI = """
+import sys, time
+from pathlib import Path
+import partial_ft.loaders as loaders
+latest, delay, after_checkpoint = Path(sys.argv[1]), float(sys.argv[2]), sys.argv[3] == "1"
+collate = loaders.collate
+def slow(batch):
+    if not after_checkpoint or latest.exists():
+        time.sleep(delay)
+    return collate(batch)
+loaders.collate = slow
+from partial_ft.__main__ import main
+sys.exit(main(sys.argv[4:]))
+"""
+
+
+def _slow_cli(run_dir: Path, recipe: Path, delay: float, after_checkpoint: bool) -> subprocess.Popen:
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true"}
+    latest = run_dir / "checkpoints" / "latest"
+    return subprocess.Popen([sys.executable, "-c", SLOW_CLI, str(latest), str(delay), str(int(after_checkpoint)),
+                             "--recipe", str(recipe)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def _wait_for(condition, proc: subprocess.Popen, timeout: float = 120) -> None:
+    end = time.monotonic() + timeout
+    while not condition():
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.monotonic() < end, "timed out"
+        time.sleep(0.05)
+
+
+def _same_as_straight(run_dir: Path, straight) -> None:
+    straight_dir, summary = straight
+    assert STRIP(_metrics(run_dir)) == STRIP(_metrics(straight_dir))  # each epoch once, equal numbers
+    resumed = json.loads((run_dir / "summary.json").read_text())
+    assert {k: v for k, v in resumed.items() if k not in TIMING_KEYS} == \
+        {k: v for k, v in summary.items() if k not in TIMING_KEYS}
+    assert not (run_dir / "checkpoints").exists()
+
+
+def test_sigkill_mid_epoch_then_resume_equals_the_straight_run(straight, tmp_path):
+    recipe = _recipe(tmp_path, "killed")
+    run_dir = tmp_path / "runs" / "killed"
+    proc = _slow_cli(run_dir, recipe, delay=0.6, after_checkpoint=True)
+    _wait_for(lambda: (run_dir / "checkpoints" / "latest").exists(), proc)
+    time.sleep(0.7)  # a step or two past the checkpoint: that work is lost and redone
+    proc.kill()
+    proc.wait()
+    assert not (run_dir / "summary.json").exists()
+    state = json.loads(next((run_dir / "checkpoints").glob("step-*/train_state.json")).read_text())
+    assert state["step"] == 3 and state["epoch"] == 0 and state["batches"] == 3  # mid-epoch
+
+    with pytest.raises(SystemExit) as e:  # no silent restart over a stopped run
+        main(["--recipe", str(recipe)])
+    assert e.value.code == 2
+    with pytest.raises(UserError, match="cannot resume .* train.lr differ"):
+        train.run(recipes.load(recipe, ["train.lr=0.1"]), resume=True)
+    train.run(recipes.load(recipe), resume=True)
+    _same_as_straight(run_dir, straight)
+
+
+def test_sigterm_checkpoints_and_exits_with_how_to_resume(straight, tmp_path):
+    recipe = _recipe(tmp_path, "terminated")
+    run_dir = tmp_path / "runs" / "terminated"
+    proc = _slow_cli(run_dir, recipe, delay=0.3, after_checkpoint=False)
+    _wait_for(lambda: (run_dir / "plan.txt").exists(), proc)
+    time.sleep(1.5)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("error: interrupted by SIGTERM at step ") and "Traceback" not in err
+    assert line.endswith(f"resume with: python -m partial_ft --recipe {recipe} --resume")
+    step = int(line.split("at step ")[1].split(";")[0])
+    assert 0 < step < 16
+    pointer = (run_dir / "checkpoints" / "latest").read_text().strip()
+    assert pointer.startswith(f"step-{step:08d}")
+    assert not list((run_dir / "checkpoints").glob(".tmp-*"))
+
+    train.run(recipes.load(recipe), resume=True)
+    _same_as_straight(run_dir, straight)
