@@ -36,7 +36,9 @@ def layer_stats(model: nn.Module) -> list[dict]:
 
 
 def _fmt(v) -> str:
-    return "–" if v is None else (f"{v:.4g}" if isinstance(v, float) else f"{v:,}")
+    if v is None:
+        return "–"
+    return f"{v:.4g}" if isinstance(v, float) else f"{v:,}" if isinstance(v, int) else str(v)
 
 
 def write(rows: list[dict], out: Path, title: str) -> None:
