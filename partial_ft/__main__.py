@@ -65,13 +65,14 @@ def _fail(message: str) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from . import recipe as recipes
+
+    recipe = recipes.load(args.recipe, args.overrides)  # recipe mistakes fail before the heavy imports
     import datasets
 
-    from . import recipe as recipes
-    from .checkpoint import Interrupted
+    from .signals import Interrupted
     from .train import run
 
-    recipe = recipes.load(args.recipe, args.overrides)
     datasets.disable_progress_bars()  # our own progress bar is the one that matters
     try:
         run(recipe, overwrite=args.overwrite, resume=args.resume)

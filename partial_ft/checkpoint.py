@@ -15,14 +15,10 @@ a crash mid-write leaves the previous checkpoint in charge.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import json
 import os
 import shutil
-import signal
-import sys
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Optional
 
@@ -222,39 +218,68 @@ def export(source: str | Path, out: str | Path) -> tuple[Path, dict[str, Any]]:
 
 
 # keys that may change between a run and its resumption: they do not change the numbers
-RESUME_MAY_DIFFER = {"train.progress", "train.log_every", "train.checkpoint_every"}
+RESUME_MAY_DIFFER = {"train.progress", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
+                     "train.nan_policy"}
 
 
-def start_run_dir(recipe: Any, overwrite: bool = False, resume: bool = False) -> Optional[Path]:
-    """Make the run folder ready. A folder that holds a run is refused unless --overwrite (start again)
-    or --resume (continue it); returns the checkpoint to resume from, if any."""
+def check_run_dir(recipe: Any, overwrite: bool = False, resume: bool = False) -> Optional[Path]:
+    """Decide, without writing anything, whether the run folder can be used: refuses an output path that is
+    a file or not writable, and a folder holding a run unless --overwrite (start again) or --resume
+    (continue it). Returns the checkpoint to resume from, if any. Cheap: runs before any data or model."""
     run_dir = recipe.run_dir
     if overwrite and resume:
         raise UserError("pass --resume or --overwrite, not both")
+    _check_writable(run_dir)
+    if not (run_dir.is_dir() and any(run_dir.iterdir())):
+        return None
+    last = latest(run_dir)
+    finished = (run_dir / "summary.json").is_file()
+    if overwrite:
+        return None
+    if not resume:
+        if finished:
+            raise UserError(f"run folder {run_dir} already holds a run that finished; pass --overwrite to replace "
+                            "it or set output.dir")
+        state = f"stopped at step {_step(last)}" if last else "that stopped before its first checkpoint"
+        raise UserError(f"run folder {run_dir} already holds a run {state}; pass --resume to continue it from "
+                        "its last checkpoint, --overwrite to replace it, or set output.dir")
+    if finished:
+        raise UserError(f"the run in {run_dir} already finished: nothing to resume (--overwrite runs it again)")
+    _check_same_recipe(recipe, run_dir)
+    return last  # None: stopped before its first checkpoint, so it starts from the beginning
+
+
+def _check_writable(run_dir: Path) -> None:
+    """output.dir must be a folder (or not exist yet) somewhere this process may create files."""
+    import tempfile
+
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"output.dir {run_dir} is a file, not a folder")
-    if run_dir.is_dir() and any(run_dir.iterdir()):
-        last = latest(run_dir)
-        finished = (run_dir / "summary.json").is_file()
-        if overwrite:
-            shutil.rmtree(run_dir)
-        elif not resume:
-            if finished:
-                raise UserError(f"run folder {run_dir} already holds a run that finished; pass --overwrite to replace "
-                                "it or set output.dir")
-            state = f"stopped at step {_step(last)}" if last else "that stopped before its first checkpoint"
-            raise UserError(f"run folder {run_dir} already holds a run {state}; pass --resume to continue it from "
-                            "its last checkpoint, --overwrite to replace it, or set output.dir")
-        elif finished:
-            raise UserError(f"the run in {run_dir} already finished: nothing to resume (--overwrite runs it again)")
-        else:
-            _check_same_recipe(recipe, run_dir)
-            return last  # None: stopped before its first checkpoint, so it starts from the beginning
+    parent = run_dir
+    while not parent.exists():  # the nearest existing folder is where mkdir would start
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"output.dir {run_dir}: {parent} is a file, not a folder")
+    try:  # a real probe: os.access says yes to root, and knows nothing of read-only or special file systems
+        with tempfile.TemporaryFile(dir=parent, prefix=".partial_ft-probe-"):
+            pass
+    except OSError as e:
+        raise UserError(f"output.dir {run_dir} is not writable: cannot create files in {parent} "
+                        f"({e.strerror or type(e).__name__})") from None
+
+
+def start_run_dir(recipe: Any, overwrite: bool = False, resume: bool = False) -> Optional[Path]:
+    """Make the run folder ready (check_run_dir's decisions, then --overwrite removes the old run);
+    returns the checkpoint to resume from, if any."""
+    run_dir = recipe.run_dir
+    last = check_run_dir(recipe, overwrite, resume)
+    if overwrite and run_dir.is_dir() and any(run_dir.iterdir()):
+        shutil.rmtree(run_dir)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot create run folder {run_dir}: {e.strerror}") from None
-    return None
+    return last
 
 
 def _step(folder: Optional[Path]) -> int:
@@ -297,9 +322,9 @@ def latest(run_dir: Path) -> Optional[Path]:
     return folder if (folder / STATE_NAME).is_file() else None
 
 
-def save_checkpoint(acc: Any, run_dir: Path, progress: dict[str, Any]) -> Path:
+def save_checkpoint(acc: Any, run_dir: Path, progress: dict[str, Any], keep: Optional[int] = 2) -> Path:
     """Accelerate's save_state plus the loop's position, into a temporary folder renamed into place;
-    then point `latest` at it and drop older checkpoints. Every process calls this."""
+    then point `latest` at it and keep the newest `keep` checkpoints (None: all). Every process calls this."""
     root = run_dir / CHECKPOINTS
     name = f"step-{progress['step']:08d}-epoch-{progress['epoch']}-batch-{progress['batches']}"
     tmp, final = root / f".tmp-{name}", root / name
@@ -315,15 +340,31 @@ def save_checkpoint(acc: Any, run_dir: Path, progress: dict[str, Any]) -> Path:
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         _atomic(root / "latest", lambda p: p.write_text(name + "\n"))
-        for old in root.iterdir():
-            if old.is_dir() and old.name != name:
-                shutil.rmtree(old, ignore_errors=True)
+        prune_checkpoints(root, keep)
     acc.wait_for_everyone()
     return final
 
 
+def prune_checkpoints(root: Path, keep: Optional[int]) -> None:
+    """Bound disk use: keep the newest `keep` complete checkpoints (never the one `latest` names), and no
+    leftovers of interrupted writes."""
+    pointer = root / "latest"
+    current = pointer.read_text().strip() if pointer.is_file() else None
+    folders = sorted((f for f in root.iterdir() if f.is_dir()), key=lambda f: f.name)  # step-<zero padded>
+    complete = [f for f in folders if f.name.startswith("step-") and f.name != current]
+    older = complete if keep is None else complete[-(keep - 1):] if keep > 1 else []  # + current = keep
+    kept = {f.name for f in older}
+    for old in folders:
+        if old.name != current and old.name not in kept:
+            shutil.rmtree(old, ignore_errors=True)
+
+
 def load_checkpoint(acc: Any, folder: Path) -> dict[str, Any]:
-    """Restore model, optimizer, scheduler and RNG states; returns the loop's position."""
+    """Restore model, optimizer and RNG states; returns the loop's position (and the scheduler's state:
+    plain data, never a pickle)."""
+    if any(folder.glob("custom_checkpoint_*.pkl")):  # Accelerate would unpickle it with weights_only=False
+        raise UserError(f"checkpoint {folder} was written by an older partial_ft (a pickled scheduler); resume it "
+                        "with that version, or --overwrite to start again")
     acc.load_state(str(folder))
     return json.loads((folder / STATE_NAME).read_text())
 
@@ -351,66 +392,3 @@ def _fsync_tree(folder: Path) -> None:
         if f.is_file():
             with open(f, "rb") as handle:
                 os.fsync(handle.fileno())
-
-
-# --------------------------------------------------------------------------------------------
-# stopping cleanly on SIGTERM / Ctrl-C
-
-
-class StopFlag:
-    """Set by SIGTERM or the first Ctrl-C; the loop checks it after each step."""
-
-    signum: Optional[int] = None
-
-
-class Interrupted(Exception):
-    """The run stopped on a signal after saving a checkpoint; `--resume` continues it."""
-
-    def __init__(self, signum: int, step: int, folder: Path):
-        self.signum, self.step, self.folder = signum, step, folder
-        super().__init__(f"interrupted by {signal.Signals(signum).name} at step {step}; checkpoint saved in {folder}")
-
-
-@contextmanager
-def stop_on_signals():
-    """While training, SIGTERM and Ctrl-C ask the loop to finish its step and checkpoint; a second
-    Ctrl-C stops at once. Outside the main thread (signals cannot be caught there) nothing changes."""
-    import threading
-
-    flag = StopFlag()
-    if threading.current_thread() is not threading.main_thread():
-        yield flag
-        return
-
-    owner = os.getpid()
-
-    def handler(signum, frame):
-        if os.getpid() != owner:  # a forked DataLoader worker: the training process decides, workers go on
-            return
-        if flag.signum is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        flag.signum = signum
-        os.write(sys.stderr.fileno(), f"\n{signal.Signals(signum).name}: finishing the current step, then saving "
-                 "a checkpoint (Ctrl-C again to stop at once)\n".encode())
-
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield flag
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
-
-
-def shield_workers(*loaders: Any) -> None:
-    """Make the loaders' worker processes ignore SIGTERM / Ctrl-C. A scheduler may signal every process
-    of a job; a worker that died first would fail the loop before it can checkpoint. The training
-    process checkpoints, then ends its workers as usual."""
-    for loader in loaders:
-        loader.worker_init_fn = functools.partial(_ignore_stop_signals, loader.worker_init_fn)
-
-
-def _ignore_stop_signals(previous: Any, worker_id: int) -> None:
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if previous is not None:
-        previous(worker_id)

@@ -1,12 +1,24 @@
-"""The one exception type for user mistakes: the CLI prints it as `error: ...` and exits 2."""
+"""The exception type for user mistakes: the CLI prints it as `error: ...` and exits 2."""
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Iterable
 
 
 class UserError(Exception):
     """A mistake the user can fix (bad recipe, bad path, bad option); never a bug in partial_ft."""
+
+
+class NonFiniteLoss(UserError):
+    """A NaN or infinite loss under train.nan_policy: stop (the weights were not stepped with it); `last`
+    is the run's last checkpoint, or None."""
+
+    def __init__(self, value: float, step: int, epoch: int, last: object):
+        kept = f"last good checkpoint: {last}" if last else "no checkpoint was saved yet"
+        what = value if not math.isfinite(value) else "not finite on another process"
+        super().__init__(f"loss is {what} at step {step} (epoch {epoch}); stopped, {kept}; lower train.lr, set "
+                         "train.clip_grad, or set train.nan_policy=skip_batch (and --resume)")
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:

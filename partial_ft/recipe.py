@@ -81,6 +81,8 @@ class TrainCfg:
     seed: int = 0
     log_every: int = 10  # steps between progress-bar refreshes of loss / throughput
     checkpoint_every: Optional[int] = 500  # steps between resumable checkpoints (also one at each epoch end)
+    keep_checkpoints: Optional[int] = 2  # newest checkpoints kept while running (null: all); a finished run keeps none
+    nan_policy: Literal["stop", "skip_batch"] = "stop"  # a NaN/inf loss: stop the run, or skip that batch
     progress: bool = True
 
 
@@ -263,6 +265,8 @@ def _check_ranges(r: Recipe) -> None:
         (r.train.log_every >= 1, "train.log_every must be >= 1"),
         (r.train.checkpoint_every is None or r.train.checkpoint_every >= 1,
          "train.checkpoint_every must be >= 1 (null: only at epoch ends)"),
+        (r.train.keep_checkpoints is None or r.train.keep_checkpoints >= 1,
+         "train.keep_checkpoints must be >= 1 (null: keep all)"),
         (0 < r.data.val_fraction < 1, "data.val_fraction must be in (0, 1)"),
         (r.data.num_workers >= 0, "data.num_workers must be >= 0"),
         (r.data.max_train_samples is None or r.data.max_train_samples >= 1, "data.max_train_samples must be >= 1"),

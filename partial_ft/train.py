@@ -20,9 +20,9 @@ from accelerate.utils import DataLoaderConfiguration, broadcast_object_list, set
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import __version__, checkpoint, data, loaders, models
-from .checkpoint import Interrupted, StopFlag
-from .errors import UserError
+from . import __version__, checkpoint, data, loaders, models, signals
+from .signals import Interrupted, StopFlag
+from .errors import NonFiniteLoss, UserError, did_you_mean, first_line
 from .partial import partial_buffer_names
 from .recipe import Recipe, from_dict
 from .strategies import Plan, apply_strategy
@@ -54,6 +54,7 @@ def prepare(recipe: Recipe) -> Setup:
     )
     set_seed(t.seed)
     models.check_name(recipe.model.name)  # fail fast, before any data is loaded
+    _check_optimization(t)
     with accelerator.main_process_first():  # the first process fills the datasets cache
         bundle = data.load(recipe.data, seed=t.seed)
     model, init_model = models.build(recipe.model, bundle.num_classes, seed=t.seed)
@@ -66,14 +67,33 @@ def prepare(recipe: Recipe) -> Setup:
                                        True, t.seed, pin)
     val_loader = loaders.make_loader(bundle.val, *columns, eval_tf, "validation", recipe.data,
                                      t.eval_batch_size or 2 * t.batch_size, False, t.seed, pin)
-    checkpoint.shield_workers(train_loader, val_loader)  # SIGTERM / Ctrl-C: the loop checkpoints first
+    signals.shield_workers(train_loader, val_loader)  # SIGTERM / Ctrl-C: the loop checkpoints first
     fixed = checkpoint.fingerprint(model) if accelerator.is_main_process else ""  # the main process saves deltas
     return Setup(recipe, accelerator, bundle, model, plan, data_config, train_loader, val_loader, fixed)
+
+
+def _check_optimization(t: Any) -> None:
+    """train.opt and train.sched are timm names: try them on a stand-in parameter, so a typo (or a
+    scheduler that cannot step per update, like plateau) fails before any work."""
+    from timm.optim import create_optimizer_v2, list_optimizers
+    from timm.scheduler import create_scheduler_v2
+
+    try:
+        opt = create_optimizer_v2(nn.Linear(1, 1), opt=t.opt, lr=t.lr, weight_decay=t.weight_decay,
+                                  momentum=t.momentum)
+    except Exception as e:
+        raise UserError(f"train.opt '{t.opt}': {first_line(e)}{did_you_mean(t.opt, list_optimizers())}") from None
+    try:
+        create_scheduler_v2(opt, sched=t.sched, num_epochs=max(t.epochs, 2), warmup_epochs=t.warmup_epochs,
+                            min_lr=t.min_lr, step_on_epochs=False, updates_per_epoch=1)
+    except Exception as e:
+        raise UserError(f"train.sched '{t.sched}': {first_line(e)}") from None
 
 
 def run(recipe: Recipe, overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
     """Train as the recipe says and write the run folder; returns the summary. With `resume`, continue
     the run in the folder from its last checkpoint. SIGTERM / Ctrl-C checkpoint and raise Interrupted."""
+    checkpoint.check_run_dir(recipe, overwrite, resume)  # a bad output path fails before any work (no writes)
     s = prepare(recipe)
     acc, run_dir = s.accelerator, recipe.run_dir
     resume_from = [checkpoint.start_run_dir(recipe, overwrite, resume) if acc.is_main_process else None]
@@ -90,7 +110,7 @@ def run(recipe: Recipe, overwrite: bool = False, resume: bool = False) -> dict[s
         if resume_from is not None:
             print(f"resuming from {resume_from}", flush=True)
     acc.wait_for_everyone()
-    with checkpoint.stop_on_signals() as stop:
+    with signals.stop_on_signals() as stop:
         summary, model = train_loop(s, resume_from, stop)
     if acc.is_main_process:
         delta = checkpoint.save_delta(run_dir / checkpoint.DELTA_NAME, model, recipe, s.bundle.class_names,
@@ -115,7 +135,8 @@ class Progress:
     batches: int = 0  # batches of that epoch already consumed
     step: int = 0  # optimizer updates so far
     images: int = 0
-    skipped: int = 0
+    skipped: int = 0  # unreadable images skipped (data.skip_bad_images)
+    nan_skipped: int = 0  # batches skipped for a non-finite loss (train.nan_policy: skip_batch)
     train_seconds: float = 0.0
     epoch_images: int = 0
     epoch_seconds: float = 0.0
@@ -144,20 +165,23 @@ def train_loop(s: Setup, resume_from: Optional[Path], stop: StopFlag) -> tuple[d
     epochs = math.ceil(t.max_steps / updates_per_epoch) if t.max_steps else t.epochs
     scheduler, _ = create_scheduler_v2(optimizer, sched=t.sched, num_epochs=epochs, warmup_epochs=t.warmup_epochs,
                                        min_lr=t.min_lr, step_on_epochs=False, updates_per_epoch=updates_per_epoch)
-    acc.register_for_checkpointing(scheduler)
     criterion = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
     learned = [p for p in model.parameters() if p.requires_grad]
     metrics_path = recipe.run_dir / "metrics.jsonl"
 
     p = Progress()
     if resume_from is not None:  # model, optimizer, scheduler, RNG states, and where the loop was
-        p = Progress(**checkpoint.load_checkpoint(acc, resume_from))
+        state = checkpoint.load_checkpoint(acc, resume_from)
+        if "scheduler" in state:  # plain data in train_state.json (Accelerate would unpickle it unsafely)
+            scheduler.load_state_dict(state.pop("scheduler"))
+        p = Progress(**state)
         if acc.is_main_process:  # epochs logged after the checkpoint are run again: drop their lines
             lines = metrics_path.read_text().splitlines(keepends=True) if metrics_path.is_file() else []
             metrics_path.write_text("".join(lines[:p.metrics_lines]))
 
     def save() -> Path:
-        return checkpoint.save_checkpoint(acc, recipe.run_dir, asdict(p))
+        state = {**asdict(p), "scheduler": scheduler.state_dict()}
+        return checkpoint.save_checkpoint(acc, recipe.run_dir, state, keep=t.keep_checkpoints)
 
     def finished() -> bool:
         return p.epoch >= epochs or bool(t.max_steps and p.step >= t.max_steps)
@@ -182,6 +206,13 @@ def train_loop(s: Setup, resume_from: Optional[Path], stop: StopFlag) -> tuple[d
                     continue
                 with acc.accumulate(model):
                     loss = criterion(model(x), y)
+                    if not _all_finite(acc, loss):  # before backward: a NaN must never reach the weights
+                        if t.nan_policy == "stop":
+                            raise NonFiniteLoss(loss.item(), p.step + 1, p.epoch + 1,
+                                                checkpoint.latest(recipe.run_dir))
+                        optimizer.zero_grad(set_to_none=True)  # and what this accumulation gathered so far
+                        p.nan_skipped += 1
+                        continue
                     acc.backward(loss)
                     if acc.sync_gradients and t.clip_grad:
                         acc.clip_grad_norm_(learned, t.clip_grad)
@@ -220,7 +251,8 @@ def train_loop(s: Setup, resume_from: Optional[Path], stop: StopFlag) -> tuple[d
                 print(f"epoch {p.epoch + 1}/{epochs}  step {p.step}  loss {p.metrics['train_loss']:.4f}  "
                       f"val_top1 {p.metrics['val_top1']:.4f}{top5}", flush=True)
             p = Progress(epoch=p.epoch + 1, step=p.step, images=p.images, skipped=p.skipped, metrics=p.metrics,
-                         train_seconds=p.train_seconds, metrics_lines=p.metrics_lines + 1)
+                         nan_skipped=p.nan_skipped, train_seconds=p.train_seconds,
+                         metrics_lines=p.metrics_lines + 1)
             if not finished():
                 folder = save()
                 if _stop_requested(acc, stop):
@@ -252,12 +284,21 @@ def summarize(s: Setup, p: Progress, optimizer: torch.optim.Optimizer) -> dict[s
         "optimizer_state_bytes": optimizer_state_bytes(optimizer),
         "peak_memory_bytes": peak_memory_bytes(acc.device),
         "skipped_images": p.skipped,
+        "nan_skipped_batches": p.nan_skipped,
         "num_processes": acc.num_processes,
         "num_classes": len(s.bundle.class_names),
         "data_config": {k: list(v) if isinstance(v, tuple) else v for k, v in s.data_config.items()},
         "seed": recipe.train.seed,
         "partial_ft_version": __version__,
     }
+
+
+def _all_finite(acc: Accelerator, loss: torch.Tensor) -> bool:
+    """Whether the loss is finite on every process: all must stop (or skip) together."""
+    bad = (~torch.isfinite(loss.detach())).reshape(1).to(torch.int32)
+    if acc.num_processes > 1:
+        bad = acc.reduce(bad, reduction="sum")
+    return int(bad.item()) == 0
 
 
 def _stop_requested(acc: Accelerator, stop: StopFlag) -> bool:

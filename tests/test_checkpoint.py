@@ -21,7 +21,8 @@ from partial_ft import load_delta, merged_state_dict
 from partial_ft import recipe as recipes
 from partial_ft import train
 from partial_ft.__main__ import main
-from partial_ft.checkpoint import fingerprint, latest, save_checkpoint, save_delta, start_run_dir
+from partial_ft.checkpoint import (fingerprint, latest, load_checkpoint, save_checkpoint, save_delta,
+                                   start_run_dir)
 from partial_ft.errors import UserError
 from partial_ft.models import build
 from partial_ft.strategies import apply_strategy
@@ -141,7 +142,7 @@ class _FakeAccelerator:
 
 def test_a_crash_mid_checkpoint_leaves_the_previous_one_in_charge(tmp_path):
     acc = _FakeAccelerator()
-    first = save_checkpoint(acc, tmp_path, {"step": 3, "epoch": 0, "batches": 3})
+    first = save_checkpoint(acc, tmp_path, {"step": 3, "epoch": 0, "batches": 3}, keep=1)
     assert latest(tmp_path) == first
     acc.crash = True
     with pytest.raises(OSError):
@@ -149,9 +150,17 @@ def test_a_crash_mid_checkpoint_leaves_the_previous_one_in_charge(tmp_path):
     assert latest(tmp_path) == first and (first / "model.safetensors").read_bytes() == b"complete"
     assert json.loads((first / "train_state.json").read_text())["step"] == 3
     acc.crash = False
-    second = save_checkpoint(acc, tmp_path, {"step": 6, "epoch": 0, "batches": 6})
+    second = save_checkpoint(acc, tmp_path, {"step": 6, "epoch": 0, "batches": 6}, keep=1)
     assert latest(tmp_path) == second
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["latest", second.name]  # no leftovers
+
+
+def test_checkpoints_never_unpickle(tmp_path):
+    """The scheduler's state is plain JSON in train_state.json; a folder holding a pickle that Accelerate
+    would load with weights_only=False (older partial_ft) is refused, not loaded."""
+    (tmp_path / "custom_checkpoint_0.pkl").write_bytes(b"not loaded")
+    with pytest.raises(UserError, match="older partial_ft"):
+        load_checkpoint(None, tmp_path)
 
 
 def test_run_folder_decisions(tmp_path):

@@ -1,0 +1,130 @@
+"""Every user mistake, through the CLI entry point: one `error:` line on stderr, exit code 2, no traceback,
+and no run folder created (or, for one that exists, changed). One table covers them all; most rows call
+`partial_ft.__main__.main(argv)` in-process (the same entry point `python -m partial_ft` runs, without the
+~6 s of imports per subprocess); the rows marked `subprocess` run the real command line."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli
+from partial_ft.__main__ import main
+from test_data import _no_label_parquet, _out_of_range
+
+STRATEGIES = "known: bias, block, filters, full, head, lora, norm"
+
+# id: (how the recipe is set up, argv after the recipe, what the error line must contain, via subprocess)
+CASES = {
+    # the recipe file itself
+    "missing-file": ("missing", [], "recipe file not found", False),
+    "yaml-syntax": ("bad-yaml", [], "invalid YAML at line 4", True),
+    "yaml-is-code": ("code-yaml", [], "invalid YAML", False),
+    # sections, keys, types and ranges (in the file, or as overrides)
+    "unknown-section": ("tiny", ["trainn.epochs=3"], "unknown section 'trainn' (did you mean 'train'?)", False),
+    "unknown-section-in-file": ("typo-section", [], "unknown recipe section 'trian' (did you mean 'train'?)", False),
+    "unknown-key": ("tiny", ["train.epochz=3"], "unknown key 'train.epochz' (did you mean 'epochs'?)", False),
+    "wrong-type": ("tiny", ["train.epochs=ten"], "train.epochs: expected an integer, got 'ten'", False),
+    "wrong-literal": ("tiny", ["train.nan_policy=ignore"], "must be one of ['stop', 'skip_batch']", False),
+    "fraction-above-1": ("tiny", ["strategy.fraction=1.5"], "strategy.fraction must be in (0, 1]", False),
+    "fraction-0": ("tiny", ["strategy.fraction=0"], "strategy.fraction must be in (0, 1]", False),
+    "count-0": ("tiny", ["strategy.fraction=null", "strategy.count=0"], "strategy.count must be >= 1", False),
+    "lr-0": ("tiny", ["train.lr=0"], "train.lr must be > 0", False),
+    "lr-negative": ("tiny", ["train.lr=-1e-3"], "train.lr must be > 0", False),
+    "batch-size-0": ("tiny", ["train.batch_size=0"], "train.batch_size must be >= 1", False),
+    "epochs-0": ("tiny", ["train.epochs=0"], "train.epochs must be >= 1", False),
+    "unknown-optimizer": ("tiny", ["train.opt=adamz"], "train.opt 'adamz': Optimizer adamz not found", False),
+    "unknown-scheduler": ("tiny", ["train.sched=cosin"], "train.sched 'cosin': Unknown scheduler", False),
+    "keep-checkpoints-0": ("tiny", ["train.keep_checkpoints=0"], "train.keep_checkpoints must be >= 1", False),
+    "override-without-equals": ("tiny", ["train.lr"], "must look like section.key=value", False),
+    "override-without-section": ("tiny", ["epochs=3"], "must name section.key", False),
+    # strategies
+    "unknown-strategy": ("tiny", ["strategy.name=filterz"], f"unknown strategy 'filterz' (did you mean 'filters'?); "
+                         f"{STRATEGIES}", False),
+    "foreign-option": ("tiny", ["strategy.index=3"], "unknown option 'strategy.index' for strategy 'filters'", False),
+    "block-index-outside": ("block-99", [],
+                            "block index 99 is outside test_resnet's", True),
+    # models
+    "unknown-model": ("tiny", ["model.name=resnet181"], "unknown timm model 'resnet181' (did you mean", False),
+    "missing-model-checkpoint": ("tiny", ["model.checkpoint=/no/such/weights.safetensors"],
+                                 "checkpoint file not found", False),
+    # data
+    "dataset-path-missing": ("tiny", ["data.dataset=/no/such/folder"], "dataset path does not exist", False),
+    "dataset-not-on-hub": ("tiny", ["data.dataset=nobody-xyz/no-such-dataset"], "cannot load dataset", False),
+    "no-label-column": ("no-label", [], "no label column found", False),
+    "labels-out-of-range": ("out-of-range", [], "labels outside the class range", False),
+    "unknown-split": ("tiny", ["data.train_split=trian"], "split 'trian' not found", False),
+    "unknown-column": ("tiny", ["data.image_column=pixels"], "data.image_column 'pixels' not found", False),
+    # the output path
+    "output-is-a-file": ("output-file", [], "is a file, not a folder", False),
+    "output-not-writable": ("output-unwritable", [], "is not writable", False),
+    # a folder that holds a run: refused, and a mistake found later never touches it, even with --overwrite
+    "existing-run-refused": ("existing", [], "already holds a run that finished; pass --overwrite", False),
+    "existing-run-kept-on-mistake": ("existing", ["--overwrite", "data.train_split=trian"], "split 'trian' not found",
+                                     False),
+    "resume-with-another-recipe": ("stopped", ["--resume", "train.lr=0.1"], "cannot resume", False),
+}
+
+
+def _snapshot(folder: Path) -> dict[str, str]:
+    return {str(f.relative_to(folder)): hashlib.sha256(f.read_bytes()).hexdigest() if f.is_file() else "dir"
+            for f in sorted(folder.rglob("*"))}
+
+
+def _setup(kind: str, tiny_recipe, tmp_path: Path) -> tuple[Path, Path, list[str]]:
+    """Returns (recipe file, the run folder it would use, extra overrides)."""
+    run_dir = tmp_path / "runs" / "mistake"
+    if kind == "missing":
+        return tmp_path / "nope.yaml", run_dir, []
+    if kind in ("bad-yaml", "code-yaml", "typo-section"):
+        text = {"bad-yaml": f"output: {{dir: {run_dir}}}\ntrain:\n  epochs: 3\n   lr: 0.1\n",
+                "code-yaml": "model: !!python/object/apply:os.system ['echo owned > /tmp/owned']\n",
+                "typo-section": f"trian: {{epochs: 3}}\noutput: {{dir: {run_dir}}}\n"}[kind]
+        path = tmp_path / "mistake.yaml"
+        path.write_text(text)
+        return path, run_dir, []
+    data = {"no-label": {"dataset": str(_no_label_parquet(tmp_path))},
+            "out-of-range": {"dataset": str(_out_of_range(tmp_path))}}.get(kind, {})
+    strategy = {"name": "block", "index": 99} if kind == "block-99" else None
+    recipe, extra = tiny_recipe("mistake", data=data, **({"strategy": strategy} if strategy else {})), []
+    if kind == "output-file":
+        run_dir = tmp_path / "a-file"
+        run_dir.write_text("not a folder\n")
+        extra = [f"output.dir={run_dir}"]
+    elif kind == "output-unwritable":  # /proc refuses new files even to root (chmod would not stop root)
+        run_dir = Path("/proc/partial_ft-test/run")
+        extra = [f"output.dir={run_dir}"]
+    if kind in ("existing", "stopped"):
+        run_dir.mkdir(parents=True)
+        (run_dir / "recipe.yaml").write_text(recipe.read_text())
+        (run_dir / "metrics.jsonl").write_text('{"epoch": 1}\n')
+        if kind == "existing":
+            (run_dir / "summary.json").write_text('{"val_top1": 0.5}\n')
+    return recipe, run_dir, extra
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_every_user_mistake_is_one_error_line_exit_2_and_no_run_folder(case, tiny_recipe, tmp_path, capsys):
+    kind, args, message, via_subprocess = CASES[case]
+    recipe, run_dir, extra = _setup(kind, tiny_recipe, tmp_path)
+    before = _snapshot(run_dir) if run_dir.is_dir() else None
+    file_before = run_dir.read_bytes() if run_dir.is_file() else None
+    argv = ["--recipe", str(recipe), *extra, *args]
+    if via_subprocess:
+        p = run_cli(*argv)
+        code, err = p.returncode, p.stderr
+    else:
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        code, err = e.value.code, capsys.readouterr().err
+    assert code == 2, err[-3000:]
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1, err[-3000:]
+    assert message in err and "Traceback" not in err
+    if before is not None:
+        assert _snapshot(run_dir) == before  # not one file added, removed or changed
+    elif file_before is not None:
+        assert run_dir.read_bytes() == file_before
+    else:
+        assert not run_dir.exists() and not (tmp_path / "runs").exists()
+    assert not list(tmp_path.glob(".partial_ft-probe-*"))
