@@ -12,6 +12,7 @@ import argparse
 import csv
 import json
 import math
+import re
 from pathlib import Path
 
 
@@ -30,12 +31,19 @@ def log_fit(params: list[float], accs: list[float]) -> dict[str, float]:
     return {"a": a, "b": b, "r2": 1 - ss_res / ss_tot if ss_tot else 1.0}
 
 
+def family(label: str) -> str:
+    """A setting's family: its label without the size options, e.g. 'filters(fraction=0.1, fixed=zero)'
+    -> 'filters(fixed=zero)', so that one family's points differ only in how much learns."""
+    inner = re.sub(r"(fraction|count)=[^,)]*(, )?", "", label).replace(", )", ")").replace("()", "")
+    return inner.replace(", )", ")")
+
+
 def read_results(path: Path) -> dict[str, list[tuple[float, float, float]]]:
-    """results.csv -> {family: [(learned_params, mean top-1, std), ...]}."""
+    """results.csv -> {family: [(learned_params, mean top-1, std), ...]}; see family()."""
     families: dict[str, list[tuple[float, float, float]]] = {}
     with path.open() as f:
         for row in csv.DictReader(f):
-            families.setdefault(row["strategy"], []).append(
+            families.setdefault(family(row.get("options") or row["strategy"]), []).append(
                 (float(row["learned_params"]), float(row["val_top1_mean"]), float(row.get("val_top1_std") or 0)))
     return families
 
