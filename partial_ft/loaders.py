@@ -2,6 +2,7 @@
 and DataLoaders with seeded order and persistent workers."""
 from __future__ import annotations
 
+import random
 import re
 from typing import Any, Optional
 
@@ -69,15 +70,43 @@ class ImageDataset(torch.utils.data.Dataset):
     """A HF split as (tensor, label) pairs; images decoded and converted to RGB lazily, per item.
 
     Decoding is ours (the column is read undecoded), so an unreadable image can be named by its index in
-    the source split, and skipped when `skip_bad_images` is set (collate() then counts it)."""
+    the source split, and skipped when `skip_bad_images` is set (collate() then counts it).
+
+    With `augment_seed` set (a random train transform), each item's augmentation draws come from
+    (augment_seed, epoch, index) alone: not from which worker or process loads it, nor from what was
+    loaded before. So a resumed run augments exactly as a run that went straight through, and the
+    augmentation does not depend on num_workers or the number of processes."""
 
     def __init__(self, hf: Dataset, image_column: str, label_column: str, transform: Any, split: str,
-                 skip_bad_images: bool = False):
+                 skip_bad_images: bool = False, augment_seed: Optional[int] = None):
         index = [INDEX_COLUMN] if INDEX_COLUMN in hf.column_names else []
         self.hf = hf.select_columns([image_column, label_column, *index]).cast_column(image_column, Image(decode=False))
         self.image_column, self.label_column = image_column, label_column
         self.transform, self.split, self.skip_bad_images = transform, split, skip_bad_images
         self.source = str(hf.split) if hf.split is not None else split  # the split the rows come from
+        self.augment_seed = augment_seed
+        # shared memory: persistent workers hold their own copy of the dataset, but see this tensor change.
+        # Workers only get an epoch's indices after the loop has set it, so there is no race.
+        self._epoch = torch.zeros((), dtype=torch.long).share_memory_()
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch whose augmentation draws the next items use (see the class docstring)."""
+        self._epoch.fill_(epoch)
+
+    def _augment(self, image: Any, index: int) -> torch.Tensor:
+        """The transform, with Python's, NumPy's and torch's generators seeded for this item and epoch
+        (timm and torchvision transforms draw from all three); the caller's generator states are kept."""
+        seed = np.random.SeedSequence([self.augment_seed, int(self._epoch), index]).generate_state(1)[0]
+        py_state, np_state = random.getstate(), np.random.get_state()
+        try:
+            with torch.random.fork_rng(devices=[]):
+                random.seed(int(seed))
+                np.random.seed(int(seed))
+                torch.manual_seed(int(seed))
+                return self.transform(image)
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
 
     def __len__(self) -> int:
         return len(self.hf)
@@ -97,7 +126,9 @@ class ImageDataset(torch.utils.data.Dataset):
             raise BadImageError(f"cannot read image at index {row.get(INDEX_COLUMN, index)} of split "
                                 f"'{self.source}'{used}: {_reason(e)} (set data.skip_bad_images: true to skip "
                                 "unreadable images)") from None
-        return self.transform(image), row[self.label_column]
+        if self.augment_seed is None:
+            return self.transform(image), row[self.label_column]
+        return self._augment(image, index), row[self.label_column]
 
 
 def collate(batch: list) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor], int]:
@@ -122,9 +153,12 @@ def loader(ds: ImageDataset, batch_size: int, shuffle: bool, num_workers: int, s
 
 
 def make_loader(split: Dataset, image_column: str, label_column: str, transform: Any, role: str, cfg: DataCfg,
-                batch_size: int, shuffle: bool, seed: int, pin_memory: bool = False) -> torch.utils.data.DataLoader:
-    """The DataLoader of one split as the recipe's data section configures it."""
-    ds = ImageDataset(split, image_column, label_column, transform, role, cfg.skip_bad_images)
+                batch_size: int, shuffle: bool, seed: int, pin_memory: bool = False,
+                random_transform: bool = False) -> torch.utils.data.DataLoader:
+    """The DataLoader of one split as the recipe's data section configures it; a `random_transform`
+    draws its augmentation per item from (seed, epoch, index)."""
+    ds = ImageDataset(split, image_column, label_column, transform, role, cfg.skip_bad_images,
+                      augment_seed=seed if random_transform else None)
     return loader(ds, batch_size, shuffle, cfg.num_workers, seed, pin_memory)
 
 

@@ -60,11 +60,11 @@ def prepare(recipe: Recipe) -> Setup:
     model, init_model = models.build(recipe.model, bundle.num_classes, seed=t.seed)
     plan = apply_strategy(model, recipe.strategy, seed=t.seed, init_model=init_model)
     data_config = models.data_config(model, recipe.data)
-    train_tf, eval_tf, _ = loaders.transforms(recipe.data, data_config)
+    train_tf, eval_tf, deterministic = loaders.transforms(recipe.data, data_config)
     pin = accelerator.device.type == "cuda"
     columns = (bundle.image_column, bundle.label_column)
     train_loader = loaders.make_loader(bundle.train, *columns, train_tf, "train", recipe.data, t.batch_size,
-                                       True, t.seed, pin)
+                                       True, t.seed, pin, random_transform=not deterministic)
     val_loader = loaders.make_loader(bundle.val, *columns, eval_tf, "validation", recipe.data,
                                      t.eval_batch_size or 2 * t.batch_size, False, t.seed, pin)
     signals.shield_workers(train_loader, val_loader)  # SIGTERM / Ctrl-C: the loop checkpoints first
@@ -193,6 +193,7 @@ def train_loop(s: Setup, resume_from: Optional[Path], stop: StopFlag) -> tuple[d
             # an epoch's order comes from (seed, epoch) alone (seedable sampler), so a resumed epoch sees the
             # same batches; skip those it already learned from
             train_loader.set_epoch(p.epoch)
+            s.train_loader.dataset.set_epoch(p.epoch)  # and its augmentation draws (Accelerate sets only the sampler's)
             batches = acc.skip_first_batches(train_loader, p.batches) if p.batches else train_loader
             bar = tqdm(batches, desc=f"epoch {p.epoch + 1}/{epochs}", leave=False, dynamic_ncols=True,
                        disable=not (t.progress and acc.is_local_main_process), mininterval=1.0,
