@@ -78,6 +78,9 @@ class TrainCfg:
     label_smoothing: float = 0.0
     grad_accum_steps: int = 1
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    cache_features: Literal["auto", "on", "off"] = "auto"  # train from cached features of the fixed prefix
+    channels_last: bool = False  # NHWC memory layout (faster convolutions on recent GPUs)
+    compile: bool = False  # torch.compile the model (inductor) through Accelerate
     seed: int = 0
     log_every: int = 10  # steps between progress-bar refreshes of loss / throughput
     checkpoint_every: Optional[int] = 500  # steps between resumable checkpoints (also one at each epoch end)

@@ -20,7 +20,7 @@ from accelerate.utils import DataLoaderConfiguration, broadcast_object_list, set
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import __version__, checkpoint, data, loaders, models, signals
+from . import __version__, cache, checkpoint, data, loaders, models, signals
 from .signals import Interrupted, StopFlag
 from .errors import NonFiniteLoss, UserError, did_you_mean, first_line
 from .partial import partial_buffer_names
@@ -41,6 +41,7 @@ class Setup:
     train_loader: torch.utils.data.DataLoader
     val_loader: torch.utils.data.DataLoader
     fingerprint: str  # of the fixed values, taken before any training (they never change)
+    cache: cache.Decision  # train from cached features of the fixed prefix, or from images
 
 
 def prepare(recipe: Recipe) -> Setup:
@@ -68,8 +69,12 @@ def prepare(recipe: Recipe) -> Setup:
     val_loader = loaders.make_loader(bundle.val, *columns, eval_tf, "validation", recipe.data,
                                      t.eval_batch_size or 2 * t.batch_size, False, t.seed, pin)
     signals.shield_workers(train_loader, val_loader)  # SIGTERM / Ctrl-C: the loop checkpoints first
+    decision = cache.decide(model, t.cache_features, deterministic, tuple(data_config["input_size"]),
+                            len(bundle.train) + len(bundle.val))
+    if t.channels_last:
+        model.to(memory_format=torch.channels_last)
     fixed = checkpoint.fingerprint(model) if accelerator.is_main_process else ""  # the main process saves deltas
-    return Setup(recipe, accelerator, bundle, model, plan, data_config, train_loader, val_loader, fixed)
+    return Setup(recipe, accelerator, bundle, model, plan, data_config, train_loader, val_loader, fixed, decision)
 
 
 def _check_optimization(t: Any) -> None:
@@ -153,13 +158,30 @@ def train_loop(s: Setup, resume_from: Optional[Path], stop: StopFlag) -> tuple[d
     from timm.scheduler import create_scheduler_v2
 
     recipe, acc, t = s.recipe, s.accelerator, s.recipe.train
+    # what trains: the whole model on images, or (feature cache) the part after the fixed prefix on its
+    # cached features; both share the model's parameters
+    net, train_data, val_data, cached = s.model, s.train_loader, s.val_loader, None
+    if s.cache.cut is not None:
+        cached = cache.build(s.cache.cut, s.model, s.train_loader, s.val_loader, t.seed, recipe.data.num_workers,
+                             acc.device, acc.autocast, t.channels_last)
+        net, train_data, val_data = cached.suffix, cached.train_loader, cached.val_loader
+        if acc.is_main_process:
+            i = cached.info
+            print(f"feature cache: {s.cache.note}: {i['images']:,} images, {i['bytes'] / 2**20:.1f} MiB, "
+                  f"extracted in {i['extract_seconds']:.1f} s", flush=True)
+    elif acc.is_main_process and t.cache_features != "off":
+        print(f"feature cache: {s.cache.note}", flush=True)
+    train_set = train_data.dataset
     # the optimizer sees learned parameters only (timm skips requires_grad=False, and puts biases and
     # norm weights in a no-weight-decay group)
     optimizer = create_optimizer_v2(s.model, opt=t.opt, lr=t.lr, weight_decay=t.weight_decay, momentum=t.momentum)
     # fixed slices are identical on every process (seeded); DDP must not broadcast them every step
     torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
-        s.model, partial_buffer_names(s.model))
-    model, optimizer, train_loader, val_loader = acc.prepare(s.model, optimizer, s.train_loader, s.val_loader)
+        net, partial_buffer_names(net))
+    model, optimizer, train_loader, val_loader = acc.prepare(net, optimizer, train_data, val_data)
+    # compiled here, not through Accelerate's dynamo plugin: that one is process-wide state, set by the
+    # first Accelerator. Checkpoints hold the uncompiled model's state, the same with compile on or off.
+    forward = torch.compile(model) if t.compile else model
     updates_per_epoch = max(1, math.ceil(len(train_loader) / t.grad_accum_steps))
     # max_steps, when set, decides the length (the last epoch stops early); else epochs does
     epochs = math.ceil(t.max_steps / updates_per_epoch) if t.max_steps else t.epochs
@@ -193,7 +215,7 @@ def train_loop(s: Setup, resume_from: Optional[Path], stop: StopFlag) -> tuple[d
             # an epoch's order comes from (seed, epoch) alone (seedable sampler), so a resumed epoch sees the
             # same batches; skip those it already learned from
             train_loader.set_epoch(p.epoch)
-            s.train_loader.dataset.set_epoch(p.epoch)  # and its augmentation draws (Accelerate sets only the sampler's)
+            train_set.set_epoch(p.epoch)  # and its augmentation draws (Accelerate sets only the sampler's)
             batches = acc.skip_first_batches(train_loader, p.batches) if p.batches else train_loader
             bar = tqdm(batches, desc=f"epoch {p.epoch + 1}/{epochs}", leave=False, dynamic_ncols=True,
                        disable=not (t.progress and acc.is_local_main_process), mininterval=1.0,
@@ -205,8 +227,10 @@ def train_loop(s: Setup, resume_from: Optional[Path], stop: StopFlag) -> tuple[d
                 p.skipped += bad
                 if x is None:  # every image of the batch was unreadable and skipped
                     continue
+                if t.channels_last and x.dim() == 4:
+                    x = x.contiguous(memory_format=torch.channels_last)
                 with acc.accumulate(model):
-                    loss = criterion(model(x), y)
+                    loss = criterion(forward(x), y)
                     if not _all_finite(acc, loss):  # before backward: a NaN must never reach the weights
                         if t.nan_policy == "stop":
                             raise NonFiniteLoss(loss.item(), p.step + 1, p.epoch + 1,
@@ -242,7 +266,7 @@ def train_loop(s: Setup, resume_from: Optional[Path], stop: StopFlag) -> tuple[d
             bar.close()
             p.train_seconds += time.perf_counter() - epoch_start
             p.images += p.epoch_images
-            p.metrics = evaluate(model, val_loader, acc, len(s.bundle.class_names))
+            p.metrics = evaluate(forward, val_loader, acc, len(s.bundle.class_names))
             p.metrics.update(epoch=p.epoch + 1, step=p.step, train_loss=p.loss_sum / max(p.loss_count, 1),
                              lr=optimizer.param_groups[0]["lr"], train_seconds=round(p.train_seconds, 3))
             if acc.is_main_process:
@@ -262,12 +286,15 @@ def train_loop(s: Setup, resume_from: Optional[Path], stop: StopFlag) -> tuple[d
     finally:  # on errors too: persistent workers must not outlive the loop (see loaders.shutdown_workers)
         loaders.shutdown_workers(train_loader, val_loader, batches)
 
-    return summarize(s, p, optimizer), acc.unwrap_model(model)
+    return summarize(s, p, optimizer, cached.info if cached else None), s.model
 
 
-def summarize(s: Setup, p: Progress, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """What summary.json holds: the plan's counts, the last epoch's metrics, throughput and memory."""
+def summarize(s: Setup, p: Progress, optimizer: torch.optim.Optimizer,
+              feature_cache: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """What summary.json holds: the plan's counts, the last epoch's metrics, throughput and memory.
+    train_seconds includes extracting cached features; train_images_per_second is the training steps' own."""
     recipe, acc, metrics = s.recipe, s.accelerator, p.metrics
+    extract = feature_cache["extract_seconds"] if feature_cache else 0.0
     return {
         "model": recipe.model.name,
         "strategy": s.plan.label,
@@ -280,10 +307,12 @@ def summarize(s: Setup, p: Progress, optimizer: torch.optim.Optimizer) -> dict[s
         "val_loss": metrics.get("val_loss"),
         "epochs": metrics.get("epoch", 0),
         "steps": p.step,
-        "train_seconds": round(p.train_seconds, 3),
+        "train_seconds": round(p.train_seconds + extract, 3),
         "train_images_per_second": p.images / p.train_seconds if p.train_seconds else 0.0,
         "optimizer_state_bytes": optimizer_state_bytes(optimizer),
         "peak_memory_bytes": peak_memory_bytes(acc.device),
+        "feature_cache": feature_cache,
+        "feature_cache_note": s.cache.note,
         "skipped_images": p.skipped,
         "nan_skipped_batches": p.nan_skipped,
         "num_processes": acc.num_processes,

@@ -1,0 +1,221 @@
+"""Frozen-prefix feature cache (`train.cache_features: auto | on | off`).
+
+When everything below some point of the network is fixed and the train transform is deterministic, that
+fixed prefix maps each image to the same features in every epoch: compute them once (one pass over the
+data), then train only the rest of the network from the cached features. The cut is found by
+`cuts.find_cut`; this module decides whether caching is exact, extracts the features, and serves them.
+
+The cached prefix runs in eval mode. So it is the same computation as training without the cache only
+when the prefix behaves the same in training: no BatchNorm in it updates its statistics, and nothing in
+it is random (dropout, drop-path). `auto` caches only then (and only when the features are no larger
+than the images and fit in memory); `on` caches anyway, freezing the prefix's BatchNorm statistics and
+switching off its dropout, and says so.
+"""
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from . import cuts, loaders
+from .errors import UserError
+from .strategies.plan import freeze_norm_stats
+
+
+@dataclass
+class Decision:
+    """What the cache will do: the cut (None: train on images) and what to tell the user."""
+
+    cut: Optional[cuts.Cut]
+    note: str
+
+
+def decide(model: nn.Module, mode: str, deterministic: bool, input_size: tuple[int, ...],
+           num_images: int) -> Decision:
+    """Whether and where to cache, for `train.cache_features` = mode. Raises UserError for an `on` that
+    cannot be honoured; may freeze the prefix's BatchNorm statistics for `on` (said in the note)."""
+    if mode == "off":
+        return Decision(None, "off")
+    if not deterministic:
+        if mode == "on":
+            raise UserError("train.cache_features: on needs a deterministic train transform, but data.augment "
+                            "is true (set data.augment: false, or cache_features: auto)")
+        return Decision(None, "not used: the train transform is random (data.augment: true)")
+    probe = torch.randn(2, *input_size, generator=torch.Generator().manual_seed(0))
+    cut, reason = cuts.find_cut(model, probe)
+    if cut is None:
+        if mode == "on":
+            raise UserError(f"train.cache_features: on, but there is nothing to cache: {reason}")
+        return Decision(None, f"not used: {reason}")
+    with torch.no_grad(), cuts.eval_mode(model):
+        per_image = cut.prefix(probe[:1]).numel()
+    budget = _memory_budget(mode)
+    need = per_image * 4 * num_images
+    if mode == "auto" and per_image > probe[0].numel():
+        return Decision(None, f"not used: the features at {cut.name} ({per_image:,} values per image) are larger "
+                              f"than the images ({probe[0].numel():,})")
+    if need > budget:
+        if mode == "on":
+            raise UserError(f"train.cache_features: on, but the features at {cut.name} need {need / 2**30:.1f} GiB, "
+                            f"more than the {budget / 2**30:.1f} GiB this machine can spare")
+        return Decision(None, f"not used: the features need {need / 2**30:.1f} GiB (more than "
+                              f"{budget / 2**30:.1f} GiB)")
+    notes = []
+    updating = [n for n in cut.prefix_modules if _updates_stats(model.get_submodule(n))]
+    if updating:
+        if mode == "auto":
+            return Decision(None, f"not used: {len(updating)} BatchNorm layers below {cut.name} update their "
+                                  "statistics in training (set the strategy's norm_stats: freeze, or "
+                                  "cache_features: on)")
+        for n in updating:
+            freeze_norm_stats(model.get_submodule(n))
+        notes.append(f"{len(updating)} BatchNorm layers below the cut now keep their statistics fixed")
+    if not _same_in_training(model, cut, probe):
+        if mode == "auto":
+            return Decision(None, f"not used: the network below {cut.name} is random in training (dropout or "
+                                  "drop-path); cache_features: on would switch it off")
+        notes.append("its dropout / drop-path is off (the cached prefix runs in eval mode)")
+    return Decision(cut, f"features at {cut.name}" + "".join(f"; {n}" for n in notes))
+
+
+def _updates_stats(module: nn.Module) -> bool:
+    from .strategies.plan import _FrozenStats
+
+    return (isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats
+            and not isinstance(module, _FrozenStats))
+
+
+def _same_in_training(model: nn.Module, cut: cuts.Cut, probe: torch.Tensor) -> bool:
+    """Whether the prefix gives the same features in train mode as in eval mode (buffers and the global
+    random generators are restored: this check must not change the run)."""
+    buffers = {k: v.clone() for k, v in model.named_buffers()}
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            with cuts.eval_mode(model):
+                expected = cut.prefix(probe)
+            model.train()
+            got = cut.prefix(probe)
+    finally:
+        for m, mode in modes:
+            m.training = mode
+        with torch.no_grad():
+            for k, v in model.named_buffers():
+                v.copy_(buffers[k])
+    return torch.allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def _memory_budget(mode: str) -> int:
+    """Bytes the cache may take: a share of the memory available now (host memory: the cache lives there)."""
+    available = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    available = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    if available is None:
+        try:
+            available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            available = 4 * 2**30
+    return int(available * (0.25 if mode == "auto" else 0.6))
+
+
+class FeatureDataset(torch.utils.data.Dataset):
+    """Cached features as (features, label) items; None where the image could not be read (collate()
+    skips and counts it, as for images)."""
+
+    def __init__(self, features: torch.Tensor, labels: torch.Tensor, ok: torch.Tensor):
+        self.features, self.labels, self.ok = features, labels, ok
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> Optional[tuple[torch.Tensor, int]]:
+        return (self.features[index], int(self.labels[index])) if self.ok[index] else None
+
+    def set_epoch(self, epoch: int) -> None:
+        """Nothing is random here (the loop sets every training set's epoch)."""
+
+
+class _Indexed(torch.utils.data.Dataset):
+    def __init__(self, ds: torch.utils.data.Dataset):
+        self.ds = ds
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, index: int) -> tuple[int, Any]:
+        return index, self.ds[index]
+
+
+def _collate_indexed(batch: list) -> tuple[list[int], Optional[torch.Tensor], Optional[torch.Tensor]]:
+    good = [(i, item) for i, item in batch if item is not None]
+    if not good:
+        return [], None, None
+    x = torch.stack([item[0] for _, item in good])
+    return [i for i, _ in good], x, torch.tensor([item[1] for _, item in good], dtype=torch.long)
+
+
+@torch.no_grad()
+def extract(cut: cuts.Cut, model: nn.Module, dataset: torch.utils.data.Dataset, batch_size: int, num_workers: int,
+            device: torch.device, autocast: Callable[[], Any], channels_last: bool = False) -> FeatureDataset:
+    """Run the prefix (in eval mode, under `autocast()`) over every item of `dataset` once; the features
+    stay in host memory."""
+    dl = torch.utils.data.DataLoader(_Indexed(dataset), batch_size=batch_size, shuffle=False,
+                                     num_workers=num_workers, collate_fn=_collate_indexed)
+    n = len(dataset)
+    features: Optional[torch.Tensor] = None
+    labels = torch.zeros(n, dtype=torch.long)
+    ok = torch.zeros(n, dtype=torch.bool)
+    with cuts.eval_mode(model), autocast():
+        for index, x, y in dl:
+            if x is None:
+                continue
+            x = x.to(device)
+            if channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            f = cut.prefix(x).detach().to("cpu")
+            if features is None:
+                features = torch.zeros((n, *f.shape[1:]), dtype=f.dtype)
+            features[index] = f
+            labels[index] = y
+            ok[index] = True
+    if features is None:
+        raise UserError("no image of the training data could be read")
+    return FeatureDataset(features, labels, ok)
+
+
+@dataclass
+class Cached:
+    """The cached training: the module that learns, its train and validation loaders, and a report."""
+
+    suffix: nn.Module
+    train_loader: torch.utils.data.DataLoader
+    val_loader: torch.utils.data.DataLoader
+    info: dict[str, Any]
+
+
+def build(cut: cuts.Cut, model: nn.Module, train_loader: torch.utils.data.DataLoader,
+          val_loader: torch.utils.data.DataLoader, seed: int, num_workers: int, device: torch.device,
+          autocast: Callable[[], Any], channels_last: bool = False) -> Cached:
+    """Extract the training and validation features once and make loaders over them with the same batch
+    size, order (same seed) and sharding as the image loaders they replace."""
+    start = time.perf_counter()
+    model.to(device)
+    sets = [extract(cut, model, dl.dataset, dl.batch_size, num_workers, device, autocast, channels_last)
+            for dl in (train_loader, val_loader)]
+    seconds = time.perf_counter() - start
+    train_cached = loaders.loader(sets[0], train_loader.batch_size, True, 0, seed)
+    val_cached = loaders.loader(sets[1], val_loader.batch_size, False, 0, seed)
+    size = sum(s.features.numel() * s.features.element_size() for s in sets)
+    info = {"cut": cut.name, "feature_shape": list(sets[0].features.shape[1:]), "bytes": size,
+            "images": sum(len(s) for s in sets), "extract_seconds": round(seconds, 3)}
+    return Cached(cut.suffix, train_cached, val_cached, info)

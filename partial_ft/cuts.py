@@ -1,0 +1,203 @@
+"""Where a network can be cut into a fixed prefix and a learned suffix, found by looking, not by name.
+
+A `Cut` is a function `prefix(x) -> features` and a module `suffix` with `suffix(prefix(x)) == model(x)`,
+the suffix sharing the model's parameters and holding every learned one. Three kinds, deepest first:
+
+  - pre-logits: the prefix is timm's `forward_head(forward_features(x), pre_logits=True)`, the suffix the
+    classifier (when only the classifier learns);
+  - a module boundary: the suffix is a shallow copy of the model whose modules that ran before module M
+    are replaced by nn.Identity, fed with M's input (works wherever the forward is a chain at that point:
+    a ResNet's stages and blocks, any nn.Sequential);
+  - features: the prefix is `forward_features`, the suffix `forward_head`.
+
+Every candidate is checked by running it against the whole model on a probe batch (in eval mode), so a
+forward that is not a chain where it looks like one (a skip connection, a positional embedding added in
+code) is simply not a cut.
+"""
+from __future__ import annotations
+
+import copy
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+from torch import nn
+
+
+@dataclass
+class Cut:
+    """A fixed prefix (a function) and the learned rest (a module sharing the model's parameters)."""
+
+    name: str  # e.g. 'pre-logits', 'layer4.1', 'forward_features'
+    prefix: Callable[[torch.Tensor], torch.Tensor]
+    suffix: nn.Module
+    prefix_modules: list[str] = field(default_factory=list)  # modules the prefix runs (names in the model)
+
+
+class _Stop(Exception):
+    """Raised by a pre-hook to end a forward once the cut's input is known."""
+
+
+def learned_modules(model: nn.Module) -> set[str]:
+    """Names of the modules that own a learned (requires_grad) parameter ('' is the model itself)."""
+    return {n for n, m in model.named_modules() if any(p.requires_grad for p in m.parameters(recurse=False))}
+
+
+class eval_mode:
+    """Context: the whole model in eval mode, each module's own mode restored afterwards."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    def __enter__(self) -> nn.Module:
+        self.modes = [(m, m.training) for m in self.model.modules()]
+        self.model.eval()
+        return self.model
+
+    def __exit__(self, *exc) -> None:
+        for m, mode in self.modes:
+            m.training = mode
+
+
+@dataclass
+class _Trace:
+    """One forward, recorded: each module's first start and last end (a shared event counter), how often
+    it ran, and its input when that was a single tensor."""
+
+    start: dict[str, int] = field(default_factory=dict)
+    end: dict[str, int] = field(default_factory=dict)
+    calls: dict[str, int] = field(default_factory=dict)
+    inputs: dict[str, Optional[torch.Tensor]] = field(default_factory=dict)
+    output: Optional[torch.Tensor] = None
+
+
+def _trace(model: nn.Module, run: Callable[[], torch.Tensor]) -> _Trace:
+    t, counter, handles = _Trace(), itertools.count(), []
+
+    def pre(name: str):
+        def hook(module, args, kwargs):
+            t.calls[name] = t.calls.get(name, 0) + 1
+            if name not in t.start:
+                t.start[name] = next(counter)
+                single = len(args) == 1 and not kwargs and torch.is_tensor(args[0])
+                t.inputs[name] = args[0] if single else None
+        return hook
+
+    def post(name: str):
+        def hook(module, args, kwargs, output):
+            t.end[name] = next(counter)
+        return hook
+
+    for name, m in model.named_modules():
+        if name:
+            handles.append(m.register_forward_pre_hook(pre(name), with_kwargs=True))
+            handles.append(m.register_forward_hook(post(name), with_kwargs=True))
+    try:
+        t.output = run()
+    finally:
+        for h in handles:
+            h.remove()
+    return t
+
+
+def _shallow(module: nn.Module) -> nn.Module:
+    """A new module object sharing `module`'s parameters, buffers and children, with its own child table."""
+    new = copy.copy(module)
+    new._modules = module._modules.copy()
+    return new
+
+
+def _module_cut(model: nn.Module, name: str, trace: _Trace) -> Cut:
+    """The cut at module `name`'s input: modules that finished before it started become nn.Identity in a
+    shallow copy of the model (the original is untouched)."""
+    start, path = trace.start[name], name.split(".")
+    root = parent = _shallow(model)
+    removed = []
+    for depth, step in enumerate(path):
+        for child in list(parent._modules):
+            full = ".".join(path[:depth] + [child])
+            if child != step and trace.end.get(full, start) < start:
+                parent._modules[child] = nn.Identity()
+                removed.append(full)
+        if depth < len(path) - 1:
+            parent._modules[step] = _shallow(parent._modules[step])
+            parent = parent._modules[step]
+    target = model.get_submodule(name)
+
+    def prefix(x: torch.Tensor) -> torch.Tensor:
+        captured = []
+
+        def hook(module, args):
+            captured.append(args[0])
+            raise _Stop
+
+        handle = target.register_forward_pre_hook(hook)
+        try:
+            model(x)
+        except _Stop:
+            pass
+        finally:
+            handle.remove()
+        return captured[0]
+
+    prefix_modules = [n for n in trace.end if trace.end[n] < start]
+    return Cut(name, prefix, root, prefix_modules)
+
+
+class _Head(nn.Module):
+    """The suffix of a features cut: timm's forward_head."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_head(x)
+
+
+def find_cut(model: nn.Module, probe: torch.Tensor) -> tuple[Optional[Cut], str]:
+    """The deepest valid cut of `model` (whose learned parameters are already marked), verified on
+    `probe`; or None and the reason."""
+    learned = learned_modules(model)
+    if "" in learned:
+        return None, "parameters of the model itself (e.g. a position embedding) learn"
+    if not learned:
+        return None, "nothing learns"
+    names = {m: n for n, m in model.named_modules()}
+    with eval_mode(model), torch.no_grad():
+        trace = _trace(model, lambda: model(probe))
+        found: list[Cut] = []
+        timm_like = all(hasattr(model, a) for a in ("forward_features", "forward_head", "get_classifier"))
+        classifier = model.get_classifier() if timm_like else None
+        if isinstance(classifier, nn.Module) and classifier in names:
+            head = names[classifier]
+            if all(n == head or n.startswith(head + ".") for n in learned):
+                def pre_logits(x: torch.Tensor) -> torch.Tensor:
+                    return model.forward_head(model.forward_features(x), pre_logits=True)
+                inside = [n for n in trace.end if not (n == head or n.startswith(head + "."))]
+                found.append(Cut("pre-logits", pre_logits, classifier, inside))
+        if timm_like:
+            features = _trace(model, lambda: model.forward_features(probe))
+            if not learned & set(features.start):
+                found.append(Cut("forward_features", model.forward_features, _Head(model), list(features.end)))
+        first_learned = min((trace.start[n] for n in learned if n in trace.start), default=None)
+        if first_learned is not None:
+            found += [_module_cut(model, n, trace) for n in trace.start if trace.start[n] <= first_learned
+                      and trace.calls[n] == 1 and trace.inputs[n] is not None]
+        # deepest first (the most modules left in the prefix); the first that agrees with the model wins
+        for cut in sorted(found, key=lambda c: len(c.prefix_modules), reverse=True):
+            if cut.prefix_modules and _agrees(cut, probe, trace.output):
+                return cut, ""
+    return None, "no fixed part of the network comes before every learned layer and can be cut off"
+
+
+def _agrees(cut: Cut, probe: torch.Tensor, expected: torch.Tensor) -> bool:
+    """Whether suffix(prefix(probe)) is the model's output (any exception: not a valid cut)."""
+    try:
+        got = cut.suffix(cut.prefix(probe))
+    except Exception:
+        return False
+    return torch.is_tensor(got) and got.shape == expected.shape and torch.allclose(got, expected, rtol=1e-4,
+                                                                                     atol=1e-5)

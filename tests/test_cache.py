@@ -1,0 +1,148 @@
+"""The frozen-prefix feature cache: cuts found across architectures hold every learned parameter and
+reproduce the model; cached training equals training on images; the auto / on / off policy."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import timm
+import torch
+
+from partial_ft import apply_strategy, cache, load_delta, train
+from partial_ft import recipe as recipes
+from partial_ft.cuts import eval_mode, find_cut
+from partial_ft.errors import UserError
+from partial_ft.strategies.plan import _FrozenStats
+
+FROZEN = {"norm_stats": "freeze"}
+# (arch, strategy) -> the cut found, or None: deepest cut first; a ViT's blocks are no chain (position
+# embedding added in code), and strategies that learn in the first layer leave nothing to cut off
+CUTS = [
+    ("test_resnet", {"name": "head"}, "pre-logits"),
+    ("test_resnet", {"name": "block", "index": "last"}, "layer4"),
+    ("test_resnet", {"name": "block", "index": "middle"}, "layer2"),
+    ("test_resnet", {"name": "filters", "fraction": 0.1}, None),
+    ("test_vit", {"name": "head"}, "pre-logits"),
+    ("test_vit", {"name": "block", "index": "last"}, None),
+    ("test_convnext", {"name": "block", "index": "middle"}, "stages.2"),
+    ("test_efficientnet", {"name": "block", "index": "last"}, "blocks.4"),
+    ("densenet121", {"name": "head"}, "pre-logits"),
+    ("vgg11_bn", {"name": "block", "index": "last"}, "forward_features"),
+]
+
+
+@pytest.mark.parametrize("arch,spec,expected", CUTS, ids=[f"{a}-{s['name']}-{s.get('index', '')}" for a, s, _ in CUTS])
+def test_cut_holds_every_learned_parameter_and_reproduces_the_model(arch, spec, expected):
+    torch.manual_seed(0)
+    kwargs = {"img_size": 32} if "vit" in arch else {}
+    model = timm.create_model(arch, num_classes=5, **kwargs)
+    apply_strategy(model, spec, seed=0)
+    x = torch.randn(3, 3, 32, 32)
+    modules = [(n, type(m)) for n, m in model.named_modules()]
+    cut, reason = find_cut(model, x)
+    assert [(n, type(m)) for n, m in model.named_modules()] == modules  # the model itself is untouched
+    if expected is None:
+        assert cut is None and reason
+        return
+    assert cut is not None and cut.name == expected
+    learned = {id(p) for p in model.parameters() if p.requires_grad}
+    assert {id(p) for p in cut.suffix.parameters() if p.requires_grad} == learned  # all of them train
+    for name in cut.prefix_modules:  # and none of them is in the part that runs once
+        assert not any(p.requires_grad for p in model.get_submodule(name).parameters(recurse=False)), name
+    with eval_mode(model), torch.no_grad():
+        assert torch.allclose(cut.suffix(cut.prefix(x)), model(x), rtol=1e-4, atol=1e-5)
+
+
+def _run(tiny_recipe, name: str, mode: str, strategy: dict, **train_cfg):
+    recipe = tiny_recipe(name, strategy=strategy, train={"epochs": 2, "max_steps": None, "cache_features": mode,
+                                                         **train_cfg})
+    r = recipes.load(recipe)
+    summary = train.run(r)
+    return r.run_dir, summary
+
+
+@pytest.mark.parametrize("strategy", [{"name": "head", **FROZEN}, {"name": "block", "index": "last", **FROZEN}],
+                         ids=["head", "last_block"])
+def test_cached_training_equals_training_on_images(tiny_recipe, strategy):
+    cached_dir, cached = _run(tiny_recipe, "cached", "auto", strategy)
+    plain_dir, plain = _run(tiny_recipe, "plain", "off", strategy)
+    assert cached["feature_cache"]["cut"] in ("pre-logits", "layer4") and plain["feature_cache"] is None
+    assert cached["feature_cache"]["images"] == 256 + 128
+    assert cached["val_top1"] == plain["val_top1"] and cached["val_top5"] == plain["val_top5"]
+    assert cached["val_loss"] == pytest.approx(plain["val_loss"], rel=1e-4)
+    assert cached["learned_params"] == plain["learned_params"]
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():  # the delta of the cached run is a whole model, as good as the plain run's
+        assert torch.allclose(load_delta(cached_dir)(x), load_delta(plain_dir)(x), rtol=1e-3, atol=1e-4)
+    # eval on images agrees with what the run measured on cached validation features
+    assert train.evaluate_run(cached_dir)["val_top1"] == cached["val_top1"]
+
+
+def _decide(arch: str, spec: dict, mode: str, deterministic: bool = True, **kwargs):
+    torch.manual_seed(0)
+    model = timm.create_model(arch, num_classes=5, **kwargs)
+    apply_strategy(model, spec, seed=0)
+    return model, cache.decide(model, mode, deterministic, (3, 32, 32), 100)
+
+
+def test_policy_auto_on_off():
+    _, d = _decide("test_resnet", {"name": "head", **FROZEN}, "off")
+    assert d.cut is None and d.note == "off"
+    _, d = _decide("test_resnet", {"name": "head", **FROZEN}, "auto", deterministic=False)
+    assert d.cut is None and "random" in d.note
+    with pytest.raises(UserError, match="cache_features: on needs a deterministic train transform"):
+        _decide("test_resnet", {"name": "head", **FROZEN}, "on", deterministic=False)
+    with pytest.raises(UserError, match="nothing to cache"):
+        _decide("test_resnet", {"name": "filters", "fraction": 0.1}, "on")
+
+    # BatchNorm statistics that update below the cut: auto declines, on freezes them and says so
+    model, d = _decide("test_resnet", {"name": "head"}, "auto")
+    assert d.cut is None and "update their statistics" in d.note
+    assert not any(isinstance(m, _FrozenStats) for m in model.modules())
+    model, d = _decide("test_resnet", {"name": "head"}, "on")
+    assert d.cut.name == "pre-logits" and "keep their statistics fixed" in d.note
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns and all(isinstance(m, _FrozenStats) for m in bns)
+
+    # dropout below the cut: auto declines; on caches, says its dropout is off; neither changes the model
+    model, d = _decide("test_resnet", {"name": "head", **FROZEN}, "auto", drop_rate=0.5)
+    assert d.cut is None and "random in training" in d.note
+    model, d = _decide("test_resnet", {"name": "head", **FROZEN}, "on", drop_rate=0.5)
+    assert d.cut is not None and "dropout" in d.note
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    torch.manual_seed(1)
+    state = torch.get_rng_state()
+    assert cache.decide(model, "on", True, (3, 32, 32), 100).cut is not None
+    assert torch.equal(state, torch.get_rng_state())  # deciding draws nothing from the run's generator
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # nor changes the model
+
+    # features larger than the images: auto declines (norm learns from the first BatchNorm on)
+    _, d = _decide("test_resnet", {"name": "norm", **FROZEN}, "auto")
+    assert d.cut is None and "larger than the images" in d.note
+
+
+def test_yaml_booleans_and_summary_note(tiny_recipe, tmp_path):
+    recipe = tiny_recipe("yaml", strategy={"name": "head", **FROZEN})
+    text = recipe.read_text().replace("progress: false", "progress: false\n  cache_features: on")
+    recipe.write_text(text)
+    r = recipes.load(recipe)
+    assert r.train.cache_features == "on"
+    assert recipes.load(recipe, ["train.cache_features=off"]).train.cache_features == "off"
+    train.run(r)
+    s = json.loads((r.run_dir / "summary.json").read_text())
+    assert s["feature_cache"]["cut"] == "pre-logits" and s["feature_cache_note"] == "features at pre-logits"
+    assert s["train_seconds"] >= s["feature_cache"]["extract_seconds"]
+
+
+def test_channels_last_and_compile_run_on_cpu(tiny_recipe):
+    from torch._dynamo.utils import counters
+
+    _, s = _run(tiny_recipe, "nhwc", "off", {"name": "filters", "fraction": 0.25}, channels_last=True, max_steps=2)
+    assert s["steps"] == 2 and s["val_top1"] is not None
+    # compiling the whole tiny ResNet takes minutes on 2 cores; the cached head (a Linear) is compiled in
+    # seconds and exercises the same path: compiled training and evaluation, checkpoint, delta
+    counters.clear()
+    _, s = _run(tiny_recipe, "compiled", "auto", {"name": "head", **FROZEN}, compile=True, max_steps=2,
+                checkpoint_every=1)
+    assert s["steps"] == 2 and s["val_top1"] is not None and s["feature_cache"] is not None
+    assert counters["stats"]["unique_graphs"] >= 1  # torch.compile really ran
