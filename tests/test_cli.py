@@ -104,11 +104,12 @@ sys.exit(main(sys.argv[2:]))
 """
 
 
-def test_torchrun_two_processes_count_every_validation_sample_once(tiny_recipe, tmp_path):
-    """Data parallel on CPU (gloo): 2 ranks, a strategy that fixes part of every conv. The validation set
-    (an odd size, so shards are uneven) is counted exactly once: the metrics equal a single-process
-    evaluation of the same weights; fixed (and learned) values are identical on both ranks and equal the
-    delta's fingerprint; only rank 0 writes the run folder."""
+@pytest.mark.parametrize("strategy", [None, {"name": "head", "norm_stats": "freeze"}], ids=["filters", "cached_head"])
+def test_torchrun_two_processes_count_every_validation_sample_once(tiny_recipe, tmp_path, strategy):
+    """Data parallel on CPU (gloo): 2 ranks, a strategy that fixes part of every conv, and one trained from
+    cached features. The validation set (an odd size, so shards are uneven) is counted exactly once: the
+    metrics equal a single-process evaluation of the same weights (on images); fixed (and learned) values
+    are identical on both ranks and equal the delta's fingerprint; only rank 0 writes the run folder."""
     from partial_ft.checkpoint import read_info
     from partial_ft.train import evaluate_run
 
@@ -116,13 +117,14 @@ def test_torchrun_two_processes_count_every_validation_sample_once(tiny_recipe, 
     script, hashes = tmp_path / "rank_hashes.py", tmp_path / "hashes"
     script.write_text(RANK_HASHES)
     hashes.mkdir()
-    recipe = tiny_recipe("ddp", data={"max_val_samples": 77})
+    recipe = tiny_recipe("ddp", data={"max_val_samples": 77}, **({"strategy": strategy} if strategy else {}))
     p = run_cli("--nproc_per_node", "2", str(script), str(hashes), "--recipe", str(recipe), module=(torchrun,))
     assert p.returncode == 0, p.stderr[-3000:]
     run_dir = tmp_path / "runs" / "ddp"
     assert sorted(f.name for f in run_dir.iterdir()) == sorted(RUN_FILES)  # no stray per-rank files
     s = _summary(run_dir)
     assert s["num_processes"] == 2
+    assert (s["feature_cache"] is not None) == (strategy is not None)
     metrics = _metrics(run_dir)
     assert len(metrics) == 1 and metrics[0]["val_samples"] == 77
 
