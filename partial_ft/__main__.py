@@ -53,14 +53,17 @@ def main(argv: list[str] | None = None) -> int:
         command = {"strategies": _strategies, "eval": _eval, "export": _export, "train": _train}[args.command]
         return command(args)
     except UserError as e:
-        return _fail(str(e))
+        return _fail(str(e), e.collective)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
 
 
-def _fail(message: str) -> int:
-    print(f"error: {message.strip().splitlines()[-1] if message.strip() else message}", file=sys.stderr)
+def _fail(message: str, collective: bool = True) -> int:
+    """Print the one `error:` line and exit 2. A collective error (every process of a multi-process run
+    fails the same way) is said by the first process only."""
+    if not collective or os.environ.get("RANK", "0") == "0":
+        print(f"error: {message.strip().splitlines()[-1] if message.strip() else message}", file=sys.stderr)
     sys.exit(2)
 
 

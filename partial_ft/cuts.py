@@ -183,6 +183,8 @@ def find_cut(model: nn.Module, probe: torch.Tensor) -> tuple[Optional[Cut], str]
             if not learned & set(features.start):
                 found.append(Cut("forward_features", model.forward_features, _Head(model), list(features.end)))
         first_learned = min((trace.start[n] for n in learned if n in trace.start), default=None)
+        if first_learned == 0 and not found:
+            return None, "the first layer learns (nothing fixed comes before it)"
         if first_learned is not None:
             found += [_module_cut(model, n, trace) for n in trace.start if trace.start[n] <= first_learned
                       and trace.calls[n] == 1 and trace.inputs[n] is not None]

@@ -7,7 +7,12 @@ from collections.abc import Iterable
 
 
 class UserError(Exception):
-    """A mistake the user can fix (bad recipe, bad path, bad option); never a bug in partial_ft."""
+    """A mistake the user can fix (bad recipe, bad path, bad option); never a bug in partial_ft.
+
+    `collective`: every process of a multi-process run raises it the same way (so one of them says it);
+    False for what only one process can see (an unreadable image in its shard)."""
+
+    collective = True
 
 
 class NonFiniteLoss(UserError):

@@ -37,6 +37,8 @@ class BadImageError(UserError):
     'Caught BadImageError in DataLoader worker process N. Original Traceback ...'; keep only our message
     so the CLI's `error:` line stays the useful one."""
 
+    collective = False  # only the process whose shard holds the image sees it
+
     def __init__(self, message: str):
         if message.startswith("Caught ") and "BadImageError: " in message:
             message = message.strip().splitlines()[-1].split("BadImageError: ", 1)[1]

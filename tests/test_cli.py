@@ -140,6 +140,17 @@ def test_torchrun_two_processes_count_every_validation_sample_once(tiny_recipe, 
     assert single["val_loss"] == pytest.approx(metrics[0]["val_loss"], rel=1e-6)
 
 
+def test_torchrun_a_collective_error_is_said_once(tiny_recipe, tmp_path):
+    """A NaN loss stops every rank together; one `error:` line, not one per process."""
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
+    recipe = tiny_recipe("nan", strategy={"name": "full"}, train={"lr": 1e12, "opt": "sgd", "max_steps": 8,
+                                                                  "batch_size": 16, "checkpoint_every": None})
+    p = run_cli("--nproc_per_node", "2", "-m", "partial_ft", "--recipe", str(recipe), module=(torchrun,))
+    assert p.returncode != 0
+    errors = [line for line in p.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: loss is ") and " at step " in errors[0], p.stderr[-3000:]
+
+
 def test_missing_recipe_and_refusal_to_clobber(tiny_recipe, tmp_path):
     p = run_cli("--recipe", str(tmp_path / "nope.yaml"))
     assert p.returncode == 2 and p.stderr.startswith("error: recipe file not found")

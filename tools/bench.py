@@ -3,10 +3,14 @@
 Each strategy runs as a real `python -m partial_ft` job (a fresh process, so peak memory is its own) on
 the built-in digits data resized to --size; the reference is a minimal hand-written loop over in-memory
 tensors with the same model, batch size and optimizer. Ratios are what matter: they compare runs made
-one after the other on the same machine.
+one after the other on the same machine. `*_cached` rows freeze BatchNorm statistics so that the fixed
+prefix's features are cached (train.cache_features: auto): their images/s are those of the epochs after
+the first, and the table gives the one-off extraction time. The loader row checks that the data pipeline
+of the quickstart recipe delivers at least twice what its training consumes.
 
     python tools/bench.py                       # resnet18, 64x64, batch 64, AdamW
     python tools/bench.py --size 32 --strategies full,head,filters_out --out bench.md
+    python tools/bench.py --set train.mixed_precision=bf16 --set train.channels_last=true   # on a GPU
 """
 from __future__ import annotations
 
@@ -25,7 +29,9 @@ import yaml
 STRATEGIES = {
     "full": {"name": "full"},
     "head": {"name": "head"},
+    "head_cached": {"name": "head", "norm_stats": "freeze"},
     "middle_block": {"name": "block", "index": "middle"},
+    "middle_block_cached": {"name": "block", "index": "middle", "norm_stats": "freeze"},
     "last_block": {"name": "block", "index": "last"},
     "filters_out": {"name": "filters", "fraction": 0.1, "dim": "out"},
     "filters_in": {"name": "filters", "fraction": 0.1, "dim": "in"},
@@ -69,28 +75,64 @@ def run_strategy(name: str, spec: dict, args: argparse.Namespace, workdir: Path)
     path = workdir / f"{name}.yaml"
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    p = subprocess.run([sys.executable, "-m", "partial_ft", "--recipe", str(path), "--overwrite"],
+    p = subprocess.run([sys.executable, "-m", "partial_ft", "--recipe", str(path), "--overwrite", *args.set],
                        capture_output=True, text=True, env=env)
     if p.returncode != 0:
         raise SystemExit(f"{name} failed:\n{p.stderr[-2000:]}")
     return json.loads((workdir / name / "summary.json").read_text())
 
 
-def markdown(rows: list[dict], args: argparse.Namespace, plain: float) -> str:
+def loader_check(args: argparse.Namespace, workdir: Path) -> dict:
+    """The quickstart recipe's train loader alone (one epoch, its own workers) against its training."""
+    from partial_ft import recipe as recipes
+    from partial_ft import train
+    from partial_ft.loaders import shutdown_workers
+
+    recipe_path = Path(__file__).resolve().parents[1] / "recipes" / "quickstart.yaml"
+    out = workdir / "quickstart"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    p = subprocess.run([sys.executable, "-m", "partial_ft", "--recipe", str(recipe_path), "--overwrite",
+                        f"output.dir={out}", f"train.max_steps={args.steps}", "train.progress=false", *args.set],
+                       capture_output=True, text=True, env=env)
+    if p.returncode != 0:
+        raise SystemExit(f"quickstart failed:\n{p.stderr[-2000:]}")
+    trained = json.loads((out / "summary.json").read_text())["train_images_per_second"]
+    setup = train.prepare(recipes.load(recipe_path, [f"output.dir={out}"]))
+    dl = setup.train_loader
+    for i, _ in enumerate(dl):  # first pass starts the workers; not timed
+        if i == 2:
+            break
+    start, images = time.perf_counter(), 0
+    for x, _, _ in dl:
+        images += x.shape[0]
+    seconds = time.perf_counter() - start
+    shutdown_workers(dl)
+    return {"loader": images / seconds, "training": trained, "workers": setup.recipe.data.num_workers}
+
+
+def markdown(rows: list[dict], args: argparse.Namespace, plain: float, loader: dict | None = None) -> str:
     full = next((r["images_per_second"] for r in rows if r["strategy"] == "full"), None)
     lines = [
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, {platform.platform()}, "
         f"torch {__import__('torch').__version__}; {args.model}, {args.size}x{args.size}, batch {args.batch}, "
-        f"AdamW, {args.steps} steps. Plain PyTorch loop: {plain:.0f} images/s.",
+        f"AdamW, {args.steps} steps{'; ' + ' '.join(args.set) if args.set else ''}. "
+        f"Plain PyTorch loop: {plain:.0f} images/s.",
         "",
-        "| strategy | learned params | images/s | × full | × plain loop | optimizer state | peak memory |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| strategy | learned params | images/s | × full | × plain loop | optimizer state | peak memory | feature cache |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         vs_full = f"{r['images_per_second'] / full:.2f}" if full else "–"
+        fc = r.get("feature_cache")
+        cached = f"{fc['cut']}, extracted once in {fc['extract_seconds']:.1f} s" if fc else "–"
         lines.append(f"| {r['strategy']} | {r['learned_params']:,} ({100 * r['learned_fraction']:.1f}%) | "
                      f"{r['images_per_second']:.0f} | {vs_full} | {r['images_per_second'] / plain:.2f} | "
-                     f"{r['optimizer_state_bytes'] / 2**20:.1f} MiB | {r['peak_memory_bytes'] / 2**30:.2f} GiB |")
+                     f"{r['optimizer_state_bytes'] / 2**20:.1f} MiB | {r['peak_memory_bytes'] / 2**30:.2f} GiB | "
+                     f"{cached} |")
+    if loader:
+        lines += ["", f"Data pipeline (recipes/quickstart.yaml, {loader['workers']} workers): the loader alone "
+                      f"delivers {loader['loader']:.0f} images/s, training consumes {loader['training']:.0f} images/s "
+                      f"({loader['loader'] / loader['training']:.1f}×)."]
     return "\n".join(lines) + "\n"
 
 
@@ -104,6 +146,9 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--strategies", default=",".join(STRATEGIES), help=f"comma list of {', '.join(STRATEGIES)}")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a recipe override for every run, e.g. train.mixed_precision=bf16 (repeatable)")
+    p.add_argument("--no-loader", action="store_true", help="skip the data pipeline check")
     p.add_argument("--out", default="bench.md", help="markdown table to write")
     args = p.parse_args()
     names = [s.strip() for s in args.strategies.split(",") if s.strip()]
@@ -117,9 +162,11 @@ def main() -> None:
         for name in names:
             s = run_strategy(name, STRATEGIES[name], args, Path(tmp))
             rows.append({"strategy": name, "images_per_second": s["train_images_per_second"], **{
-                k: s[k] for k in ("learned_params", "learned_fraction", "optimizer_state_bytes", "peak_memory_bytes")}})
-            print(f"{name:16s} {s['train_images_per_second']:8.0f} img/s", flush=True)
-    table = markdown(rows, args, plain)
+                k: s.get(k) for k in ("learned_params", "learned_fraction", "optimizer_state_bytes",
+                                      "peak_memory_bytes", "feature_cache")}})
+            print(f"{name:20s} {s['train_images_per_second']:8.0f} img/s", flush=True)
+        loader = None if args.no_loader else loader_check(args, Path(tmp))
+    table = markdown(rows, args, plain, loader)
     print(table)
     Path(args.out).write_text(table)
 
