@@ -240,6 +240,61 @@ def test_eval_equals_summary_and_export_loads_into_bare_timm(straight, tmp_path,
     assert torch.allclose(got, expected, rtol=1e-5, atol=1e-5) and torch.equal(got.argmax(1), expected.argmax(1))
 
 
+def test_lora_run_delta_round_trips_and_exports_into_bare_timm(tiny_recipe, tmp_path, monkeypatch, capsys):
+    """A trained `lora` run (PEFT adapters injected into timm) keeps only its adapters, the new head and
+    the BatchNorm statistics; load_delta rebuilds the very model training ended with, eval reproduces the
+    summary exactly, and the export (adapters merged into plain timm weights) predicts the same."""
+    held = {}
+    train_loop = train.train_loop
+
+    def keep_model(*args, **kwargs):  # the model the run ends with, as save_delta sees it
+        summary, model = train_loop(*args, **kwargs)
+        held["model"] = model
+        return summary, model
+
+    monkeypatch.setattr(train, "train_loop", keep_model)
+    recipe = recipes.load(tiny_recipe("lora", strategy={"name": "lora"}, train={"max_steps": 3, "lr": 0.01}))
+    summary = train.run(recipe)
+    run_dir, trained = recipe.run_dir, held["model"].eval()
+
+    rebuilt = load_delta(run_dir)
+    x = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), trained(x))
+    adapters = {n: p for n, p in rebuilt.named_parameters() if ".lora_" in n}
+    assert adapters and all(not p.requires_grad or ".lora_" in n or n.startswith("fc.")
+                            for n, p in rebuilt.named_parameters())
+    # lora_B starts at zero: the adapters did train, so the equality above depends on loading them
+    assert any(p.abs().sum() > 0 for n, p in adapters.items() if ".lora_B." in n)
+
+    # the delta: adapters + head (learned_params x 4 bytes) + BatchNorm statistics + a small header
+    path = run_dir / "delta.safetensors"
+    stored = load_file(str(path))
+    learned = {k for k in stored if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
+    assert learned == set(adapters) | {"fc.weight", "fc.bias"}
+    assert summary["learned_params"] == sum(stored[k].numel() for k in learned)
+    stats = sum(v.numel() * v.element_size() for k, v in stored.items() if k not in learned)
+    header = int.from_bytes(path.read_bytes()[:8], "little")
+    assert path.stat().st_size == summary["delta_bytes"] == 8 + header + summary["learned_params"] * 4 + stats
+    assert header < 4096 + 200 * len(stored)
+    full_bytes = sum(v.numel() * 4 for v in merged_state_dict(trained).values())
+    assert summary["delta_bytes"] < 0.2 * full_bytes
+
+    assert main(["eval", str(run_dir)]) == 0
+    result = json.loads((run_dir / "eval.json").read_text())
+    for key in ("val_top1", "val_top5", "val_loss"):
+        assert result[key] == summary[key], key
+
+    exported = tmp_path / "lora.safetensors"
+    assert main(["export", str(run_dir), "--out", str(exported)]) == 0
+    assert not any(".lora_" in k or "base_layer" in k for k in load_file(str(exported)))
+    bare = timm.create_model("test_resnet", pretrained=True,
+                             pretrained_cfg_overlay={"file": str(exported), "num_classes": 10}).eval()
+    with torch.no_grad():
+        expected, got = trained(x), bare(x)
+    assert torch.allclose(got, expected, rtol=1e-5, atol=1e-5) and torch.equal(got.argmax(1), expected.argmax(1))
+
+
 def test_refuses_to_clobber_or_resume_a_finished_run(straight, capsys):
     run_dir, _ = straight
     path = str(run_dir.parent.parent / "straight.yaml")

@@ -48,7 +48,27 @@ def read_results(path: Path) -> dict[str, list[tuple[float, float, float]]]:
     return families
 
 
-def plot(families: dict[str, list[tuple[float, float, float]]], out: Path, title: str = "") -> dict:
+# tab10's colours; past every 10 families the marker and the fit's line style change too, so that no two
+# families look alike, neither their points nor their fits (up to 80 families; the first 10: circles
+# and solid fits)
+COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+          "#17becf"]
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
+LINESTYLES = ["-", "--", "-.", ":", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1)), (0, (1, 3)), (0, (8, 2, 2, 2))]
+
+
+def styles(names: list[str]) -> dict[str, dict]:
+    """A distinct look per family, in the given order: colour, marker (its points) and line style (its fit)."""
+    out = {}
+    for i, name in enumerate(names):
+        rest = i // len(COLORS)
+        out[name] = {"color": COLORS[i % len(COLORS)], "marker": MARKERS[rest % len(MARKERS)],
+                     "linestyle": LINESTYLES[rest % len(LINESTYLES)]}
+    return out
+
+
+def figure(families: dict[str, list[tuple[float, float, float]]], title: str = ""):
+    """The plot (a matplotlib Figure, not yet saved) and the per-family fits."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -56,26 +76,45 @@ def plot(families: dict[str, list[tuple[float, float, float]]], out: Path, title
 
     fits = {}
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    look = styles(sorted(families))
+    handles = []  # in the legend each family's fit follows its points
     for family, points in sorted(families.items()):
         points.sort()
         xs, ys, es = zip(*points)
-        line = ax.errorbar(xs, ys, yerr=es, marker="o", linestyle="none", capsize=3, label=family)
+        style = look[family]
+        handles.append(ax.errorbar(xs, ys, yerr=es, marker=style["marker"], color=style["color"], linestyle="none",
+                                   capsize=3, label=family))
         if len({round(x) for x in xs}) >= 2:
             fit = log_fit(list(xs), list(ys))
             fits[family] = fit
             grid = [min(xs) * (max(xs) / min(xs)) ** (i / 50) for i in range(51)]
-            ax.plot(grid, [fit["a"] + fit["b"] * math.log(g) for g in grid], color=line[0].get_color(),
-                    linewidth=1, label=f"{family}: {fit['a']:.3f} + {fit['b']:.3f}·ln(p)")
+            handles += ax.plot(grid, [fit["a"] + fit["b"] * math.log(g) for g in grid], color=style["color"],
+                               linestyle=style["linestyle"], linewidth=1,
+                               label=f"{family}: {fit['a']:.3f} + {fit['b']:.3f}·ln(p)")
     ax.set_xscale("log")
     ax.set_xlabel("learned parameters (log scale)")
     ax.set_ylabel("validation top-1")
     ax.set_title(title or "accuracy per learned parameter")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    entries = len(handles)
+    if entries <= 16:
+        ax.legend(handles=handles, fontsize=8)
+    else:  # beside the axes, in columns, rather than over the points
+        columns = math.ceil(entries / 24)
+        fig.set_size_inches(7 + 3.5 * columns, 4.5 + 0.1 * min(entries, 24))
+        ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0,
+                  ncol=columns)
     fig.tight_layout()
+    return fig, fits
+
+
+def plot(families: dict[str, list[tuple[float, float, float]]], out: Path, title: str = "") -> dict:
+    fig, fits = figure(families, title)
+    import matplotlib.pyplot as plt
+
     out.mkdir(parents=True, exist_ok=True)
     for ext in ("png", "svg"):
-        fig.savefig(out / f"accuracy_vs_params.{ext}", dpi=120)
+        fig.savefig(out / f"accuracy_vs_params.{ext}", dpi=120, bbox_inches="tight")  # all of an outside legend
     plt.close(fig)
     (out / "fits.json").write_text(json.dumps(fits, indent=2) + "\n")
     return fits

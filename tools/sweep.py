@@ -76,7 +76,9 @@ def run_one(base: Path, overrides: list[str], spec: dict, seed: int, run_dir: Pa
         from partial_ft.train import run
 
         return run(recipes.load(recipe_path), overwrite=True)
-    command = [sys.executable, "-m", "partial_ft"] if launcher == "python" else ["accelerate", "launch", "-m", "partial_ft"]
+    # `accelerate launch` of this interpreter's accelerate, not whichever `accelerate` is first on PATH
+    launch = [sys.executable, "-m", "accelerate.commands.launch"] if launcher == "accelerate" else [sys.executable]
+    command = [*launch, "-m", "partial_ft"]
     p = subprocess.run([*command, "--recipe", str(recipe_path), "--overwrite"], capture_output=True, text=True)
     if p.returncode != 0:
         raise SystemExit(f"run {run_dir.name} failed:\n{p.stderr[-2000:]}")
@@ -141,10 +143,13 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     seeds = grid.get("seeds", [0])
     for spec, seed in itertools.product(specs, seeds):
-        summary = run_one(Path(args.recipe), overrides, spec, seed, out / run_id(spec, seed), args.launcher)
+        run_dir = out / run_id(spec, seed)
+        finished = (run_dir / "summary.json").is_file()
+        summary = run_one(Path(args.recipe), overrides, spec, seed, run_dir, args.launcher)
         rows.append({**summary, "spec": spec, "label": label(spec)})
         print(f"{label(spec):60s} seed {seed}: val_top1 {summary['val_top1']:.4f}  "
-              f"learned {summary['learned_params']:,}", flush=True)
+              f"learned {summary['learned_params']:,}{'  (finished before: skipped)' if finished else ''}",
+              flush=True)
     results = aggregate(rows)
     write_tables(results, out)
     print((out / "results.md").read_text())
