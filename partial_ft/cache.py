@@ -7,8 +7,8 @@ data), then train only the rest of the network from the cached features. The cut
 
 The cached prefix runs in eval mode. So it is the same computation as training without the cache only
 when the prefix behaves the same in training: no BatchNorm in it updates its statistics, and nothing in
-it is random (dropout, drop-path). `auto` caches only then (and only when the features are no larger
-than the images and fit in memory); `on` caches anyway, freezing the prefix's BatchNorm statistics and
+it is random (dropout, drop-path). `auto` caches only then (and only when the features are at most
+4x the size of the images and fit in memory); `on` caches anyway, freezing the prefix's BatchNorm statistics and
 switching off its dropout, and says so.
 """
 from __future__ import annotations
@@ -25,6 +25,9 @@ from torch import nn
 from . import cuts, loaders
 from .errors import UserError
 from .strategies.plan import freeze_norm_stats
+
+
+MAX_GROWTH = 4  # auto: features at most this many times the image's values (early, wide layers are not worth it)
 
 
 @dataclass
@@ -56,9 +59,9 @@ def decide(model: nn.Module, mode: str, deterministic: bool, input_size: tuple[i
         per_image = cut.prefix(probe[:1]).numel()
     budget = _memory_budget(mode)
     need = per_image * 4 * num_images
-    if mode == "auto" and per_image > probe[0].numel():
-        return Decision(None, f"not used: the features at {cut.name} ({per_image:,} values per image) are larger "
-                              f"than the images ({probe[0].numel():,})")
+    if mode == "auto" and per_image > MAX_GROWTH * probe[0].numel():
+        return Decision(None, f"not used: the features at {cut.name} ({per_image:,} values per image) are over "
+                              f"{MAX_GROWTH}x larger than the images ({probe[0].numel():,})")
     if need > budget:
         if mode == "on":
             raise UserError(f"train.cache_features: on, but the features at {cut.name} need {need / 2**30:.1f} GiB, "

@@ -6,8 +6,8 @@
 and swaps the module's class for a subclass of its own class (isinstance checks keep working) whose
 `weight` is a property that joins the two. Layers whose forward only calls `self.weight` (any conv,
 timm's StdConv2d, ...) just work. Plain nn.Conv2d (groups=1) and nn.Linear sliced along out or in
-channels use a split forward instead: the learned and the fixed slice run as two convolutions (or
-matmuls), so autograd computes a weight gradient for the learned slice only.
+channels run one convolution (or matmul) with the joined weight and a backward of their own: the input
+gradient with the whole weight, the weight gradient for the learned slice only (_SlicedWeightFn).
 
 The module's state dict keeps timm's layout (`<name>.weight` holds the full, joined tensor), so
 checkpoints, `load_state_dict` and export round-trip with plain timm models.
@@ -155,27 +155,97 @@ class _PartialWeight:
         return out if self.partial_inverse is None else out.index_select(dim, self.partial_inverse)
 
 
+def _autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
+    """The dtype autocast would compute in on x's device, or None when autocast is off there."""
+    device = x.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
+
+
+class _SlicedWeightFn(torch.autograd.Function):
+    """y = layer(x) with the joined weight, computed once; backward computes the input gradient with the
+    whole weight (one op, as full training does) and a weight gradient for the learned slice only: the
+    learned output channels of the output gradient (out), or the learned input channels of x (in). The
+    fixed slice costs no weight-gradient work at all. Autocast is applied here by hand, so the backward
+    runs in the dtype the forward ran in."""
+
+    @staticmethod
+    def forward(ctx, x, learned, fixed, bias, module):
+        dtype = _autocast_dtype(x)
+        weight = module.weight
+        if dtype is not None:
+            x, weight, bias = x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype)
+        ctx.module, ctx.dtypes = module, (learned.dtype, None if bias is None else bias.dtype)
+        ctx.save_for_backward(x, weight)
+        with torch.autocast(x.device.type, enabled=False):
+            return module._dense_forward(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight = ctx.saved_tensors
+        m = ctx.module
+        grad_out = grad_out.to(weight.dtype)
+        grad_x, grad_learned, grad_bias = m._dense_backward(
+            grad_out, x, weight, ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[3])
+        if grad_learned is not None:
+            grad_learned = grad_learned.to(ctx.dtypes[0])
+        if grad_bias is not None:
+            grad_bias = grad_bias.to(ctx.dtypes[1])
+        return grad_x, grad_learned, None, grad_bias, None
+
+
 class _SplitConv2d(_PartialWeight):
-    """nn.Conv2d (groups=1) sliced along out or in: two convolutions, weight grad for one only."""
+    """nn.Conv2d (groups=1, zero padding) sliced along out or in: see _SlicedWeightFn."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        wl, wf = self.weight_learned, self.weight_fixed.to(self.weight_learned.dtype)
-        if self.partial_axis == "out":
-            bl, bf = self._bias_parts()
-            return self._join_out(self._conv_forward(x, wl, bl), self._conv_forward(x, wf, bf), 1)
-        return (self._conv_forward(self._take(x, "learned", 1), wl, self.bias)
-                + self._conv_forward(self._take(x, "fixed", 1), wf, None))
+        return _SlicedWeightFn.apply(x, self.weight_learned, self.weight_fixed, self.bias, self)
+
+    def _dense_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, 1)
+
+    def _dense_backward(self, grad_out, x, weight, want_x: bool, want_learned: bool, want_bias: bool):
+        def conv_backward(g: torch.Tensor, inp: torch.Tensor, w: torch.Tensor, mask: list[bool]):
+            return torch.ops.aten.convolution_backward(g, inp, w, None, self.stride, self.padding, self.dilation,
+                                                       False, [0, 0], 1, mask)
+
+        grad_x = conv_backward(grad_out, x, weight, [True, False, False])[0] if want_x else None
+        grad_learned = None
+        if want_learned:
+            if self.partial_axis == "out":
+                g = self._take(grad_out, "learned", 1).contiguous(memory_format=_format(grad_out))
+                grad_learned = conv_backward(g, x, self._take(weight, "learned", 0), [False, True, False])[1]
+            else:
+                inp = self._take(x, "learned", 1).contiguous(memory_format=_format(x))
+                grad_learned = conv_backward(grad_out, inp, self._take(weight, "learned", 1), [False, True, False])[1]
+        grad_bias = grad_out.sum(dim=(0, 2, 3)) if want_bias else None
+        return grad_x, grad_learned, grad_bias
+
+
+def _format(t: torch.Tensor) -> torch.memory_format:
+    """channels_last stays channels_last (slices of it must not fall back to NCHW)."""
+    return torch.channels_last if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) \
+        and not t.is_contiguous() else torch.contiguous_format
 
 
 class _SplitLinear(_PartialWeight):
-    """nn.Linear sliced along out or in: two matmuls, weight grad for the learned one only."""
+    """nn.Linear sliced along out or in: see _SlicedWeightFn."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        wl, wf = self.weight_learned, self.weight_fixed.to(self.weight_learned.dtype)
-        if self.partial_axis == "out":
-            bl, bf = self._bias_parts()
-            return self._join_out(F.linear(x, wl, bl), F.linear(x, wf, bf), -1)
-        return F.linear(self._take(x, "learned", -1), wl, self.bias) + F.linear(self._take(x, "fixed", -1), wf)
+        return _SlicedWeightFn.apply(x, self.weight_learned, self.weight_fixed, self.bias, self)
+
+    def _dense_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        return F.linear(x, weight, bias)
+
+    def _dense_backward(self, grad_out, x, weight, want_x: bool, want_learned: bool, want_bias: bool):
+        grad_x = grad_out @ weight if want_x else None
+        g2, x2 = grad_out.reshape(-1, grad_out.shape[-1]), x.reshape(-1, x.shape[-1])
+        grad_learned = None
+        if want_learned:
+            if self.partial_axis == "out":
+                grad_learned = self._take(g2, "learned", 1).t() @ x2
+            else:
+                grad_learned = g2.t() @ self._take(x2, "learned", 1)
+        grad_bias = g2.sum(0) if want_bias else None
+        return grad_x, grad_learned, grad_bias
 
 
 _CLASSES: dict[tuple[type, type], type] = {}
@@ -184,7 +254,8 @@ _CLASSES: dict[tuple[type, type], type] = {}
 def _partial_class(cls: type, axis: str, module: nn.Module) -> type:
     mixin: type = _PartialWeight
     if axis in ("out", "in"):
-        if cls is nn.Conv2d and module.groups == 1:
+        if (cls is nn.Conv2d and module.groups == 1 and module.padding_mode == "zeros"
+                and not isinstance(module.padding, str)):
             mixin = _SplitConv2d
         elif cls is nn.Linear:
             mixin = _SplitLinear

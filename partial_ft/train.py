@@ -149,6 +149,8 @@ class Progress:
     loss_count: int = 0
     metrics: dict = field(default_factory=dict)  # the last epoch's metrics
     metrics_lines: int = 0  # lines of metrics.jsonl written (one per finished epoch)
+    steady_images: int = 0  # images of steps timed for the steady throughput: the first step of each
+    steady_seconds: float = 0.0  # epoch (worker start-up, first batch) and checkpoint writes left out
 
 
 def train_loop(s: Setup, resume_from: Optional[Path], stop: StopFlag) -> tuple[dict[str, Any], nn.Module]:
@@ -221,6 +223,7 @@ def train_loop(s: Setup, resume_from: Optional[Path], stop: StopFlag) -> tuple[d
                        disable=not (t.progress and acc.is_local_main_process), mininterval=1.0,
                        initial=p.batches, total=len(train_loader))
             epoch_start = time.perf_counter() - p.epoch_seconds
+            step_mark, step_images = None, 0  # when the last step ended; images since
             for batch in bar:
                 p.batches += 1
                 x, y, bad = batch
@@ -244,12 +247,18 @@ def train_loop(s: Setup, resume_from: Optional[Path], stop: StopFlag) -> tuple[d
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
                 p.epoch_images += x.shape[0] * acc.num_processes
+                step_images += x.shape[0] * acc.num_processes
                 p.loss_sum += loss.item()
                 p.loss_count += 1
                 if not acc.sync_gradients:
                     continue  # checkpoints and stops only fall between whole (accumulated) steps
                 p.step += 1
                 scheduler.step_update(p.step)
+                now = time.perf_counter()
+                if step_mark is not None:
+                    p.steady_images += step_images
+                    p.steady_seconds += now - step_mark
+                step_mark, step_images = now, 0
                 if p.step % t.log_every == 0:
                     rate = p.epoch_images / max(time.perf_counter() - epoch_start, 1e-9)
                     bar.set_postfix(loss=f"{p.loss_sum / p.loss_count:.4f}", img_s=f"{rate:.0f}",
@@ -263,6 +272,7 @@ def train_loop(s: Setup, resume_from: Optional[Path], stop: StopFlag) -> tuple[d
                     folder = save()
                     if stopping:
                         raise Interrupted(stop.signum, p.step, folder)
+                    step_mark = time.perf_counter()
             bar.close()
             p.train_seconds += time.perf_counter() - epoch_start
             p.images += p.epoch_images
@@ -277,6 +287,7 @@ def train_loop(s: Setup, resume_from: Optional[Path], stop: StopFlag) -> tuple[d
                       f"val_top1 {p.metrics['val_top1']:.4f}{top5}", flush=True)
             p = Progress(epoch=p.epoch + 1, step=p.step, images=p.images, skipped=p.skipped, metrics=p.metrics,
                          nan_skipped=p.nan_skipped, train_seconds=p.train_seconds,
+                         steady_images=p.steady_images, steady_seconds=p.steady_seconds,
                          metrics_lines=p.metrics_lines + 1)
             if not finished():
                 folder = save()
@@ -292,9 +303,11 @@ def train_loop(s: Setup, resume_from: Optional[Path], stop: StopFlag) -> tuple[d
 def summarize(s: Setup, p: Progress, optimizer: torch.optim.Optimizer,
               feature_cache: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """What summary.json holds: the plan's counts, the last epoch's metrics, throughput and memory.
-    train_seconds includes extracting cached features; train_images_per_second is the training steps' own."""
+    train_seconds includes extracting cached features; train_images_per_second is the training steps'
+    own, in the steady state (see Progress.steady_images)."""
     recipe, acc, metrics = s.recipe, s.accelerator, p.metrics
-    extract = feature_cache["extract_seconds"] if feature_cache else 0.0
+    feature_cache = dict(feature_cache) if feature_cache else None
+    extract = feature_cache.pop("extract_seconds") if feature_cache else 0.0
     return {
         "model": recipe.model.name,
         "strategy": s.plan.label,
@@ -308,10 +321,12 @@ def summarize(s: Setup, p: Progress, optimizer: torch.optim.Optimizer,
         "epochs": metrics.get("epoch", 0),
         "steps": p.step,
         "train_seconds": round(p.train_seconds + extract, 3),
-        "train_images_per_second": p.images / p.train_seconds if p.train_seconds else 0.0,
+        "train_images_per_second": (p.steady_images / p.steady_seconds if p.steady_seconds else
+                                    p.images / p.train_seconds if p.train_seconds else 0.0),
         "optimizer_state_bytes": optimizer_state_bytes(optimizer),
         "peak_memory_bytes": peak_memory_bytes(acc.device),
         "feature_cache": feature_cache,
+        "feature_extract_seconds": round(extract, 3),
         "feature_cache_note": s.cache.note,
         "skipped_images": p.skipped,
         "nan_skipped_batches": p.nan_skipped,

@@ -28,7 +28,8 @@ from partial_ft.models import build
 from partial_ft.strategies import apply_strategy
 
 NUM_CLASSES = 5
-TIMING_KEYS = {"train_seconds", "train_images_per_second", "peak_memory_bytes", "delta_bytes"}
+TIMING_KEYS = {"train_seconds", "feature_extract_seconds", "train_images_per_second", "peak_memory_bytes",
+               "delta_bytes"}
 
 
 # --------------------------------------------------------------------------------------------

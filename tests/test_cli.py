@@ -12,7 +12,7 @@ from conftest import ROOT, run_cli
 from partial_ft import list_strategies
 from partial_ft import recipe as recipes
 
-TIMING_KEYS = {"train_seconds", "train_images_per_second", "peak_memory_bytes"}
+TIMING_KEYS = {"train_seconds", "feature_extract_seconds", "train_images_per_second", "peak_memory_bytes"}
 RUN_FILES = {"recipe.yaml", "plan.txt", "data.json", "metrics.jsonl", "summary.json", "delta.safetensors"}
 
 

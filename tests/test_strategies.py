@@ -270,3 +270,39 @@ def test_one_block_recipe_fits_more_families(arch):
     plan = apply_strategy(model, {"name": "block", "index": "middle"})
     assert plan.learned == expected
     assert {n for n, p in model.named_parameters() if p.requires_grad} == middle | classifier_params(model)
+
+
+SLICED = [(layer, axis, index) for layer in ("conv", "linear") for axis in ("out", "in")
+          for index in ([0, 1, 2], [1, 4, 6])]  # contiguous (select: first) and scattered (select: random)
+
+
+@pytest.mark.parametrize("layer,axis,index", SLICED, ids=[f"{a}-{b}-{c[0]}" for a, b, c in SLICED])
+def test_sliced_layers_match_dense_autograd(layer, axis, index):
+    """The partial Conv2d / Linear (one op forward, own backward) gives the dense layer's output, input
+    gradient, bias gradient, and the dense weight gradient restricted to the learned slice."""
+    import copy
+
+    from partial_ft.partial import make_partial
+
+    torch.manual_seed(0)
+    dense = nn.Conv2d(8, 12, 3, stride=2, padding=1) if layer == "conv" else nn.Linear(10, 12)
+    part = copy.deepcopy(dense)
+    idx = torch.tensor(index)
+    make_partial(part, axis, idx)
+    assert type(part).__name__ == ("PartialConv2d" if layer == "conv" else "PartialLinear")
+    x = torch.randn((4, 8, 9, 9) if layer == "conv" else (3, 5, 10))
+    xd, xp = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    yd, yp = dense(xd), part(xp)
+    g = torch.randn_like(yd)
+    yd.backward(g)
+    yp.backward(g)
+    assert torch.allclose(yp, yd, atol=1e-5)
+    assert torch.allclose(xp.grad, xd.grad, atol=1e-5)
+    assert torch.allclose(part.bias.grad, dense.bias.grad, atol=1e-5)
+    dim = 0 if axis == "out" else 1
+    assert torch.allclose(part.weight_learned.grad, dense.weight.grad.index_select(dim, idx), atol=1e-5)
+    assert part.weight_fixed.grad is None
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # mixed precision: runs, grads in the params' dtype
+        out = part(x.clone().requires_grad_(True))
+    out.float().sum().backward()
+    assert out.dtype == torch.bfloat16 and part.weight_learned.grad.dtype == torch.float32

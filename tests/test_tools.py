@@ -146,7 +146,7 @@ def test_tiny_sweep_end_to_end_writes_tables_and_plot(tiny_recipe, tmp_path):
 
 SWEEP_GRID = {"seeds": [0], "overrides": ["train.max_steps=2"], "strategies": [{"name": "head"}, {"name": "bias"}]}
 RUN_FILES = ("summary.json", "delta.safetensors", "metrics.jsonl", "recipe.yaml")
-TIMING = {"train_seconds", "train_images_per_second", "peak_memory_bytes", "delta_bytes"}
+TIMING = {"train_seconds", "feature_extract_seconds", "train_images_per_second", "peak_memory_bytes", "delta_bytes"}
 
 
 def _sweep_and_rerun(launcher: str, base, tmp_path):
