@@ -149,3 +149,34 @@ def test_channels_last_and_compile_run_on_cpu(tiny_recipe):
                 checkpoint_every=1)
     assert s["steps"] == 2 and s["val_top1"] is not None and s["feature_cache"] is not None
     assert counters["stats"]["unique_graphs"] >= 1  # torch.compile really ran
+
+
+def test_cached_run_stopped_mid_epoch_resumes_to_the_same_result(tiny_recipe, monkeypatch):
+    """A stop (as SIGTERM makes it) at step 5 of a cached run checkpoints the suffix; the resumed run
+    extracts the features again and ends exactly where the uninterrupted run ends."""
+    import signal
+
+    from partial_ft.signals import Interrupted
+
+    strategy = {"name": "block", "index": "last", **FROZEN}
+    _, straight = _run(tiny_recipe, "straight", "auto", strategy, checkpoint_every=3)
+    recipe = recipes.load(tiny_recipe("stopped", strategy=strategy, train={
+        "epochs": 2, "max_steps": None, "cache_features": "auto", "checkpoint_every": 3}))
+    calls = {"n": 0}
+
+    def stop_at_step_5(acc, stop):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            stop.signum = signal.SIGTERM
+        return stop.signum is not None
+
+    monkeypatch.setattr(train, "_stop_requested", stop_at_step_5)
+    with pytest.raises(Interrupted):
+        train.run(recipe)
+    monkeypatch.undo()
+    resumed = train.run(recipe, resume=True)
+    timing = {"train_seconds", "feature_extract_seconds", "train_images_per_second", "peak_memory_bytes",
+              "delta_bytes"}
+    assert resumed["feature_cache"]["cut"] == "layer4"
+    assert {k: v for k, v in resumed.items() if k not in timing} == \
+        {k: v for k, v in straight.items() if k not in timing}

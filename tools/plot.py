@@ -96,8 +96,10 @@ def figure(families: dict[str, list[tuple[float, float, float]]], title: str = "
     ax.set_ylabel("validation top-1")
     ax.set_title(title or "accuracy per learned parameter")
     ax.grid(True, which="both", alpha=0.3)
+    top = max(y + e for points in families.values() for _, y, e in points)
+    ax.set_ylim(top=max(1.02, top + 0.02) if top <= 1 else None)  # a steep fit must not stretch the axis
     entries = len(handles)
-    if entries <= 16:
+    if entries <= 8:
         ax.legend(handles=handles, fontsize=8)
     else:  # beside the axes, in columns, rather than over the points
         columns = math.ceil(entries / 24)
