@@ -144,16 +144,6 @@ class _PartialWeight:
         index = self.partial_learned_index if which == "learned" else self.partial_fixed_index
         return t.index_select(dim, index)
 
-    def _bias_parts(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """The bias entries of the learned and of the fixed output slices (out-axis split forward)."""
-        if self.bias is None:
-            return None, None
-        return self._take(self.bias, "learned", 0), self._take(self.bias, "fixed", 0)
-
-    def _join_out(self, learned: torch.Tensor, fixed: torch.Tensor, dim: int) -> torch.Tensor:
-        out = torch.cat([learned, fixed], dim)
-        return out if self.partial_inverse is None else out.index_select(dim, self.partial_inverse)
-
 
 def _autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
     """The dtype autocast would compute in on x's device, or None when autocast is off there."""
