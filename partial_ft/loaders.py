@@ -97,18 +97,22 @@ class ImageDataset(torch.utils.data.Dataset):
 
     def _augment(self, image: Any, index: int) -> torch.Tensor:
         """The transform, with Python's, NumPy's and torch's generators seeded for this item and epoch
-        (timm and torchvision transforms draw from all three); the caller's generator states are kept."""
-        seed = np.random.SeedSequence([self.augment_seed, int(self._epoch), index]).generate_state(1)[0]
-        py_state, np_state = random.getstate(), np.random.get_state()
+        (timm and torchvision transforms draw from all three). In the main process (num_workers: 0) the
+        generators' states are restored afterwards: the training's own draws must not depend on data
+        loading. A worker's generators serve only its transforms, so there is nothing to restore."""
+        seed = int(np.random.SeedSequence([self.augment_seed, int(self._epoch), index]).generate_state(1)[0])
+        in_worker = torch.utils.data.get_worker_info() is not None
+        saved = None if in_worker else (random.getstate(), np.random.get_state(), torch.get_rng_state())
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.default_generator.manual_seed(seed)  # the CPU generator only (torch.manual_seed also seeds GPUs: slow)
         try:
-            with torch.random.fork_rng(devices=[]):
-                random.seed(int(seed))
-                np.random.seed(int(seed))
-                torch.manual_seed(int(seed))
-                return self.transform(image)
+            return self.transform(image)
         finally:
-            random.setstate(py_state)
-            np.random.set_state(np_state)
+            if saved is not None:
+                random.setstate(saved[0])
+                np.random.set_state(saved[1])
+                torch.set_rng_state(saved[2])
 
     def __len__(self) -> int:
         return len(self.hf)
