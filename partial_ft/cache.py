@@ -169,31 +169,47 @@ def _collate_indexed(batch: list) -> tuple[list[int], Optional[torch.Tensor], Op
 
 @torch.no_grad()
 def extract(cut: cuts.Cut, model: nn.Module, dataset: torch.utils.data.Dataset, batch_size: int, num_workers: int,
-            device: torch.device, autocast: Callable[[], Any], channels_last: bool = False) -> FeatureDataset:
-    """Run the prefix (in eval mode, under `autocast()`) over every item of `dataset` once; the features
-    stay in host memory."""
-    dl = torch.utils.data.DataLoader(_Indexed(dataset), batch_size=batch_size, shuffle=False,
-                                     num_workers=num_workers, collate_fn=_collate_indexed)
+            device: torch.device, autocast: Callable[[], Any], input_size: tuple[int, ...],
+            channels_last: bool = False, shard: tuple[int, int] = (0, 1)) -> FeatureDataset:
+    """Run the prefix (in eval mode, under `autocast()`) once over the items of `dataset` that are this
+    process's `shard` = (index, count): items index, index + count, ...; the others stay zero (see
+    `share`). The features stay in host memory."""
+    rank, world = shard
     n = len(dataset)
-    features: Optional[torch.Tensor] = None
-    labels = torch.zeros(n, dtype=torch.long)
-    ok = torch.zeros(n, dtype=torch.bool)
+    items = torch.utils.data.Subset(_Indexed(dataset), range(rank, n, world))
+    dl = torch.utils.data.DataLoader(items, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                                     collate_fn=_collate_indexed)
     with cuts.eval_mode(model), autocast():
+        probe = cut.prefix(torch.zeros(1, *input_size, device=device))  # the features' shape and dtype
+        features = torch.zeros((n, *probe.shape[1:]), dtype=probe.dtype)
+        labels = torch.zeros(n, dtype=torch.long)
+        ok = torch.zeros(n, dtype=torch.bool)
         for index, x, y in dl:
             if x is None:
                 continue
             x = x.to(device)
             if channels_last and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
-            f = cut.prefix(x).detach().to("cpu")
-            if features is None:
-                features = torch.zeros((n, *f.shape[1:]), dtype=f.dtype)
-            features[index] = f
+            features[index] = cut.prefix(x).detach().to("cpu")
             labels[index] = y
             ok[index] = True
-    if features is None:
-        raise UserError("no image of the training data could be read")
     return FeatureDataset(features, labels, ok)
+
+
+def share(ds: FeatureDataset, reduce: Callable[[torch.Tensor], torch.Tensor], device: torch.device,
+          chunk_bytes: int = 64 * 2**20) -> FeatureDataset:
+    """Every process extracted its own shard (the rest zero): a sum over processes gives each of them
+    the whole cache. Summed in chunks on the device (NCCL reduces device tensors), so a large cache
+    never needs to fit in accelerator memory at once."""
+    def summed(t: torch.Tensor) -> torch.Tensor:
+        flat = t.reshape(len(t), -1)
+        rows = max(1, chunk_bytes // max(1, flat.shape[1] * flat.element_size()))
+        for start in range(0, len(flat), rows):
+            flat[start:start + rows] = reduce(flat[start:start + rows].to(device)).to("cpu")
+        return t
+
+    ok = summed(ds.ok.to(torch.uint8)).bool()
+    return FeatureDataset(summed(ds.features), summed(ds.labels), ok)
 
 
 @dataclass
@@ -207,14 +223,20 @@ class Cached:
 
 
 def build(cut: cuts.Cut, model: nn.Module, train_loader: torch.utils.data.DataLoader,
-          val_loader: torch.utils.data.DataLoader, seed: int, num_workers: int, device: torch.device,
-          autocast: Callable[[], Any], channels_last: bool = False) -> Cached:
-    """Extract the training and validation features once and make loaders over them with the same batch
-    size, order (same seed) and sharding as the image loaders they replace."""
+          val_loader: torch.utils.data.DataLoader, seed: int, num_workers: int, acc: Any,
+          input_size: tuple[int, ...], channels_last: bool = False) -> Cached:
+    """Extract the training and validation features once (each process its shard, then shared) and make
+    loaders over them with the same batch size, order (same seed) and sharding as the image loaders
+    they replace."""
     start = time.perf_counter()
-    model.to(device)
-    sets = [extract(cut, model, dl.dataset, dl.batch_size, num_workers, device, autocast, channels_last)
-            for dl in (train_loader, val_loader)]
+    model.to(acc.device)
+    shard = (acc.process_index, acc.num_processes)
+    sets = [extract(cut, model, dl.dataset, dl.batch_size, num_workers, acc.device, acc.autocast, input_size,
+                    channels_last, shard) for dl in (train_loader, val_loader)]
+    if acc.num_processes > 1:
+        sets = [share(ds, lambda t: acc.reduce(t, reduction="sum"), acc.device) for ds in sets]
+    if not bool(sets[0].ok.any()):
+        raise UserError("no image of the training data could be read")
     seconds = time.perf_counter() - start
     train_cached = loaders.loader(sets[0], train_loader.batch_size, True, 0, seed)
     val_cached = loaders.loader(sets[1], val_loader.batch_size, False, 0, seed)

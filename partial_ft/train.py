@@ -165,7 +165,7 @@ def train_loop(s: Setup, resume_from: Optional[Path], stop: StopFlag) -> tuple[d
     net, train_data, val_data, cached = s.model, s.train_loader, s.val_loader, None
     if s.cache.cut is not None:
         cached = cache.build(s.cache.cut, s.model, s.train_loader, s.val_loader, t.seed, recipe.data.num_workers,
-                             acc.device, acc.autocast, t.channels_last)
+                             acc, tuple(s.data_config["input_size"]), t.channels_last)
         net, train_data, val_data = cached.suffix, cached.train_loader, cached.val_loader
         if acc.is_main_process:
             i = cached.info

@@ -180,3 +180,31 @@ def test_cached_run_stopped_mid_epoch_resumes_to_the_same_result(tiny_recipe, mo
     assert resumed["feature_cache"]["cut"] == "layer4"
     assert {k: v for k, v in resumed.items() if k not in timing} == \
         {k: v for k, v in straight.items() if k not in timing}
+
+
+def test_shards_extracted_by_processes_add_up_to_the_whole_cache(tiny_recipe):
+    """Each process extracts items rank, rank + world, ...; summing the shards (what share() does across
+    processes, here in small chunks) gives exactly the single-process cache."""
+    r = recipes.load(tiny_recipe("shards", strategy={"name": "head", **FROZEN}))
+    s = train.prepare(r)
+    ds, size = s.val_loader.dataset, tuple(s.data_config["input_size"])
+
+    def run(shard):
+        return cache.extract(s.cache.cut, s.model, ds, 16, 0, torch.device("cpu"), torch.no_grad, size,
+                             shard=shard)
+
+    whole, parts = run((0, 1)), [run((k, 3)) for k in range(3)]
+    assert bool(whole.ok.all()) and not any(bool(p.ok.all()) for p in parts)
+    chunks = []
+
+    def reduce(t):  # stands in for the all-reduce: adds the other processes' rows of the same chunk
+        start = sum(len(c) for c in chunks if c.shape[1:] == t.shape[1:] and c.dtype == t.dtype)
+        chunks.append(t)
+        for p in parts[1:]:
+            src = {torch.uint8: p.ok.to(torch.uint8), torch.long: p.labels}.get(t.dtype, p.features)
+            t = t + src.reshape(len(src), -1)[start:start + len(t)]
+        return t
+
+    shared = cache.share(parts[0], reduce, torch.device("cpu"), chunk_bytes=1000)
+    assert torch.equal(shared.features, whole.features) and torch.equal(shared.labels, whole.labels)
+    assert torch.equal(shared.ok, whole.ok)
