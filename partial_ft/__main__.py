@@ -90,7 +90,7 @@ def _train(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     import datasets
 
-    from .train import evaluate_run
+    from .evaluation import evaluate_run
 
     datasets.disable_progress_bars()
     r = evaluate_run(args.run_dir, dataset=args.dataset, split=args.split, max_samples=args.max_samples)

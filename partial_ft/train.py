@@ -1,7 +1,7 @@
 """The training run: recipe -> data, model, strategy plan -> one Accelerate loop -> run folder.
 
 Read it top to bottom: `run()` sets everything up, `train_loop()` is the loop, `evaluate()` measures,
-`evaluate_run()` measures a finished run's delta again (the `eval` command).
+evaluation.py measures (and measures a finished run's delta again: the `eval` command).
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import math
 import resource
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -21,10 +21,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import __version__, cache, checkpoint, data, loaders, models, signals
+from .evaluation import evaluate
 from .signals import Interrupted, StopFlag
 from .errors import NonFiniteLoss, UserError, did_you_mean, first_line
 from .partial import partial_buffer_names
-from .recipe import Recipe, from_dict
+from .recipe import Recipe
 from .strategies import Plan, apply_strategy
 
 
@@ -354,76 +355,6 @@ def _stop_requested(acc: Accelerator, stop: StopFlag) -> bool:
     signum = int(acc.reduce(flag, reduction="max").item())
     stop.signum = stop.signum or (signum or None)
     return signum != 0
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, loader: torch.utils.data.DataLoader, acc: Accelerator,
-             num_classes: int) -> dict[str, Any]:
-    """Top-1 (and top-5 with >= 5 classes) over the whole split, each sample counted exactly once
-    across processes (gather_for_metrics drops the padding of uneven shards)."""
-    model.eval()
-    correct1 = correct5 = total = 0
-    loss_sum = 0.0
-    per_class_correct = torch.zeros(num_classes, dtype=torch.long)
-    per_class_total = torch.zeros(num_classes, dtype=torch.long)
-    for x, y, _ in loader:
-        if x is None:
-            continue
-        logits = model(x)
-        logits, y = acc.gather_for_metrics((logits, y))
-        logits = logits.float()
-        loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").item()
-        top = logits.topk(min(5, num_classes), dim=1).indices
-        hit1 = top[:, 0] == y
-        correct1 += hit1.sum().item()
-        correct5 += (top == y[:, None]).any(dim=1).sum().item()
-        total += y.numel()
-        per_class_total += torch.bincount(y.cpu(), minlength=num_classes)
-        per_class_correct += torch.bincount(y.cpu()[hit1.cpu()], minlength=num_classes)
-    return {
-        "val_top1": correct1 / max(total, 1),
-        "val_top5": correct5 / max(total, 1) if num_classes >= 5 else None,
-        "val_loss": loss_sum / max(total, 1),
-        "val_samples": total,
-        "per_class_top1": (per_class_correct / per_class_total.clamp(min=1)).tolist(),
-    }
-
-
-def evaluate_run(run_dir: str | Path, dataset: Optional[str] = None, split: Optional[str] = None,
-                 max_samples: Optional[int] = None) -> dict[str, Any]:
-    """Evaluate a finished run's delta (the `eval` command) and write run_dir/eval.json. By default on the
-    run's own validation split with its own settings, so the numbers equal summary.json's; with another
-    dataset or split, on all of it (or max_samples)."""
-    import yaml
-
-    run_dir = Path(run_dir)
-    if not (run_dir / "recipe.yaml").is_file():
-        raise UserError(f"{run_dir} is not a run folder (no recipe.yaml)")
-    recipe = from_dict(yaml.safe_load((run_dir / "recipe.yaml").read_text()))
-    info = checkpoint.read_info(run_dir)
-    model = checkpoint.load_delta(run_dir)
-    cfg, t = recipe.data, recipe.train
-    if dataset or split or max_samples:
-        cfg = replace(cfg, dataset=dataset or cfg.dataset, config=cfg.config if not dataset else None,
-                      val_split=split or (cfg.val_split if not dataset else None), max_val_samples=max_samples)
-    acc = Accelerator(mixed_precision=t.mixed_precision)
-    with acc.main_process_first():
-        bundle = data.load(cfg, seed=t.seed)
-    if bundle.class_names != info["class_names"]:
-        raise UserError(f"dataset '{cfg.dataset}' has classes {bundle.class_names[:10]}, but the run learned "
-                        f"{info['class_names'][:10]}: the classifier cannot be evaluated on it")
-    _, eval_tf, _ = loaders.transforms(cfg, info["data_config"])
-    loader = loaders.make_loader(bundle.val, bundle.image_column, bundle.label_column, eval_tf, "validation", cfg,
-                                 t.eval_batch_size or 2 * t.batch_size, False, t.seed, acc.device.type == "cuda")
-    model, loader = acc.prepare(model, loader)
-    metrics = evaluate(model, loader, acc, len(bundle.class_names))
-    val_split = bundle.info["val_split"]
-    result = {"dataset": cfg.dataset, "split": val_split if isinstance(val_split, str) else
-              f"{val_split['carved_from']} (carved, fraction {val_split['fraction']})", **metrics,
-              "per_class_top1": dict(zip(bundle.class_names, metrics["per_class_top1"]))}
-    if acc.is_main_process:
-        (run_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
-    return result
 
 
 def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:

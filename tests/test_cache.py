@@ -11,6 +11,7 @@ import torch
 from partial_ft import apply_strategy, cache, load_delta, train
 from partial_ft import recipe as recipes
 from partial_ft.cuts import eval_mode, find_cut
+from partial_ft.evaluation import evaluate_run
 from partial_ft.errors import UserError
 from partial_ft.strategies.plan import _FrozenStats
 
@@ -75,7 +76,7 @@ def test_cached_training_equals_training_on_images(tiny_recipe, strategy):
     with torch.no_grad():  # the delta of the cached run is a whole model, as good as the plain run's
         assert torch.allclose(load_delta(cached_dir)(x), load_delta(plain_dir)(x), rtol=1e-3, atol=1e-4)
     # eval on images agrees with what the run measured on cached validation features
-    assert train.evaluate_run(cached_dir)["val_top1"] == cached["val_top1"]
+    assert evaluate_run(cached_dir)["val_top1"] == cached["val_top1"]
 
 
 def _decide(arch: str, spec: dict, mode: str, deterministic: bool = True, **kwargs):

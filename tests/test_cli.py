@@ -111,7 +111,7 @@ def test_torchrun_two_processes_count_every_validation_sample_once(tiny_recipe, 
     metrics equal a single-process evaluation of the same weights (on images); fixed (and learned) values
     are identical on both ranks and equal the delta's fingerprint; only rank 0 writes the run folder."""
     from partial_ft.checkpoint import read_info
-    from partial_ft.train import evaluate_run
+    from partial_ft.evaluation import evaluate_run
 
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
     script, hashes = tmp_path / "rank_hashes.py", tmp_path / "hashes"
