@@ -24,7 +24,7 @@ from torch import nn
 
 from . import cuts, loaders
 from .errors import UserError
-from .strategies.plan import freeze_norm_stats
+from .strategies.plan import freeze_norm_stats, updates_norm_stats
 
 
 MAX_GROWTH = 4  # auto: features at most this many times the image's values (early, wide layers are not worth it)
@@ -69,7 +69,7 @@ def decide(model: nn.Module, mode: str, deterministic: bool, input_size: tuple[i
         return Decision(None, f"not used: the features need {need / 2**30:.1f} GiB (more than "
                               f"{budget / 2**30:.1f} GiB)")
     notes = []
-    updating = [n for n in cut.prefix_modules if _updates_stats(model.get_submodule(n))]
+    updating = [n for n in cut.prefix_modules if updates_norm_stats(model.get_submodule(n))]
     if updating:
         if mode == "auto":
             return Decision(None, f"not used: {len(updating)} BatchNorm layers below {cut.name} update their "
@@ -84,13 +84,6 @@ def decide(model: nn.Module, mode: str, deterministic: bool, input_size: tuple[i
                                   "drop-path); cache_features: on would switch it off")
         notes.append("its dropout / drop-path is off (the cached prefix runs in eval mode)")
     return Decision(cut, f"features at {cut.name}" + "".join(f"; {n}" for n in notes))
-
-
-def _updates_stats(module: nn.Module) -> bool:
-    from .strategies.plan import _FrozenStats
-
-    return (isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats
-            and not isinstance(module, _FrozenStats))
 
 
 def _same_in_training(model: nn.Module, cut: cuts.Cut, probe: torch.Tensor) -> bool:

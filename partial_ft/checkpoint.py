@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from .errors import UserError, first_line
+from .strategies.plan import updates_norm_stats
 
 DELTA_NAME = "delta.safetensors"
 DELTA_FORMAT = "partial_ft.delta/1"
@@ -44,19 +45,12 @@ def unwrap(model: nn.Module) -> nn.Module:
 # what a delta stores, and the fingerprint of everything else
 
 
-def _updated_stats(module: nn.Module) -> bool:
-    """A BatchNorm whose running statistics training updates (norm_stats: freeze keeps them fixed)."""
-    from .strategies.plan import _FrozenStats
-
-    return (isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, _FrozenStats)
-            and module.track_running_stats and module.running_mean is not None)
-
-
 def _learned(model: nn.Module) -> dict[str, torch.Tensor]:
     """The model's own tensors that a delta stores (see delta_state)."""
+
     state = {name: p for name, p in model.named_parameters() if p.requires_grad}
     for prefix, module in model.named_modules():
-        if _updated_stats(module):
+        if updates_norm_stats(module):
             for name in ("running_mean", "running_var", "num_batches_tracked"):
                 if getattr(module, name, None) is not None:
                     state[f"{prefix}.{name}" if prefix else name] = getattr(module, name)

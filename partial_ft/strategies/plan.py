@@ -67,6 +67,12 @@ class _FrozenStats:
 _FROZEN: dict[type, type] = {}
 
 
+def updates_norm_stats(module: nn.Module) -> bool:
+    """A BatchNorm whose running statistics training updates (freeze_norm_stats keeps them fixed)."""
+    return (isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, _FrozenStats)
+            and module.track_running_stats and module.running_mean is not None)
+
+
 def freeze_norm_stats(model: nn.Module) -> int:
     """Keep every BatchNorm's running statistics fixed (eval mode for good); returns how many."""
     count = 0
