@@ -124,10 +124,13 @@ def _fit(features: torch.Tensor, labels: torch.Tensor, num_classes: int, seed: i
     scores: dict[float, tuple[float, float]] = {}
 
     def score(candidates: list[float]) -> None:
-        for strength in candidates:
-            scores[strength] = tuple(np.mean([_score(x[c], y[c], solve(x[f], y[f], num_classes, strength,
-                                                                        max_iter=SEARCH_ITER, tol=1e-6)[0])
-                                              for f, c in splits], axis=0))
+        found: dict[float, list[tuple[float, float]]] = {s: [] for s in candidates}
+        for f, c in splits:
+            w = None
+            for strength in sorted(candidates, reverse=True):  # strong to weak: each warm-starts the next
+                w, _ = solve(x[f], y[f], num_classes, strength, start=w, max_iter=SEARCH_ITER, tol=1e-6)
+                found[strength].append(_score(x[c], y[c], w))
+        scores.update({s: tuple(np.mean(v, axis=0)) for s, v in found.items()})
 
     if splits:  # else one candidate, or too few samples per class to carve: nothing to choose
         score(sorted(strengths))

@@ -62,3 +62,36 @@ def test_choice_uses_the_carve_out_only_and_is_seeded():
     assert torch.allclose(head.weight.double(), a.weight, atol=1e-6)
     assert torch.allclose(head.bias.double(), a.bias, atol=1e-6)
     assert a.info()["solver"] == "exact" and a.info()["strength"] == a.strength
+
+
+PROBE = {"strategy": {"name": "head", "norm_stats": "freeze"}, "data": {"augment": False}}
+
+
+@pytest.mark.parametrize("solver,expected", [("auto", "exact"), ("exact", "exact"), ("loop", "loop")])
+def test_cached_head_run_uses_the_solver_asked_for(tiny_recipe, solver, expected):
+    """A head on cached features: auto and exact solve it (summary.json says so, with the chosen strength);
+    loop trains it for epochs."""
+    import json
+
+    from conftest import run_cli
+
+    recipe = tiny_recipe(f"probe_{solver}", **PROBE, train={"solver": solver, "max_steps": 2})
+    p = run_cli("--recipe", str(recipe))
+    assert p.returncode == 0, p.stderr[-2000:]
+    run_dir = recipe.parent / "runs" / f"probe_{solver}"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["solver"]["solver"] == expected
+    if expected == "exact":
+        assert summary["steps"] == 0 and summary["solver"]["strength"] > 0 and summary["solver"]["iterations"] > 0
+        assert "exact solver: L2 strength" in p.stdout
+    else:
+        assert summary["steps"] == 2 and "exact solver" not in p.stdout
+
+
+def test_exact_solver_refused_where_more_than_the_head_learns(tiny_recipe):
+    from conftest import run_cli
+
+    recipe = tiny_recipe("probe_bad", data={"augment": False}, train={"solver": "exact"})  # filters learn
+    p = run_cli("--recipe", str(recipe))
+    assert p.returncode == 2 and p.stderr.startswith("error: train.solver: exact needs only the classifier")
+    assert not (recipe.parent / "runs" / "probe_bad").exists()
