@@ -210,6 +210,10 @@ def _check_ranges(r: Recipe) -> None:
         (0 <= r.data.re_prob <= 1, "data.re_prob must be in [0, 1]"),
         (r.data.scale is None or len(r.data.scale) == 2, "data.scale must be [min, max]"),
         (r.data.ratio is None or len(r.data.ratio) == 2, "data.ratio must be [min, max]"),
+        # timm's resolve_data_config asserts these (one value, or one per RGB channel; crop_pct 0 means unset)
+        (r.data.mean is None or len(r.data.mean) in (1, 3), "data.mean must hold 1 or 3 values (R, G, B)"),
+        (r.data.std is None or len(r.data.std) in (1, 3), "data.std must hold 1 or 3 values (R, G, B)"),
+        (r.data.crop_pct is None or r.data.crop_pct > 0, "data.crop_pct must be > 0"),
         (not r.model.pretrained or not r.model.checkpoint, "set model.pretrained or model.checkpoint, not both"),
     ]
     size = r.data.input_size
