@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from datasets import Dataset, Image
 
-from .data import INDEX_COLUMN
+from .data_columns import INDEX_COLUMN
 from .errors import UserError, first_line
 from .recipe import DataCfg
 
