@@ -179,14 +179,15 @@ def test_strategies_command_lists_every_strategy_with_options():
     p = run_cli("strategies")
     assert p.returncode == 0
     listed: dict[str, tuple[str, dict[str, str]]] = {}
+    options: dict[str, str] = {}
     for line in p.stdout.splitlines():
         if line.startswith("    "):
             option, _, default = line.strip().partition(": ")
-            listed[name][1][option] = default
+            options[option] = default
         elif line.strip():
             header = re.match(r"(\S+(?: \([^)]*\))?): ", line).group(1)
-            name = header.split(" (", 1)[0]
-            listed[name] = (header, {})
+            options = {}
+            listed[header.split(" (", 1)[0]] = (header, options)
     assert set(listed) == {s.name for s in list_strategies()}  # a header per strategy, not an option named so
     for s in list_strategies():
         assert set(listed[s.name][1]) == set(s.option_defaults()), s.name
