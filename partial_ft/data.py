@@ -7,10 +7,8 @@ unreadable image is met later, while training (loaders.py).
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
@@ -112,8 +110,3 @@ def load(cfg: DataCfg, seed: int = 0) -> DataBundle:
     info.update(train_samples=len(train), val_samples=len(val), num_classes=len(class_names),
                 labels=label_kind, class_names=class_names)
     return DataBundle(train, val, image_col, label_col, class_names, info)
-
-
-def save_info(bundle: DataBundle, path: Path) -> None:
-    """Write what load() learned about the data (the run folder's data.json)."""
-    path.write_text(json.dumps(bundle.info, indent=2))
