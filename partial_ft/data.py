@@ -14,7 +14,7 @@ from typing import Any, Optional
 import numpy as np
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 
-from .data_columns import detect_image_column, detect_label_column, is_labelled, label_array, prepare_columns
+from .data_columns import classes_missing_from, detect_image_column, detect_label_column, is_labelled, label_array, prepare_columns
 from .data_sources import load_raw
 from .errors import UserError
 from .recipe import DataCfg
@@ -97,6 +97,12 @@ def load(cfg: DataCfg, seed: int = 0) -> DataBundle:
     if val_name:
         val = dsd[val_name]
         info["val_split"] = val_name
+        unseen = classes_missing_from(train, val, label_col)
+        if unseen:
+            names = ", ".join(class_names[i] for i in unseen[:5]) + (", ..." if len(unseen) > 5 else "")
+            raise UserError(f"{len(unseen)} class(es) appear in split '{val_name}' but never in "
+                            f"'{cfg.train_split}' ({names}): a classifier cannot learn them; fix the splits or "
+                            "set data.val_split")
     else:  # carve a seeded, stratified validation split out of train, and record exactly which rows
         train_idx, val_idx = carve(label_array(train, label_col).to_numpy(), cfg.val_fraction, seed)
         if not len(val_idx):

@@ -80,6 +80,10 @@ def detect_label_column(features: Features, override: Optional[str], image_colum
     not_ids = [c for c in ints if c.lower() not in ID_NAMES]
     if not strings and len(not_ids) == 1:
         return not_ids[0]
+    misfit = [c for c in by_name if c.lower() in LABEL_NAMES]  # named like labels, but neither ints nor strings
+    if misfit:
+        raise UserError(f"label column '{misfit[0]}' holds {_kind(features[misfit[0]])} values; labels must be "
+                        "class ids (integers) or class names (strings)")
     raise UserError(f"no label column found; columns: {_columns(features)} (set data.label_column)")
 
 
@@ -116,6 +120,7 @@ def _encode_labels(dsd: DatasetDict, column: str) -> tuple[DatasetDict, list[str
         if values and min(values) < 0:
             bad = sorted(v for v in values if v < 0)[:5]
             raise UserError(f"labels outside the class range: column '{column}' holds negative labels {bad}")
+        _check_label_bound(values, sum(len(split) for split in dsd.values()), column)
         names, kind = [str(i) for i in range(int(max(values)) + 1)] if values else [], "integers"
     out = {}
     for name, split in dsd.items():
@@ -125,6 +130,21 @@ def _encode_labels(dsd: DatasetDict, column: str) -> tuple[DatasetDict, list[str
         labels = labels.cast(pa.int64())
         out[name] = split.remove_columns([column]).add_column(column, labels, feature=ClassLabel(names=names))
     return DatasetDict(out), names, kind
+
+
+def _check_label_bound(values: set[int], rows: int, column: str) -> None:
+    """Integer labels are class ids 0..K-1, so the largest defines K. One beyond the number of rows cannot
+    be a class id (most classes would have no example; a label of 2e9 would ask for a 2e9-way classifier)."""
+    if values and max(values) + 1 > max(rows, 2):
+        raise UserError(f"label column '{column}' holds the integer label {max(values)}, which would make "
+                        f"{max(values) + 1:,} classes for {rows:,} rows: integer labels are class ids 0..K-1; "
+                        "map them to consecutive ids, or use class-name strings")
+
+
+def classes_missing_from(train: Dataset, other: Dataset, column: str) -> list[int]:
+    """Class ids that `other` holds but `train` never does: a classifier cannot learn them."""
+    seen = set(pc.unique(label_array(train, column)).to_pylist())
+    return sorted(v for v in pc.unique(label_array(other, column)).to_pylist() if v not in seen)
 
 
 def _check_labels(ds: Dataset, column: str, num_classes: int, split: str) -> None:

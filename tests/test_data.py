@@ -214,6 +214,17 @@ def _negative_ints(tmp_path: Path) -> Path:
     return path
 
 
+def _labels(tmp_path: Path, name: str, labels: list, val_labels: list | None = None) -> Path:
+    """Parquet with the given labels (a train file, and a validation file when val_labels is given)."""
+    png = _png(PILImage.new("L", (4, 4)))
+    folder = tmp_path / name
+    folder.mkdir()
+    for split, values in (("train", labels), ("validation", val_labels)):
+        if values is not None:
+            pq.write_table(pa.table({"image": [png] * len(values), "label": values}), folder / f"{split}.parquet")
+    return folder if val_labels is not None else folder / "train.parquet"
+
+
 @pytest.mark.parametrize("source, kw, expected", [
     (lambda t, f: t / "no" / "such" / "folder", {}, "dataset path does not exist"),
     (lambda t, f: "no-such-user/no-such-dataset", {}, "cannot load dataset 'no-such-user/no-such-dataset'"),
@@ -233,9 +244,22 @@ def _negative_ints(tmp_path: Path) -> Path:
     (lambda t, f: _negative_ints(t), {}, "labels outside the class range: column 'label' holds negative"),
     (lambda t, f: f["parquet"], {"label_column": "sample_id"},  # one row per class: nothing to stratify
      "cannot carve a validation split out of 'train' (200 rows, no class with two samples)"),
+    # labels that make no sense: refused before anything is allocated (issue 17)
+    (lambda t, f: _labels(t, "huge", [0, 1, 2_000_000_000, 1]), {},
+     "holds the integer label 2000000000, which would make 2,000,000,001 classes for 4 rows"),
+    (lambda t, f: _labels(t, "sparse", [0, 100_000] * 3), {},
+     "holds the integer label 100000, which would make 100,001 classes for 6 rows"),
+    (lambda t, f: _labels(t, "single", ["cat"] * 4), {}, "label column 'label' has 1 class; need at least 2"),
+    (lambda t, f: _labels(t, "floats", [0.0, 1.0, 0.5, 1.0]), {}, "holds float64 values; labels must be class ids"),
+    (lambda t, f: _labels(t, "val-only", [0, 1, 0, 1], [0, 1, 2, 2]), {},
+     "1 class(es) appear in split 'validation' but never in 'train' (2)"),
+    (lambda t, f: _labels(t, "val-only-names", ["cat", "dog"] * 2, ["cat", "emu"]), {},
+     "1 class(es) appear in split 'validation' but never in 'train' (emu)"),
 ], ids=["missing-path", "hub-id-offline", "empty-glob", "no-label-column", "no-image-column",
         "bad-label-override", "bad-image-override", "missing-val-split", "missing-train-split",
-        "unlabelled-val-split", "label-above-range", "negative-labels", "cannot-carve"])
+        "unlabelled-val-split", "label-above-range", "negative-labels", "cannot-carve",
+        "label-2e9", "label-1e5", "single-class", "float-labels", "class-only-in-val-ints",
+        "class-only-in-val-names"])
 def test_load_errors(tmp_path, forms, source, kw, expected):
     assert expected in _err(source(tmp_path, forms), **kw)
 
