@@ -69,7 +69,7 @@ def flipped(tmp_path):
     validation split picks the candidate that learned nothing; a choice on the carve-out picks the other."""
     from datasets import ClassLabel, DatasetDict
 
-    from partial_ft.data import digits
+    from partial_ft.data_sources import digits
 
     two = DatasetDict({k: v.filter(lambda row: row["label"] < 2) for k, v in digits().items()})
     two = two.cast_column("label", ClassLabel(names=["0", "1"]))

@@ -235,3 +235,28 @@ def test_two_member_ensemble_and_weight_stats_on_trained_runs(tiny_recipe, tmp_p
     rows = (out / "member0" / "weight_stats.csv").read_text().splitlines()
     assert rows[0].startswith("layer,entries,learned") and len(rows) > 5
     assert (out / "member0" / "weight_stats.png").stat().st_size > 1000
+
+
+def test_make_transfer_writes_a_loadable_backbone_and_the_target_imagefolder(tmp_path):
+    """The offline transfer task: a source checkpoint without a classifier that loads as model.checkpoint,
+    and digits 5-9 as train/validation folders (labels '5'..'9')."""
+    import json
+
+    from partial_ft import recipe as recipes
+    from partial_ft.data import load
+    from partial_ft.models import build
+
+    out = tmp_path / "transfer"
+    p = _tool("make_transfer.py", "--out", str(out), "--model", "test_resnet", "--epochs", "1")
+    assert p.returncode == 0, p.stderr[-2000:]
+    record = json.loads((out / "source.json").read_text())
+    assert record["classes"] == [0, 1, 2, 3, 4] and record["target"]["classes"] == [5, 6, 7, 8, 9]
+    assert sorted(d.name for d in (out / "digits59" / "train").iterdir()) == ["5", "6", "7", "8", "9"]
+    recipe = recipes.load(ROOT / "recipes" / "transfer_digits.yaml", [
+        f"data.dataset={out / 'digits59'}", f"model.checkpoint={out / 'source.safetensors'}",
+        "model.name=test_resnet"])
+    bundle = load(recipe.data)
+    assert bundle.class_names == ["5", "6", "7", "8", "9"] and bundle.info["val_split"] == "validation"
+    assert len(bundle.train) == record["target"]["train_images"]
+    model, _ = build(recipe.model, bundle.num_classes)  # the backbone loads; the classifier is new
+    assert model.get_classifier().out_features == 5

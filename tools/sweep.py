@@ -114,14 +114,21 @@ def run_all(jobs: list[Job], launcher: str, n: int) -> None:
         finally:
             free.append(slot)
 
+    def report(job: Job) -> None:
+        if job.error:
+            print(f"{job.where}: FAILED: {job.error}", flush=True)
+        else:
+            print(f"{job.where}: val_top1 {job.summary['val_top1']:.4f}  learned "
+                  f"{job.summary['learned_params']:,}{'  (finished before: skipped)' if job.skipped else ''}",
+                  flush=True)
+
+    if n == 1:  # in this thread: an in-process run's Ctrl-C / SIGTERM handling needs the main thread
+        for job in jobs:
+            report(run_one(job, launcher))
+        return
     with concurrent.futures.ThreadPoolExecutor(max_workers=n) as pool:
-        for job in (f.result() for f in concurrent.futures.as_completed(pool.submit(work, j) for j in jobs)):
-            if job.error:
-                print(f"{job.where}: FAILED: {job.error}", flush=True)
-            else:
-                print(f"{job.where}: val_top1 {job.summary['val_top1']:.4f}  learned "
-                      f"{job.summary['learned_params']:,}{'  (finished before: skipped)' if job.skipped else ''}",
-                      flush=True)
+        for future in concurrent.futures.as_completed([pool.submit(work, j) for j in jobs]):
+            report(future.result())
 
 
 def preflight(jobs: list[Job]) -> None:
