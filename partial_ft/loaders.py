@@ -14,14 +14,26 @@ from .data import INDEX_COLUMN
 from .errors import UserError, first_line
 from .recipe import DataCfg
 
+def _common(data_config: dict) -> dict[str, Any]:
+    return dict(input_size=data_config["input_size"], interpolation=data_config.get("interpolation", "bilinear"),
+                mean=data_config["mean"], std=data_config["std"], crop_pct=data_config.get("crop_pct"),
+                crop_mode=data_config.get("crop_mode"))
+
+
+def eval_transform(data_config: dict) -> Any:
+    """timm's eval transform for a data config (a run's, as its delta records it): validation, `eval`
+    and `predict` all preprocess through it."""
+    from timm.data import create_transform
+
+    return create_transform(is_training=False, **_common(data_config))
+
+
 def transforms(cfg: DataCfg, data_config: dict) -> tuple[Any, Any, bool]:
     """timm train and eval transforms; returns (train, eval, train_is_deterministic)."""
     from timm.data import create_transform
 
-    common = dict(input_size=data_config["input_size"], interpolation=data_config.get("interpolation", "bilinear"),
-                  mean=data_config["mean"], std=data_config["std"], crop_pct=data_config.get("crop_pct"),
-                  crop_mode=data_config.get("crop_mode"))
-    eval_tf = create_transform(is_training=False, **common)
+    common = _common(data_config)
+    eval_tf = eval_transform(data_config)
     if not cfg.augment:
         return eval_tf, eval_tf, True
     train_tf = create_transform(
@@ -60,7 +72,18 @@ def to_rgb(image: Any) -> Any:
     return image.convert("RGB")
 
 
-def _reason(e: Exception) -> str:
+def read_image(value: Optional[dict]) -> Any:
+    """Decode an undecoded `datasets` Image value ({"bytes": ..., "path": ...}) to an RGB PIL image, as
+    every image the package reads is decoded; raises on an unreadable or missing image."""
+    if value is None:
+        raise ValueError("the image is missing")
+    image = Image().decode_example(value)
+    image.load()  # PIL decodes lazily: surface truncated data here, not inside the transform
+    return to_rgb(image)
+
+
+def reason(e: Exception) -> str:
+    """Why an image could not be read, in one line."""
     from PIL import UnidentifiedImageError
 
     if isinstance(e, UnidentifiedImageError):
@@ -120,17 +143,13 @@ class ImageDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int):
         row = self.hf[index]
         try:
-            if row[self.image_column] is None:
-                raise ValueError("the image is missing")
-            image = Image().decode_example(row[self.image_column])
-            image.load()  # PIL decodes lazily: surface truncated data here, not inside the transform
-            image = to_rgb(image)
+            image = read_image(row[self.image_column])
         except Exception as e:
             if self.skip_bad_images:
                 return None
             used = f" (used for {self.split})" if self.split != self.source else ""
             raise BadImageError(f"cannot read image at index {row.get(INDEX_COLUMN, index)} of split "
-                                f"'{self.source}'{used}: {_reason(e)} (set data.skip_bad_images: true to skip "
+                                f"'{self.source}'{used}: {reason(e)} (set data.skip_bad_images: true to skip "
                                 "unreadable images)") from None
         if self.augment_seed is None:
             return self.transform(image), row[self.label_column]
