@@ -10,7 +10,7 @@ from torch import nn
 from . import basic, bias, block, filters, lora, norm  # noqa: F401
 from .layers import classifier_params, norm_params
 from .plan import LayerRow, Plan, build, merge
-from .registry import (Context, Options, Selection, Strategy, for_export, list_strategies, normalize_spec,
+from .registry import (Context, Options, Selection, Strategy, for_export, get, list_strategies, normalize_spec,
                        parse_spec, register)
 
 __all__ = ["apply_strategy", "list_strategies", "normalize_spec", "register", "Plan", "LayerRow", "Options",
@@ -30,7 +30,7 @@ def apply_strategy(model: nn.Module, spec: Any, *, seed: int = 0,
     ctx = Context(seed=seed, init_model=init_model)
     selections = []
     for opts in options:
-        strategy = _strategy_of(opts)
+        strategy = get(opts.name)
         sel = strategy.fn(model, opts, ctx)
         if opts.head:
             sel.whole |= classifier_params(model)
@@ -38,9 +38,3 @@ def apply_strategy(model: nn.Module, spec: Any, *, seed: int = 0,
             sel.whole |= norm_params(model)
         selections.append(sel)
     return build(model, options, merge(selections), total)
-
-
-def _strategy_of(opts: Options) -> Strategy:
-    from .registry import get
-
-    return get(opts.name)
