@@ -9,11 +9,14 @@ prefix runs once per batch and only each source's learned rest runs per source.
 from __future__ import annotations
 
 import glob
+import json
+import os
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import IO, Any, Optional
 
 import torch
 from torch import nn
@@ -199,3 +202,35 @@ def predict(runner: Runner, files: list[Path], top_k: int = 5, batch_size: int =
             if ensemble:
                 record["ensemble"] = _top(torch.stack([p[row] for p in probs]).mean(0), names, top_k)
             yield record
+
+
+def run(sources: list[str], inputs: list[str], out: Optional[str] = None, top_k: int = 5, batch_size: int = 64,
+        skip_bad: bool = False, ensemble: bool = False, stream: IO[str] = sys.stdout) -> tuple[Counts, Runner]:
+    """The `predict` command: JSON lines to `out` (written whole or not at all) or to `stream`. Cheap
+    checks (arguments, inputs, output path) come before any model is loaded."""
+    if top_k < 1 or batch_size < 1:
+        raise UserError(f"--top-k and --batch-size must be at least 1 (got {top_k} and {batch_size})")
+    if ensemble and len(sources) < 2:
+        raise UserError("--ensemble averages several SOURCEs; give at least two")
+    files = expand_inputs(inputs)
+    target = Path(out) if out else None
+    if target is not None and (target.is_dir() or not target.parent.is_dir()):
+        raise UserError(f"--out {out}: " + ("a folder, not a file" if target.is_dir() else
+                                            f"folder {target.parent} does not exist"))
+    runner = Runner.build(load_sources(sources), torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    counts = Counts()
+    workers = min(4, os.cpu_count() or 1) if len(files) > batch_size else 0  # worker start-up costs seconds
+    records = predict(runner, files, top_k, batch_size, skip_bad, ensemble, workers, counts)
+    if target is None:
+        for record in records:
+            print(json.dumps(record), file=stream, flush=True)
+        return counts, runner
+    tmp = target.with_name(f".{target.name}.tmp")
+    try:
+        with tmp.open("w") as f:
+            for record in records:
+                f.write(json.dumps(record) + "\n")
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return counts, runner
