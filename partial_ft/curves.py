@@ -1,4 +1,4 @@
-"""The training curve of a run (RUN_DIR/curves.png): training loss and validation top-1 against step.
+"""The training curve of a run (RUN_DIR/training_curve.png): training loss and validation top-1 against step.
 
 matplotlib is a dependency: the plot is in every run folder, whatever is installed. Drawn with the Agg
 backend (no display needed), at the end of a run, from what the run recorded (loss every
@@ -8,9 +8,6 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
-
-CURVES = "curves.png"
-
 
 def plot(losses: list[tuple[int, float]], evals: list[dict[str, Any]], path: Path, title: str = "") -> Path:
     """Two panels over a shared step axis: the training loss (`losses`: (step, mean loss since the
@@ -39,7 +36,7 @@ def plot(losses: list[tuple[int, float]], evals: list[dict[str, Any]], path: Pat
         bottom.set_ylim(0, 1.02)
         bottom.set_xlabel("step (optimizer updates)")
         bottom.grid(alpha=0.3)
-        fig.savefig(path, dpi=110)
+        fig.savefig(path, dpi=110, format="png")  # the path may be a temporary name without the suffix
     finally:
         plt.close(fig)
     return path

@@ -15,11 +15,11 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
-from . import modelcard
-from .checkpoint import DELTA_NAME
+from .delta import DELTA_NAME
 from .errors import UserError, first_line
+from .rundir import CARD, DATA, RECIPE, SUMMARY, card
 
-HUB_FILES = (DELTA_NAME, "recipe.yaml", "data.json", "summary.json", "README.md")
+HUB_FILES = (DELTA_NAME, RECIPE, DATA, SUMMARY, CARD)
 
 
 def resolve(source: str | Path) -> Path:
@@ -72,20 +72,17 @@ def stage(run_dir: str | Path, out: Path, repo_id: Optional[str] = None) -> list
     existing folder `out`: copies of the delta, recipe and summary, the class names as data.json, and a
     model card whose loading instructions name `repo_id`. Returns the paths written."""
     run_dir = Path(run_dir)
-    needed = [DELTA_NAME, "recipe.yaml", "summary.json", "data.json"]
+    needed = [DELTA_NAME, RECIPE, SUMMARY, DATA]
     missing = [name for name in needed if not (run_dir / name).is_file()]
     if not run_dir.is_dir() or missing:
         raise UserError(f"{run_dir} is not a finished run folder (missing {', '.join(missing) or 'the folder'})")
-    try:
-        class_names = json.loads((run_dir / "data.json").read_text())["class_names"]
-        card = modelcard.from_folder(run_dir, repo_id)
-    except (ValueError, KeyError, TypeError) as e:
-        raise UserError(f"cannot read the run in {run_dir}: {first_line(e)}") from None
-    for name in (DELTA_NAME, "recipe.yaml", "summary.json"):
+    text = card(run_dir, repo_id)  # reads (and so checks) recipe, summary and class names
+    for name in (DELTA_NAME, RECIPE, SUMMARY):
         shutil.copyfile(run_dir / name, out / name)
     # class names only: the run's data.json may name local paths and the carved split's row indices
-    (out / "data.json").write_text(json.dumps({"class_names": class_names}, indent=2) + "\n")
-    (out / "README.md").write_text(card)
+    class_names = json.loads((run_dir / DATA).read_text())["class_names"]
+    (out / DATA).write_text(json.dumps({"class_names": class_names}, indent=2) + "\n")
+    (out / CARD).write_text(text)
     return [out / name for name in HUB_FILES]
 
 

@@ -3,7 +3,6 @@ YAML front matter (library_name, base_model, datasets, tags, metrics, model-inde
 what the base is, what learned, how well, how to load it, and the recipe that made it."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Optional
 
@@ -131,13 +130,3 @@ def render(recipe: dict[str, Any], summary: dict[str, Any], class_names: list[st
         kwargs="".join(f", {k}={v!r}" for k, v in (model.get("kwargs") or {}).items()),
         recipe=yaml.safe_dump(recipe, sort_keys=False).rstrip())
     return f"---\n{front_matter(recipe, summary, repo_id or model['name'], val_split)}\n---\n{body}"
-
-
-def from_folder(folder: str | Path, repo_id: Optional[str] = None) -> str:
-    """The card of the run in `folder` (a run folder or a pushed layout: plan.txt is optional)."""
-    folder = Path(folder)
-    data = json.loads((folder / "data.json").read_text())
-    plan = folder / "plan.txt"
-    return render(yaml.safe_load((folder / "recipe.yaml").read_text()),
-                  json.loads((folder / "summary.json").read_text()), data["class_names"],
-                  plan.read_text() if plan.is_file() else None, data.get("val_split"), repo_id)

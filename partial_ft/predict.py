@@ -21,7 +21,7 @@ from typing import IO, Any, Optional
 import torch
 from torch import nn
 
-from . import checkpoint, cuts, hub, loaders
+from . import cuts, delta, hub, loaders
 from .data import IMAGE_SUFFIXES
 from .errors import UserError
 
@@ -68,7 +68,7 @@ def load_sources(sources: list[str]) -> list[Source]:
     loaded = []
     for name in sources:
         path = hub.resolve(name)
-        loaded.append(Source(name, checkpoint.read_info(path), checkpoint.load_delta(path)))
+        loaded.append(Source(name, delta.read_info(path), delta.load_delta(path)))
     first = loaded[0].info
     for other in loaded[1:]:
         for key, what in (("model", "base model"), ("weights", "starting weights"),

@@ -19,7 +19,7 @@ from timm.scheduler import create_scheduler_v2
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import cache, data, delta, loaders, models, signals, validate
+from . import cache, data, delta, loaders, models, signals, tracking, validate
 from .errors import NonFiniteLoss
 from .evaluation import evaluate
 from .partial import partial_buffer_names
@@ -49,7 +49,9 @@ class Setup:
 def prepare(recipe: Recipe) -> Setup:
     """Build data, model and plan; any user mistake surfaces here as a UserError, before any writing."""
     t = recipe.train
+    tracking.check(t.log_with)  # a tracker that is not installed fails before any work
     accelerator = Accelerator(
+        **tracking.accelerator_kwargs(t.log_with, recipe.run_dir),
         mixed_precision=t.mixed_precision,
         gradient_accumulation_steps=t.grad_accum_steps,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
@@ -93,12 +95,13 @@ def run(recipe: Recipe, overwrite: bool = False, resume: bool = False) -> dict[s
                 folder.write_start(recipe, s.plan.table(), s.bundle.info)
             _print_plan(s.plan, resume_from)
         acc.wait_for_everyone()
+        tracking.start(acc, recipe.name, recipe.to_dict())  # inside the run folder: it exists now
         with signals.stop_on_signals() as stop:
             summary, model = train(s, folder, resume_from, stop)
         if acc.is_main_process:
             path = folder.save_delta(model, recipe, s.bundle.class_names, s.data_config, s.base)
             summary["delta_bytes"] = path.stat().st_size
-            folder.finish(summary)
+            folder.finish(summary, f"{recipe.model.name}, {s.plan.label}")
             _print_summary(folder.path, summary)
     finally:
         folder.release()
@@ -237,8 +240,9 @@ def train_one_epoch(loop: Loop, p: Progress) -> Any:
         if not train_step(loop, p, x, y):
             continue  # a skipped non-finite batch, or inside an accumulation
         if p.step % t.log_every == 0:
-            bar.set_postfix(loss=f"{p.loss_sum / p.loss_count:.4f}", img_s=f"{p.meter.epoch_rate():.0f}",
-                            lr=f"{loop.optimizer.param_groups[0]['lr']:.2e}")
+            lr = loop.optimizer.param_groups[0]["lr"]
+            bar.set_postfix(loss=f"{p.loss_sum / p.loss_count:.4f}", img_s=f"{p.meter.epoch_rate():.0f}", lr=f"{lr:.2e}")
+            tracking.log(acc, {"loss": p.log_point(), "lr": lr, "images_per_second": p.meter.epoch_rate()}, p.step)
         if t.max_steps and p.step >= t.max_steps:
             break
         stopping = _stop_requested(acc, loop.stop)
@@ -274,8 +278,9 @@ def train_step(loop: Loop, p: Progress, x: torch.Tensor, y: torch.Tensor) -> boo
         loop.optimizer.zero_grad(set_to_none=True)
     images = x.shape[0] * acc.num_processes
     p.epoch_images += images
-    p.loss_sum += loss.item()
-    p.loss_count += 1
+    value = loss.item()
+    p.loss_sum, p.loss_count = p.loss_sum + value, p.loss_count + 1
+    p.window_sum, p.window_count = p.window_sum + value, p.window_count + 1
     p.meter.add(images)
     if not acc.sync_gradients:
         return False  # checkpoints and stops only fall between whole (accumulated) steps
@@ -291,7 +296,9 @@ def end_of_epoch(loop: Loop, p: Progress) -> None:
     p.close_epoch()
     p.metrics = evaluate(loop.forward, loop.val_loader, acc, len(s.bundle.class_names))
     p.metrics.update(epoch=p.epoch + 1, step=p.step, train_loss=p.loss_sum / max(p.loss_count, 1),
-                     lr=loop.optimizer.param_groups[0]["lr"], train_seconds=round(p.train_seconds, 3))
+                     lr=loop.optimizer.param_groups[0]["lr"], train_seconds=round(p.train_seconds, 3),
+                     loss_curve=p.losses)
+    tracking.log(acc, {k: v for k, v in p.metrics.items() if k != "per_class_top1"}, p.step)
     if acc.is_main_process:
         loop.folder.append_metrics(p.metrics)
         m = p.metrics

@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from conftest import TINY, write_recipe
-from partial_ft import load_delta, modelcard
+from partial_ft import load_delta, modelcard, rundir
 from partial_ft import recipe as recipes
 from partial_ft import train
 from partial_ft.errors import UserError
@@ -116,6 +116,6 @@ def test_model_card_front_matter_is_hub_metadata(model, dataset, base, datasets)
 def test_run_folder_card_parses_with_huggingface_hub(run):
     from huggingface_hub import ModelCard
 
-    card = ModelCard(modelcard.from_folder(run))
+    card = ModelCard(rundir.card(run))
     assert card.data.library_name == "partial_ft" and card.data.model_name == "test_resnet"
     assert card.data.eval_results[0].metric_value == json.loads((run / "summary.json").read_text())["val_top1"]

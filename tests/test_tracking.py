@@ -62,7 +62,7 @@ def test_tensorboard_logs_and_curve_in_the_run_folder(tiny_recipe):
     assert [s for s, _ in scalars["loss"]] == [2, 4, 6, 8]  # every log_every steps (4 steps per epoch)
     assert {"lr", "images_per_second", "val_loss"} <= set(scalars)
     assert list((run_dir / "logs").rglob("hparams.yml")), "the recipe as hyperparameters"
-    assert (run_dir / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (run_dir / "training_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_a_missing_tracker_fails_before_training(tiny_recipe):
