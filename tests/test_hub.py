@@ -119,3 +119,45 @@ def test_run_folder_card_parses_with_huggingface_hub(run):
     card = ModelCard(rundir.card(run))
     assert card.data.library_name == "partial_ft" and card.data.model_name == "test_resnet"
     assert card.data.eval_results[0].metric_value == json.loads((run / "summary.json").read_text())["val_top1"]
+
+
+def test_cli_push_local_dir_then_predict_from_it_equals_the_run(run, tmp_path, capsys):
+    from partial_ft.__main__ import main
+    from partial_ft.data import digits
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for i, row in enumerate(digits()["validation"].select(range(6))):
+        row["image"].save(images / f"{i}.png")
+    assert main(["push", str(run), REPO, "--local-dir", str(tmp_path / "pushed")]) == 0
+    assert f"to {tmp_path / 'pushed'}" in capsys.readouterr().out
+    for source, out in ((run, "run.jsonl"), (tmp_path / "pushed", "pushed.jsonl")):
+        assert main(["predict", str(source), str(images), "--top-k", "3", "--out", str(tmp_path / out)]) == 0
+    lines = (tmp_path / "run.jsonl").read_text().splitlines()
+    assert len(lines) == 6 and (tmp_path / "pushed.jsonl").read_text().splitlines() == lines
+    assert [json.loads(line)["input"] for line in lines] == [str(images / f"{i}.png") for i in range(6)]
+    assert "predicted 6 images with 1 source; wrote" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["predict", "RUN", "IMAGES", "--ensemble"], "--ensemble averages several SOURCEs"),
+    (["predict", "RUN", "IMAGES", "--top-k", "0"], "--top-k and --batch-size must be at least 1"),
+    (["predict", "RUN", "IMAGES", "--out", "NOWHERE/p.jsonl"], "does not exist"),
+    (["predict", "someone/not-cached", "IMAGES"], "nor a Hub repo in the local cache"),
+    (["predict", "RUN", "NOWHERE"], "no such file or folder"),
+    (["push", "RUN", REPO], "cannot push to someone/tiny-digits"),  # offline: the upload is refused
+    (["eval", "someone/not-cached"], "nor a Hub repo in the local cache"),
+    (["export", "./nope", "--out", "OUT.safetensors"], "no run folder or delta file at ./nope"),
+])
+def test_cli_mistakes_are_one_error_line(run, tmp_path, capsys, argv, message):
+    from partial_ft.__main__ import main
+
+    (tmp_path / "IMAGES").mkdir()
+    (tmp_path / "IMAGES" / "a.png").write_bytes(b"")
+    where = {"RUN": str(run), "IMAGES": str(tmp_path / "IMAGES"), "NOWHERE/p.jsonl": str(tmp_path / "x" / "p.jsonl"),
+             "NOWHERE": str(tmp_path / "nowhere"), "OUT.safetensors": str(tmp_path / "o.safetensors")}
+    with pytest.raises(SystemExit) as exit_:
+        main([where.get(a, a) for a in argv])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.startswith("error: ") and message in err and err.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["IMAGES"]
