@@ -1,7 +1,8 @@
 """The run folder's single owner: everything partial_ft writes into a run folder goes through here.
 
 A run folder holds recipe.yaml, plan.txt, data.json, metrics.jsonl, summary.json, delta.safetensors,
-eval.json and checkpoints/ (see the README's outputs section), a marker file saying partial_ft made it,
+README.md (the model card), training_curve.png, logs/ (trackers), eval.json and checkpoints/ (see the
+README's outputs section), a marker file saying partial_ft made it,
 and while a process uses it, a lock file naming that process. Every file that is read back later is
 written atomically (temporary file + rename). Only folders that partial_ft made are ever replaced, and
 then only partial_ft's own files.
