@@ -30,11 +30,11 @@ def resolve(source: str | Path) -> Path:
         return path
     text = str(source)
     if text.count("/") > 1 or text.startswith((".", "/", "~")) or text.endswith(".safetensors"):
-        raise UserError(f"no run folder or delta file at {source}")
+        raise UserError(f"no delta at {source}: no such run folder or file")
     try:
         check_repo_id(text)
     except UserError:
-        raise UserError(f"no run folder or delta file at {source} (nor is it a Hub repo id)") from None
+        raise UserError(f"no delta at {source}: no such run folder or file, nor a Hub repo id") from None
     return download(text)
 
 

@@ -13,7 +13,8 @@ from partial_ft import list_strategies
 from partial_ft import recipe as recipes
 
 TIMING_KEYS = {"train_seconds", "feature_extract_seconds", "train_images_per_second", "peak_memory_bytes"}
-RUN_FILES = {".partial_ft-run", "recipe.yaml", "plan.txt", "data.json", "metrics.jsonl", "summary.json", "delta.safetensors"}
+RUN_FILES = {".partial_ft-run", "recipe.yaml", "plan.txt", "data.json", "metrics.jsonl", "summary.json", "delta.safetensors",
+             "README.md", "training_curve.png"}
 
 
 def _summary(run_dir: Path) -> dict:

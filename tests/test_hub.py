@@ -77,9 +77,9 @@ def test_push_mistakes_write_nothing(run, tmp_path, args, message):
 
 
 @pytest.mark.parametrize("source, message", [
-    ("./missing-run", "no run folder or delta file at ./missing-run"),
-    ("a/b/c", "no run folder or delta file"),
-    ("bad id!", "nor is it a Hub repo id"),
+    ("./missing-run", "no delta at ./missing-run: no such run folder or file"),
+    ("a/b/c", "no delta at a/b/c"),
+    ("bad id!", "nor a Hub repo id"),
 ])
 def test_sources_that_are_neither_paths_nor_repo_ids(source, message):
     with pytest.raises(UserError, match=message):
@@ -147,7 +147,7 @@ def test_cli_push_local_dir_then_predict_from_it_equals_the_run(run, tmp_path, c
     (["predict", "RUN", "NOWHERE"], "no such file or folder"),
     (["push", "RUN", REPO], "cannot push to someone/tiny-digits"),  # offline: the upload is refused
     (["eval", "someone/not-cached"], "nor a Hub repo in the local cache"),
-    (["export", "./nope", "--out", "OUT.safetensors"], "no run folder or delta file at ./nope"),
+    (["export", "./nope", "--out", "OUT.safetensors"], "no delta at ./nope"),
 ])
 def test_cli_mistakes_are_one_error_line(run, tmp_path, capsys, argv, message):
     from partial_ft.__main__ import main
