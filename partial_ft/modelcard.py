@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 import yaml
 
-from .data import hub_id
+from .data_sources import hub_id
 
 TAGS = ["partial_ft", "timm", "image-classification", "parameter-efficient-fine-tuning"]
 

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from . import cuts, delta, hub, loaders
-from .data import IMAGE_SUFFIXES
+from .data_columns import IMAGE_SUFFIXES
 from .errors import UserError
 
 

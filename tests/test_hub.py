@@ -123,7 +123,7 @@ def test_run_folder_card_parses_with_huggingface_hub(run):
 
 def test_cli_push_local_dir_then_predict_from_it_equals_the_run(run, tmp_path, capsys):
     from partial_ft.__main__ import main
-    from partial_ft.data import digits
+    from partial_ft.data_sources import digits
 
     images = tmp_path / "images"
     images.mkdir()

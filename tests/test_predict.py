@@ -12,7 +12,7 @@ import torch
 from conftest import TINY, write_recipe
 from partial_ft import recipe as recipes
 from partial_ft import train
-from partial_ft.data import digits
+from partial_ft.data_sources import digits
 from partial_ft.errors import UserError
 from partial_ft.evaluation import evaluate_run
 from partial_ft.predict import Runner, expand_inputs, load_sources, predict
