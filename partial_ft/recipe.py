@@ -58,6 +58,8 @@ class DataCfg:
     auto_augment: Optional[str] = None
     re_prob: float = 0.0
     skip_bad_images: bool = False
+    # decode every image once into memory; batches augmented on the training device (see preload.py)
+    preload: Literal["auto", "true", "false"] = "auto"
 
 
 @dataclass
