@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from .errors import UserError, first_line
-from .strategies.plan import updates_norm_stats
+from .partial import updates_norm_stats
 
 DELTA_NAME = "delta.safetensors"
 DELTA_FORMAT = "partial_ft.delta/1"

@@ -23,7 +23,8 @@ def test_bench_runs_and_reports_optimizer_state_of_the_learned_part(tmp_path):
         assert abs(state_mib - learned * 8 / 2**20) < 0.06  # AdamW: two fp32 moments per learned scalar
     assert float(rows["full"][4]) == 1.0
     assert rows["full"][8].strip() == "–" and rows["head_cached"][8].strip().startswith("pre-logits, extracted")
-    assert "Data pipeline (recipes/quickstart.yaml, 2 workers): the loader alone delivers" in text
+    assert "Data pipeline (recipes/quickstart.yaml, 0 workers): the loader alone delivers" in text
+    assert "preload: not used: training on CPU" in text and "batches on cpu" in text and float(rows["full"][9]) > 0
 
 
 def _tool(name: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
