@@ -10,6 +10,7 @@ from typing import Any, Optional
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration
 from torch import nn
 
 from . import checkpoint, data, loaders
@@ -67,7 +68,7 @@ def evaluate_run(run_dir: str | Path, dataset: Optional[str] = None, split: Opti
     if dataset or split or max_samples:
         cfg = replace(cfg, dataset=dataset or cfg.dataset, config=cfg.config if not dataset else None,
                       val_split=split or (cfg.val_split if not dataset else None), max_val_samples=max_samples)
-    acc = Accelerator(mixed_precision=t.mixed_precision)
+    acc = Accelerator(mixed_precision=t.mixed_precision, dataloader_config=DataLoaderConfiguration(non_blocking=True))
     with acc.main_process_first():
         bundle = data.load(cfg, seed=t.seed)
     if bundle.class_names != info["class_names"]:
@@ -75,7 +76,8 @@ def evaluate_run(run_dir: str | Path, dataset: Optional[str] = None, split: Opti
                         f"{info['class_names'][:10]}: the classifier cannot be evaluated on it")
     _, eval_tf, _ = loaders.transforms(cfg, info["data_config"])
     loader = loaders.make_loader(bundle.val, bundle.image_column, bundle.label_column, eval_tf, "validation", cfg,
-                                 t.eval_batch_size or 2 * t.batch_size, False, t.seed, acc.device.type == "cuda")
+                                 loaders.eval_batch_size(t.eval_batch_size, t.batch_size, acc.device), False, t.seed,
+                                 acc.device.type == "cuda")
     model, loader = acc.prepare(model, loader)
     metrics = evaluate(model, loader, acc, len(bundle.class_names))
     val_split = bundle.info["val_split"]

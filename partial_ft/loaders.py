@@ -202,6 +202,12 @@ def make_loader(split: Dataset, image_column: str, label_column: str, transform:
     return loader(ds, batch_size, shuffle, cfg.num_workers, seed, pin_memory)
 
 
+def eval_batch_size(requested: Optional[int], batch_size: int, device: torch.device) -> int:
+    """`train.eval_batch_size`, or by default 4x the training batch on a GPU (evaluation keeps no
+    activations for a backward pass, and larger batches keep the GPU busy) and 2x on the CPU."""
+    return requested or (4 if device.type == "cuda" else 2) * batch_size
+
+
 def shutdown_workers(*loaders: torch.utils.data.DataLoader) -> None:
     """Stop persistent DataLoader workers now. On an error path they would otherwise live until Python's
     exit, which ends them with SIGTERM, a signal workers ignore while training (see checkpoint.py)."""

@@ -274,11 +274,21 @@ def collate_preloaded(batch: tuple) -> tuple:
     return batch
 
 
+@dataclass
+class Loaders:
+    """The train and validation DataLoaders, what data.preload decided, and how long decoding took."""
+
+    train: torch.utils.data.DataLoader
+    val: torch.utils.data.DataLoader
+    note: str
+    seconds: float = 0.0
+
+
 def make_loaders(bundle: Any, cfg: Any, data_config: dict, batch_sizes: tuple[int, int], seed: int,
-                 device: torch.device, cache_used: bool = False) -> tuple[Any, Any, str]:
+                 device: torch.device, cache_used: bool = False) -> Loaders:
     """The train and validation DataLoaders: preloaded when `data.preload` says so (see decide()), else
-    per-image PIL loaders in worker processes. Returns (train, val, note). Preloading decodes every image
-    here, before any run folder is written: an unreadable one is a UserError now, not mid-run."""
+    per-image PIL loaders in worker processes. Preloading decodes every image here, before any run
+    folder is written: an unreadable one is a UserError now, not mid-run."""
     import time
     from dataclasses import replace
 
@@ -290,10 +300,10 @@ def make_loaders(bundle: Any, cfg: Any, data_config: dict, batch_sizes: tuple[in
                        cache_used)
     if not use:
         pin = device.type == "cuda"
-        return (loaders.make_loader(bundle.train, *columns, train_tf, "train", cfg, batch_sizes[0], True, seed, pin,
-                                    random_transform=not deterministic),
-                loaders.make_loader(bundle.val, *columns, eval_tf, "validation", cfg, batch_sizes[1], False, seed,
-                                    pin), note)
+        return Loaders(loaders.make_loader(bundle.train, *columns, train_tf, "train", cfg, batch_sizes[0], True,
+                                           seed, pin, random_transform=not deterministic),
+                       loaders.make_loader(bundle.val, *columns, eval_tf, "validation", cfg, batch_sizes[1], False,
+                                           seed, pin), note)
     start = time.perf_counter()
     eval_store, mean, std = store_steps(eval_tf)
     # augmented training crops from the whole image (crop_pct 1), as the per-image transform does
@@ -308,4 +318,4 @@ def make_loaders(bundle: Any, cfg: Any, data_config: dict, batch_sizes: tuple[in
             raise UserError("no image of the training data could be read")
         made.append(loaders.loader(PreloadedImages(images, labels, ok, mean, std, device, aug, seed),
                                    batch_sizes[len(made)], role == "train", 0, seed, collate_fn=collate_preloaded))
-    return made[0], made[1], f"{note}, decoded in {time.perf_counter() - start:.1f} s"
+    return Loaders(made[0], made[1], note, time.perf_counter() - start)

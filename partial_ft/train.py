@@ -20,7 +20,7 @@ from accelerate.utils import DataLoaderConfiguration, broadcast_object_list, set
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import __version__, cache, checkpoint, data, loaders, models, signals
+from . import __version__, cache, checkpoint, data, loaders, models, preload, signals
 from .evaluation import evaluate
 from .signals import Interrupted, StopFlag
 from .errors import NonFiniteLoss, UserError, did_you_mean, first_line
@@ -43,6 +43,8 @@ class Setup:
     val_loader: torch.utils.data.DataLoader
     fingerprint: str  # of the fixed values, taken before any training (they never change)
     cache: cache.Decision  # train from cached features of the fixed prefix, or from images
+    preload: str  # what data.preload decided (preload.decide's note)
+    preload_seconds: float  # decoding every image (preloaded data)
 
 
 def prepare(recipe: Recipe) -> Setup:
@@ -51,7 +53,8 @@ def prepare(recipe: Recipe) -> Setup:
     accelerator = Accelerator(
         mixed_precision=t.mixed_precision,
         gradient_accumulation_steps=t.grad_accum_steps,
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        # batches come pinned on a GPU (loaders), so their copies to it need not block
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, non_blocking=True),
         step_scheduler_with_optimizer=False,
     )
     set_seed(t.seed)
@@ -62,20 +65,19 @@ def prepare(recipe: Recipe) -> Setup:
     model, init_model = models.build(recipe.model, bundle.num_classes, seed=t.seed)
     plan = apply_strategy(model, recipe.strategy, seed=t.seed, init_model=init_model)
     data_config = models.data_config(model, recipe.data)
-    train_tf, eval_tf, deterministic = loaders.transforms(recipe.data, data_config)
-    pin = accelerator.device.type == "cuda"
-    columns = (bundle.image_column, bundle.label_column)
-    train_loader = loaders.make_loader(bundle.train, *columns, train_tf, "train", recipe.data, t.batch_size,
-                                       True, t.seed, pin, random_transform=not deterministic)
-    val_loader = loaders.make_loader(bundle.val, *columns, eval_tf, "validation", recipe.data,
-                                     t.eval_batch_size or 2 * t.batch_size, False, t.seed, pin)
-    signals.shield_workers(train_loader, val_loader)  # SIGTERM / Ctrl-C: the loop checkpoints first
+    deterministic = loaders.transforms(recipe.data, data_config)[2]
     decision = cache.decide(model, t.cache_features, deterministic, tuple(data_config["input_size"]),
                             len(bundle.train) + len(bundle.val))
+    batches = (t.batch_size, loaders.eval_batch_size(t.eval_batch_size, t.batch_size, accelerator.device))
+    made = preload.make_loaders(bundle, recipe.data, data_config, batches, t.seed, accelerator.device,
+                                decision.cut is not None)
+    train_loader, val_loader = made.train, made.val
+    signals.shield_workers(train_loader, val_loader)  # SIGTERM / Ctrl-C: the loop checkpoints first
     if t.channels_last:
         model.to(memory_format=torch.channels_last)
     fixed = checkpoint.fingerprint(model) if accelerator.is_main_process else ""  # the main process saves deltas
-    return Setup(recipe, accelerator, bundle, model, plan, data_config, train_loader, val_loader, fixed, decision)
+    return Setup(recipe, accelerator, bundle, model, plan, data_config, train_loader, val_loader, fixed, decision,
+                 made.note, made.seconds)
 
 
 def _check_optimization(t: Any) -> None:
@@ -113,6 +115,9 @@ def run(recipe: Recipe, overwrite: bool = False, resume: bool = False) -> dict[s
         print(s.plan.table(), flush=True)
         print(f"strategy {s.plan.label}: learning {s.plan.learned:,} of {s.plan.total:,} parameters "
               f"({100 * s.plan.fraction:.3g}%)", flush=True)
+        if recipe.data.preload != "false":
+            took = f", decoded in {s.preload_seconds:.1f} s" if s.preload_seconds else ""
+            print(f"preload: {s.preload}{took}", flush=True)
         if resume_from is not None:
             print(f"resuming from {resume_from}", flush=True)
     acc.wait_for_everyone()
@@ -329,6 +334,7 @@ def summarize(s: Setup, p: Progress, optimizer: torch.optim.Optimizer,
         "feature_cache": feature_cache,
         "feature_extract_seconds": round(extract, 3),
         "feature_cache_note": s.cache.note,
+        "preload": s.preload,
         "skipped_images": p.skipped,
         "nan_skipped_batches": p.nan_skipped,
         "num_processes": acc.num_processes,

@@ -408,10 +408,10 @@ def test_sigkill_mid_epoch_then_resume_equals_the_straight_run(straight, tmp_pat
 
 def test_preloaded_run_trains_and_resumes_exactly_after_sigkill(tmp_path):
     """data.preload: true (augmentation batched on the device, here the CPU): a run killed mid-epoch
-    and resumed ends exactly where the straight run ends; and it learns."""
+    and resumed ends exactly where the straight run ends (how well it learns: the quickstart test)."""
     straight_recipe = recipes.load(_recipe(tmp_path, "straight_preloaded", preload=True))
     summary = train.run(straight_recipe)
-    assert summary["preload"].startswith("on: ") and summary["val_top1"] > 0.3  # 10 classes: chance is 0.1
+    assert summary["preload"].startswith("on: ")
     recipe = _recipe(tmp_path, "killed_preloaded", preload=True)
     run_dir = tmp_path / "runs" / "killed_preloaded"
     kill_mid_epoch(run_dir, recipe, batches="preloaded")

@@ -123,13 +123,13 @@ def test_preloaded_batches_on_cuda_equal_the_cpu_ones():
     model, _ = models.build(r.model, bundle.num_classes, seed=0)
     dc = models.data_config(model, r.data)
     made = {d: preload.make_loaders(bundle, r.data, dc, (16, 32), 0, torch.device(d)) for d in ("cpu", "cuda")}
-    assert made["cuda"][0].dataset.images.is_cuda  # small data: kept on the GPU
-    for kind in (0, 1):  # train (augmented on the device) and validation
-        for (x, y, _), (x_cuda, y_cuda, _) in zip(made["cpu"][kind], made["cuda"][kind]):
+    assert made["cuda"].train.dataset.images.is_cuda  # small data: kept on the GPU
+    for kind in ("train", "val"):  # augmented on the device, and not
+        for (x, y, _), (x_cuda, y_cuda, _) in zip(getattr(made["cpu"], kind), getattr(made["cuda"], kind)):
             assert x_cuda.is_cuda and torch.equal(y, y_cuda.cpu())
             # validation: the same float operations, exact; training: grid_sample's bilinear weights in
             # CUDA's float arithmetic, a few units in the last place of 0..255 values, then normalized
-            assert (x - x_cuda.cpu()).abs().max() <= (1e-3 if kind == 0 else 0)
+            assert (x - x_cuda.cpu()).abs().max() <= (1e-3 if kind == "train" else 0)
 
 
 def test_bf16_channels_last_preloaded_run(tiny_recipe):

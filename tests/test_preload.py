@@ -24,9 +24,9 @@ def built():
     bundle = data.load(r.data, seed=0)
     model, _ = models.build(r.model, bundle.num_classes, seed=0)
     dc = models.data_config(model, r.data)
-    train, val, note = preload.make_loaders(bundle, r.data, dc, (16, 32), 0, torch.device("cpu"))
-    assert note.startswith("on: ")
-    return r, bundle, dc, train, val
+    made = preload.make_loaders(bundle, r.data, dc, (16, 32), 0, torch.device("cpu"))
+    assert made.note.startswith("on: ") and made.seconds > 0
+    return r, bundle, dc, made.train, made.val
 
 
 def _batches(loader) -> list:
@@ -42,7 +42,7 @@ def test_preloaded_batches_equal_the_per_image_eval_transform_exactly(built, spl
     if split == "val":
         got = val
     else:
-        got = preload.make_loaders(bundle, cfg, dc, (32, 32), 0, torch.device("cpu"))[0]
+        got = preload.make_loaders(bundle, cfg, dc, (32, 32), 0, torch.device("cpu")).train
         got = loaders.loader(got.dataset, 32, False, 0, 0, collate_fn=preload.collate_preloaded)
     ref = loaders.make_loader(part, bundle.image_column, bundle.label_column, eval_tf, split, cfg, 32, False, 0)
     pairs = list(zip(_batches(got), _batches(ref)))
