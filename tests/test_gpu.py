@@ -98,17 +98,19 @@ def test_eval_on_cuda_equals_eval_on_the_cpu(tiny_recipe):
 
 
 def test_resume_on_cuda_after_sigkill_equals_a_straight_run(tmp_path):
-    """Both runs use torch.use_deterministic_algorithms (warn_only) and deterministic cuBLAS, so they can
-    be compared closely; an op without a deterministic CUDA kernel only warns, hence 1e-3 relative."""
+    """On a GPU data.preload: auto preloads (augmentation on the GPU), so that is what is killed and
+    resumed. Both runs use torch.use_deterministic_algorithms (warn_only) and deterministic cuBLAS, so
+    they can be compared closely; an op without a deterministic CUDA kernel only warns, hence 1e-3."""
     straight_recipe = _recipe(tmp_path, "straight")
     proc = slow_cli(tmp_path / "runs" / "straight", straight_recipe, 0.0, False, device="cuda")
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-3000:]
     straight = (tmp_path / "runs" / "straight", _summary(tmp_path / "runs" / "straight"))
+    assert straight[1]["preload"].startswith("on: ")
     recipe = _recipe(tmp_path, "killed", num_workers=2)
     run_dir = tmp_path / "runs" / "killed"
-    kill_mid_epoch(run_dir, recipe, device="cuda")
-    proc = slow_cli(run_dir, recipe, 0.0, False, "--resume", device="cuda")
+    kill_mid_epoch(run_dir, recipe, batches="preloaded", device="cuda")
+    proc = slow_cli(run_dir, recipe, 0.0, False, "--resume", batches="preloaded", device="cuda")
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-3000:]
     same_as_straight(run_dir, straight, rel=1e-3)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from partial_ft import data, loaders, models, preload
+from partial_ft import augment, data, loaders, models, preload
 from partial_ft import recipe as recipes
 from partial_ft.errors import UserError
 
@@ -63,18 +63,18 @@ def test_augmentation_depends_on_seed_epoch_and_index_only(built):
     assert not torch.equal(ds.__getitems__([5])[0][0], a[0])  # another epoch, other draws
     ds.set_epoch(0)
     assert torch.equal(ds.__getitems__([5])[0][0], a[0])
-    u = preload.uniforms(0, 0, np.arange(1000))
-    assert u.shape == (1000, preload.DRAWS) and 0 <= u.min() and u.max() < 1
-    assert abs(u.mean() - 0.5) < 0.01 and not np.array_equal(u, preload.uniforms(1, 0, np.arange(1000)))
+    u = augment.uniforms(0, 0, np.arange(1000))
+    assert u.shape == (1000, augment.DRAWS) and 0 <= u.min() and u.max() < 1
+    assert abs(u.mean() - 0.5) < 0.01 and not np.array_equal(u, augment.uniforms(1, 0, np.arange(1000)))
 
 
 @pytest.mark.parametrize("hflip,flipped", [(0.0, False), (1.0, True)])
 def test_whole_image_crop_is_the_image_and_flip_mirrors_it(hflip, flipped):
     x = torch.randint(0, 256, (4, 3, 8, 10), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    u = preload.uniforms(0, 0, np.arange(4))
-    boxes = preload.crop_boxes(u, 8, 10, (1.0, 1.0), (1.25, 1.25))  # 10 x 8 has aspect 1.25: the whole image
+    u = augment.uniforms(0, 0, np.arange(4))
+    boxes = augment.crop_boxes(u, 8, 10, (1.0, 1.0), (1.25, 1.25))  # 10 x 8 has aspect 1.25: the whole image
     assert boxes.tolist() == [[0, 0, 10, 8]] * 4
-    out = preload.augment_batch(x, torch.from_numpy(boxes).float(), torch.full((4,), flipped))
+    out = augment.augment_batch(x, torch.from_numpy(boxes).float(), torch.full((4,), flipped))
     expected = x.float().flip(-1) if flipped else x.float()
     assert (out - expected).abs().max() < 1e-3
     assert bool((torch.from_numpy(u[:, -1]) < hflip).all()) == flipped
@@ -86,7 +86,7 @@ def test_crop_boxes_sample_within_timm_ranges(scale, ratio):
     """Boxes lie inside the image; area fraction and aspect stay in the ranges (up to rounding to whole
     pixels); positions spread over the image."""
     h, w = 64, 48
-    boxes = preload.crop_boxes(preload.uniforms(3, 0, np.arange(4000)), h, w, scale, ratio)
+    boxes = augment.crop_boxes(augment.uniforms(3, 0, np.arange(4000)), h, w, scale, ratio)
     bw, bh = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
     assert (boxes[:, :2] >= 0).all() and (boxes[:, 2] <= w).all() and (boxes[:, 3] <= h).all()
     area, aspect = bw * bh / (h * w), bw / bh
@@ -98,9 +98,9 @@ def test_crop_boxes_sample_within_timm_ranges(scale, ratio):
 
 
 def test_fallback_is_the_center_crop_at_the_nearest_allowed_ratio():
-    u = preload.uniforms(0, 0, np.arange(3))
+    u = augment.uniforms(0, 0, np.arange(3))
     # scale > 1 never fits: timm falls back to a center crop of the whole image clipped to the ratio range
-    assert preload.crop_boxes(u, 20, 40, (2.0, 2.0), (1.0, 1.5)).tolist() == [[5, 0, 35, 20]] * 3
+    assert augment.crop_boxes(u, 20, 40, (2.0, 2.0), (1.0, 1.5)).tolist() == [[5, 0, 35, 20]] * 3
 
 
 GIB = 2**30
