@@ -16,6 +16,10 @@ class BlockOptions(Options):
     index: Union[Literal["first", "middle", "last"], int, list[int]] = "middle"
     coarse: bool = True  # timm's coarse grouping (stages) or fine (individual blocks)
 
+    def validate(self) -> None:
+        if isinstance(self.index, list) and not self.index:
+            raise UserError("strategy.index: an empty list selects no block; give one or more block indices")
+
 
 def resolve_indices(index: Union[str, int, list[int]], n: int, model_name: str) -> list[int]:
     """first | middle | last | int | [ints] -> block ordinals in 0..n-1 (negative ints count back)."""
