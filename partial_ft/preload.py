@@ -192,17 +192,15 @@ def make_loaders(bundle: Any, cfg: Any, data_config: dict, batch_sizes: tuple[in
     from dataclasses import replace
 
     train_tf, eval_tf, deterministic = loaders.transforms(cfg, data_config)
-    columns = (bundle.image_column, bundle.label_column)
     size = tuple(data_config["input_size"])
     augment, unsupported = (None, []) if deterministic else device_augment(train_tf, cfg.hflip)
     use, note = decide(cfg.preload, device, image_bytes(len(bundle.train) + len(bundle.val), size), unsupported,
                        cache_used)
     if not use:
         pin = device.type == "cuda"
-        return Loaders(loaders.make_loader(bundle.train, *columns, train_tf, "train", cfg, batch_sizes[0], True,
-                                           seed, pin, random_transform=not deterministic),
-                       loaders.make_loader(bundle.val, *columns, eval_tf, "validation", cfg, batch_sizes[1], False,
-                                           seed, pin), note)
+        return Loaders(loaders.train_loader(bundle, cfg, data_config, batch_sizes[0], seed, pin)[0],
+                       loaders.eval_loader(bundle, cfg, data_config, batch_sizes[1], seed, pin), note)
+    columns = (bundle.image_column, bundle.label_column)
     start = time.perf_counter()
     eval_store, mean, std = store_steps(eval_tf)
     # augmented training crops from the whole image (crop_pct 1), as the per-image transform does
