@@ -143,3 +143,12 @@ def test_color_jitter_is_refused_with_preload_true(built):
     cfg = recipes.from_dict({**QUICK, "data": {**QUICK["data"], "color_jitter": 0.4}}).data
     with pytest.raises(UserError, match="cannot run ColorJitter"):
         preload.make_loaders(bundle, cfg, dc, (16, 32), 0, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("value,expected", [(True, "true"), (False, "false"), ("auto", "auto"), ("sometimes", None)])
+def test_preload_key_takes_yaml_booleans_and_refuses_other_values(value, expected):
+    if expected is None:
+        with pytest.raises(UserError, match=r"data.preload: must be one of \['auto', 'true', 'false'\]"):
+            recipes.from_dict({"data": {"preload": value}})
+        return
+    assert recipes.from_dict({"data": {"preload": value}}).data.preload == expected
