@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
 from typing import Any, Optional
 
 import torch
@@ -188,9 +189,6 @@ def make_loaders(bundle: Any, cfg: Any, data_config: dict, batch_sizes: tuple[in
     """The train and validation DataLoaders: preloaded when `data.preload` says so (see decide()), else
     per-image PIL loaders in worker processes. Preloading decodes every image here, before any run
     folder is written: an unreadable one is a UserError now, not mid-run."""
-    import time
-    from dataclasses import replace
-
     train_tf, eval_tf, deterministic = loaders.transforms(cfg, data_config)
     size = tuple(data_config["input_size"])
     augment, unsupported = (None, []) if deterministic else device_augment(train_tf, cfg.hflip)
