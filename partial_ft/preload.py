@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any, Optional
 
+import psutil
 import torch
 
 from . import loaders
@@ -50,8 +51,6 @@ def store_steps(eval_tf: Any) -> tuple[Any, torch.Tensor, torch.Tensor]:
 def available_bytes() -> int:
     """Memory that can hold the images now: available RAM, and on Linux no more than /dev/shm has free
     (the images live in shared memory)."""
-    import psutil
-
     free = psutil.virtual_memory().available
     if os.path.isdir("/dev/shm"):
         free = min(free, psutil.disk_usage("/dev/shm").free)
