@@ -9,6 +9,7 @@ from typing import Any, Optional
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration
 from torch import nn
 
 from . import data, delta, hub, loaders, rundir
@@ -65,13 +66,15 @@ def evaluate_run(run_dir: str | Path, dataset: Optional[str] = None, split: Opti
     if dataset or split or max_samples:
         cfg = replace(cfg, dataset=dataset or cfg.dataset, config=cfg.config if not dataset else None,
                       val_split=split or (cfg.val_split if not dataset else None), max_val_samples=max_samples)
-    acc = Accelerator(mixed_precision=t.mixed_precision)
+    # batches come pinned on a GPU, so their copies to it need not block
+    acc = Accelerator(mixed_precision=t.mixed_precision, dataloader_config=DataLoaderConfiguration(non_blocking=True))
     with acc.main_process_first():
         bundle = data.load(cfg, seed=t.seed)
     if bundle.class_names != info["class_names"]:
         raise UserError(f"dataset '{cfg.dataset}' has classes {bundle.class_names[:10]}, but the run learned "
                         f"{info['class_names'][:10]}: the classifier cannot be evaluated on it")
-    loader = loaders.eval_loader(bundle, cfg, info["data_config"], t.eval_batch_size or 2 * t.batch_size, t.seed,
+    loader = loaders.eval_loader(bundle, cfg, info["data_config"],
+                                 loaders.eval_batch_size(t.eval_batch_size, t.batch_size, acc.device), t.seed,
                                  acc.device.type == "cuda")
     model, loader = acc.prepare(model, loader)
     metrics = evaluate(model, loader, acc, len(bundle.class_names))

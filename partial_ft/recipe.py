@@ -58,6 +58,8 @@ class DataCfg:
     auto_augment: Optional[str] = None
     re_prob: float = 0.0
     skip_bad_images: bool = False
+    # decode every image once into memory; batches augmented on the training device (see preload.py)
+    preload: Literal["auto", "true", "false"] = "auto"
 
 
 @dataclass
@@ -67,7 +69,7 @@ class TrainCfg:
     epochs: int = 1
     max_steps: Optional[int] = None  # optimizer updates; stops early when reached
     batch_size: int = 64  # per process
-    eval_batch_size: Optional[int] = None  # default: 2 x batch_size
+    eval_batch_size: Optional[int] = None  # default: 4 x batch_size on a GPU, 2 x on the CPU
     lr: float = 1e-3
     opt: str = "adamw"  # any timm optimizer name (create_optimizer_v2)
     weight_decay: float = 0.05

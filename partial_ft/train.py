@@ -19,7 +19,7 @@ from timm.scheduler import create_scheduler_v2
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import cache, collective, data, delta, loaders, models, signals, tracking, validate
+from . import cache, collective, data, delta, loaders, models, preload, signals, tracking, validate
 from .errors import NonFiniteLoss
 from .evaluation import evaluate
 from .partial import partial_buffer_names
@@ -44,6 +44,8 @@ class Setup:
     val_loader: torch.utils.data.DataLoader
     base: dict[str, str]  # fingerprint parts of the fixed values, taken before any training (they never change)
     cache: cache.Decision  # train from cached features of the fixed prefix, or from images
+    preload: str  # what data.preload decided (preload.decide's note)
+    preload_seconds: float  # decoding every image (preloaded data)
 
 
 def prepare(recipe: Recipe) -> Setup:
@@ -54,7 +56,8 @@ def prepare(recipe: Recipe) -> Setup:
         **tracking.accelerator_kwargs(t.log_with, recipe.run_dir),
         mixed_precision=t.mixed_precision,
         gradient_accumulation_steps=t.grad_accum_steps,
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        # batches come pinned on a GPU (loaders), so their copies to it need not block
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, non_blocking=True),
         step_scheduler_with_optimizer=False,
     )
     set_seed(t.seed)
@@ -67,17 +70,18 @@ def prepare(recipe: Recipe) -> Setup:
     data_config = models.data_config(model, recipe.data)
     validate.build_transforms(recipe.data, data_config)
     validate.probe_forward(model, recipe.model.name, tuple(data_config["input_size"]))
-    pin = accelerator.device.type == "cuda"
-    train_loader, deterministic = loaders.train_loader(bundle, recipe.data, data_config, t.batch_size, t.seed, pin)
-    val_loader = loaders.eval_loader(bundle, recipe.data, data_config, t.eval_batch_size or 2 * t.batch_size,
-                                     t.seed, pin)
-    signals.shield_workers(train_loader, val_loader)  # SIGTERM / Ctrl-C: the loop checkpoints first
+    deterministic = loaders.transforms(recipe.data, data_config)[2]
     decision = cache.decide(model, t.cache_features, deterministic, tuple(data_config["input_size"]),
                             len(bundle.train) + len(bundle.val))
+    batches = (t.batch_size, loaders.eval_batch_size(t.eval_batch_size, t.batch_size, accelerator.device))
+    made = preload.make_loaders(bundle, recipe.data, data_config, batches, t.seed, accelerator.device,
+                                decision.cut is not None)  # auto: not for what the cache reads once anyway
+    signals.shield_workers(made.train, made.val)  # SIGTERM / Ctrl-C: the loop checkpoints first
     if t.channels_last:
         model.to(memory_format=torch.channels_last)
     base = delta.fingerprint_parts(model) if accelerator.is_main_process else {}  # the main process saves deltas
-    return Setup(recipe, accelerator, bundle, model, plan, data_config, train_loader, val_loader, base, decision)
+    return Setup(recipe, accelerator, bundle, model, plan, data_config, made.train, made.val, base, decision,
+                 made.note, made.seconds)
 
 
 def run(recipe: Recipe, overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
@@ -93,7 +97,7 @@ def run(recipe: Recipe, overwrite: bool = False, resume: bool = False) -> dict[s
         if acc.is_main_process:
             if resume_from is None:  # a fresh start (or a resume with nothing saved yet)
                 folder.write_start(recipe, s.plan.table(), s.bundle.info)
-            _print_plan(s.plan, resume_from)
+            _print_plan(s, resume_from)
         acc.wait_for_everyone()
         tracking.start(acc, recipe.name, recipe.to_dict())  # inside the run folder: it exists now
         with signals.stop_on_signals() as stop:
@@ -109,10 +113,14 @@ def run(recipe: Recipe, overwrite: bool = False, resume: bool = False) -> dict[s
     return summary
 
 
-def _print_plan(plan: Plan, resume_from: Optional[Path]) -> None:
+def _print_plan(s: Setup, resume_from: Optional[Path]) -> None:
+    plan = s.plan
     print(plan.table(), flush=True)
     print(f"strategy {plan.label}: learning {plan.learned:,} of {plan.total:,} parameters "
           f"({100 * plan.fraction:.3g}%)", flush=True)
+    if s.recipe.data.preload != "false":
+        took = f", decoded in {s.preload_seconds:.1f} s" if s.preload_seconds else ""
+        print(f"preload: {s.preload}{took}", flush=True)
     if resume_from is not None:
         print(f"resuming from {resume_from}", flush=True)
 
@@ -212,6 +220,7 @@ def train(s: Setup, folder: RunFolder, resume_from: Optional[Path], stop: StopFl
         loaders.shutdown_workers(loop.train_loader, loop.val_loader, batches)
     summary = summarize(s.recipe, s.plan, p, loop.optimizer, s.accelerator.device, s.accelerator.num_processes,
                         s.bundle.class_names, s.data_config, s.cache.note, cached.info if cached else None)
+    summary["preload"] = s.preload
     return summary, s.model
 
 
