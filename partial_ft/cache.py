@@ -24,7 +24,7 @@ from torch import nn
 
 from . import cuts, loaders
 from .errors import UserError
-from .strategies.plan import freeze_norm_stats, updates_norm_stats
+from .partial import freeze_norm_stats, updates_norm_stats
 
 
 MAX_GROWTH = 4  # auto: features at most this many times the image's values (early, wide layers are not worth it)

@@ -12,6 +12,7 @@ from torch import nn
 
 from .errors import UserError, first_line
 from .recipe import DataCfg, ModelCfg
+from .strategies.layers import classifier_params
 
 
 HUB_PREFIXES = ("hf-hub:", "hf_hub:", "local-dir:")  # timm loads these from the Hub / a folder by itself
@@ -69,20 +70,6 @@ def _pretrained_reason(e: Exception) -> str:
     if isinstance(e, (LocalEntryNotFoundError, OfflineModeIsEnabled)):
         return "not in the local Hugging Face cache, and the Hub cannot be reached (offline)"
     return first_line(e)
-
-
-
-def classifier_params(model: nn.Module) -> set[str]:
-    """Names of the classifier's parameters (timm's get_classifier(); else the last Linear)."""
-    head = model.get_classifier() if hasattr(model, "get_classifier") else None
-    if isinstance(head, nn.Module) and any(True for _ in head.parameters()):
-        for name, module in model.named_modules():
-            if module is head:
-                return {f"{name}.{p}" if name else p for p, _ in head.named_parameters()}
-    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    if not linears:
-        return set()
-    return {f"{linears[-1]}.{p}" for p, _ in model.get_submodule(linears[-1]).named_parameters()}
 
 
 def read_weights(path: str | Path) -> dict[str, torch.Tensor]:

@@ -11,6 +11,7 @@ from safetensors.torch import save_file
 from partial_ft import models
 from partial_ft.errors import UserError
 from partial_ft.recipe import ModelCfg
+from partial_ft.strategies.layers import classifier_params
 
 
 def _save(state: dict, path) -> None:
@@ -51,7 +52,7 @@ def test_checkpoint_is_used_and_head_adapted(tmp_path, source_state, wrap, reque
     _save(wrap(source_state), path)
     model, init_model = models.build(ModelCfg(name="test_resnet", checkpoint=str(path)), num_classes=3, seed=0)
     own = model.state_dict()
-    head = models.classifier_params(model)
+    head = classifier_params(model)
     assert head == {"fc.weight", "fc.bias"}
     assert own["fc.weight"].shape == (3, source_state["fc.weight"].shape[1])
     for key, value in source_state.items():

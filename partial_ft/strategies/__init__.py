@@ -11,7 +11,7 @@ from torch import nn
 from . import auto, basic, bias, block, filters, lora, norm  # noqa: F401
 from .layers import classifier_params, norm_params
 from .plan import LayerRow, Plan, build, merge
-from .registry import (Context, Options, Selection, Strategy, for_export, list_strategies, normalize_spec,
+from .registry import (Context, Options, Selection, Strategy, for_export, get, list_strategies, normalize_spec,
                        parse_spec, register)
 from .scoring import Gradients
 
@@ -35,7 +35,7 @@ def apply_strategy(model: nn.Module, spec: Any, *, seed: int = 0,
     ctx = Context(seed=seed, init_model=init_model, gradients=gradients)
     selections, resolved = [], []
     for opts in options:
-        strategy = _strategy_of(opts)
+        strategy = get(opts.name)
         sel = strategy.fn(model, opts, ctx)
         if opts.head:
             sel.whole |= classifier_params(model)
@@ -47,9 +47,3 @@ def apply_strategy(model: nn.Module, spec: Any, *, seed: int = 0,
     plan.spec = resolved if isinstance(spec, list) else resolved[0]
     plan.scoring_seconds = ctx.scoring_seconds
     return plan
-
-
-def _strategy_of(opts: Options) -> Strategy:
-    from .registry import get
-
-    return get(opts.name)

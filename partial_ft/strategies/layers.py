@@ -6,10 +6,22 @@ from collections.abc import Iterator
 from torch import nn
 
 from ..errors import UserError
-from ..models import classifier_params  # noqa: F401  (re-exported for strategies)
 
 _NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm,
                nn.modules.instancenorm._InstanceNorm)
+
+
+def classifier_params(model: nn.Module) -> set[str]:
+    """Names of the classifier's parameters (timm's get_classifier(); else the last Linear)."""
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    if isinstance(head, nn.Module) and any(True for _ in head.parameters()):
+        for name, module in model.named_modules():
+            if module is head:
+                return {f"{name}.{p}" if name else p for p, _ in head.named_parameters()}
+    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        return set()
+    return {f"{linears[-1]}.{p}" for p, _ in model.get_submodule(linears[-1]).named_parameters()}
 
 
 def is_norm(module: nn.Module) -> bool:

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from ..partial import axis_size, is_partial, make_partial
+from ..partial import FrozenStats, axis_size, freeze_norm_stats, is_partial, make_partial
 from .layers import is_norm
 from .registry import Options, PartialSpec, Selection, describe
 
@@ -56,38 +56,6 @@ class Plan:
         lines.append(f"{'total':<{width}}  {'':<16} {self.learned:>10,} {self.total:>10,}  "
                      f"{100 * self.fraction:.3g}% learned")
         return "\n".join(lines + self.remarks)
-
-
-class _FrozenStats:
-    """Mixin for norm layers whose running statistics stay fixed: always in eval mode, as timm's
-    freeze helpers do, while their affine parameters may still learn."""
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self.training = False
-        return self
-
-
-_FROZEN: dict[type, type] = {}
-
-
-def updates_norm_stats(module: nn.Module) -> bool:
-    """A BatchNorm whose running statistics training updates (freeze_norm_stats keeps them fixed)."""
-    return (isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, _FrozenStats)
-            and module.track_running_stats and module.running_mean is not None)
-
-
-def freeze_norm_stats(model: nn.Module) -> int:
-    """Keep every BatchNorm's running statistics fixed (eval mode for good); returns how many."""
-    count = 0
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not isinstance(m, _FrozenStats):
-            cls = type(m)
-            _FROZEN.setdefault(cls, type(f"FrozenStats{cls.__name__}", (_FrozenStats, cls), {}))
-            m.__class__ = _FROZEN[cls]
-            m.train(m.training)
-            count += 1
-    return count
 
 
 def merge(selections: list[Selection]) -> Selection:
@@ -155,7 +123,7 @@ def _rows(model: nn.Module, notes: dict[str, str]) -> list[LayerRow]:
         else:
             how = "learned: " + ", ".join(p for p, t in own if t.requires_grad)
         kind = type(m).__name__
-        if is_norm(m) and not m.training and isinstance(m, _FrozenStats):
+        if is_norm(m) and not m.training and isinstance(m, FrozenStats):
             how += " (stats frozen)"
         if name in notes:
             how += f" ({notes[name]})"

@@ -16,6 +16,7 @@ from typing import Any, Literal, Optional
 import torch
 from torch import nn
 
+from ..coerce import coerce
 from ..errors import UserError, did_you_mean
 from .scoring import Gradients, GradientStats, gradient_stats
 
@@ -183,8 +184,6 @@ def list_strategies() -> list[Strategy]:
 
 def parse_options(node: Any) -> Options:
     """Validate one strategy mapping and return its typed options (defaults filled in)."""
-    from ..recipe import coerce
-
     if isinstance(node, str):
         node = {"name": node}
     if not isinstance(node, dict):
