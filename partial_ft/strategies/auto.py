@@ -113,7 +113,7 @@ def _check_selected(selected: dict, layers: dict[str, nn.Module], axis: str) -> 
             raise UserError(f"strategy.selected['{name}'] must list distinct indices in 0..{n - 1}")
 
 
-@register("auto", options=AutoOptions)
+@register("auto", options=AutoOptions, budget_option="budget")
 def auto(model: nn.Module, opts: AutoOptions, ctx: Context) -> Selection:
     """Learn the units (filters, channels or kernel positions) with the most gradient signal, under a budget."""
     axis = UNIT_AXIS[opts.unit]

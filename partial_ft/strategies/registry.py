@@ -121,6 +121,7 @@ class Strategy:
     options: type
     aliases: tuple[str, ...] = ()
     size_option: Optional[str] = None  # a float option in (0, 1] that sets how much learns (budget matching)
+    budget_option: Optional[str] = None  # an option that takes the parameter budget itself (fraction or count)
 
     @property
     def summary(self) -> str:
@@ -135,16 +136,17 @@ _REGISTRY: dict[str, Strategy] = {}
 _ALIASES: dict[str, str] = {}
 
 
-def register(name: str, options: type = Options, aliases: tuple[str, ...] = (),
-             size_option: Optional[str] = None) -> Callable[[StrategyFn], StrategyFn]:
+def register(name: str, options: type = Options, aliases: tuple[str, ...] = (), size_option: Optional[str] = None,
+             budget_option: Optional[str] = None) -> Callable[[StrategyFn], StrategyFn]:
     """Decorator: register `fn` as strategy `name` (duplicates refused, as timm does for models).
-    `size_option` names the option in (0, 1] that scales how much learns, if there is one."""
+    `size_option` names the option in (0, 1] that scales how much learns, if there is one;
+    `budget_option` the option that takes a parameter budget directly (budget matching sets it)."""
 
     def wrap(fn: StrategyFn) -> StrategyFn:
         for key in (name, *aliases):
             if key in _REGISTRY or key in _ALIASES:
                 raise ValueError(f"strategy '{key}' is already registered")
-        _REGISTRY[name] = Strategy(name, fn, options, tuple(aliases), size_option)
+        _REGISTRY[name] = Strategy(name, fn, options, tuple(aliases), size_option, budget_option)
         _ALIASES.update({a: name for a in aliases})
         return fn
 
