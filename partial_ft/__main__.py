@@ -38,7 +38,6 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in COMMANDS + ("-h", "--help"):
@@ -48,7 +47,13 @@ def main(argv: list[str] | None = None) -> int:
     for action in parser._subparsers._group_actions:
         for sub in action.choices.values():
             sub.error = lambda message: _fail(message)
-    args = parser.parse_args(argv)
+    # overrides may come before or after --overwrite / --resume / --recipe (argparse takes one run of them)
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "train":
+        args.overrides += [a for a in rest if not a.startswith("-")]
+        rest = [a for a in rest if a.startswith("-")]
+    if rest:
+        return _fail(f"unrecognized arguments: {' '.join(rest)}")
     try:
         command = {"strategies": _strategies, "eval": _eval, "export": _export, "train": _train}[args.command]
         return command(args)
@@ -73,7 +78,7 @@ def _train(args: argparse.Namespace) -> int:
     recipe = recipes.load(args.recipe, args.overrides)  # recipe mistakes fail before the heavy imports
     import datasets
 
-    from .signals import Interrupted
+    from .signals import Interrupted, Stopped
     from .train import run
 
     datasets.disable_progress_bars()  # our own progress bar is the one that matters
@@ -83,6 +88,11 @@ def _train(args: argparse.Namespace) -> int:
         again = shlex.join(["python", "-m", "partial_ft", "--recipe", args.recipe, *args.overrides, "--resume"])
         if os.environ.get("RANK", "0") == "0":  # one message, not one per process
             print(f"error: {e}; resume with: {again}", file=sys.stderr)
+        return 128 + e.signum
+    except Stopped as e:
+        again = shlex.join(["python", "-m", "partial_ft", "--recipe", args.recipe, *args.overrides, "--resume"])
+        if os.environ.get("RANK", "0") == "0":
+            print(f"error: {e}; start it again with: {again}", file=sys.stderr)
         return 128 + e.signum
     return 0
 
@@ -104,7 +114,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from .checkpoint import export
+    from .delta import export
 
     out, info = export(args.run_dir, args.out)
     kwargs = "".join(f", {k}={v!r}" for k, v in info["model"]["kwargs"].items())

@@ -22,7 +22,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from . import cuts, loaders
+from . import cuts, loaders, signals
 from .errors import UserError
 from .partial import freeze_norm_stats, updates_norm_stats
 
@@ -178,6 +178,7 @@ def extract(cut: cuts.Cut, model: nn.Module, dataset: torch.utils.data.Dataset, 
         labels = torch.zeros(n, dtype=torch.long)
         ok = torch.zeros(n, dtype=torch.bool)
         for index, x, y in dl:
+            signals.raise_if_stopped("feature extraction")
             if x is None:
                 continue
             x = x.to(device)

@@ -9,7 +9,6 @@ before any run folder exists; only an unreadable image is met later, while train
 from __future__ import annotations
 
 import glob
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -362,7 +361,3 @@ def _prepare_splits(dsd: DatasetDict, image_col: str, label_col: str) -> tuple[D
     dsd = DatasetDict({k: v.remove_columns([c for c in v.column_names if c == INDEX_COLUMN])
                        .add_column(INDEX_COLUMN, np.arange(len(v))) for k, v in dsd.items()})
     return dsd, class_names, label_kind
-
-
-def save_info(bundle: DataBundle, path: Path) -> None:
-    path.write_text(json.dumps(bundle.info, indent=2))

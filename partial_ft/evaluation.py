@@ -3,7 +3,6 @@ once across processes; and `evaluate_run`, which measures a finished run's delta
 command)."""
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Optional
@@ -12,9 +11,8 @@ import torch
 from accelerate import Accelerator
 from torch import nn
 
-from . import checkpoint, data, loaders
+from . import data, delta, loaders, rundir
 from .errors import UserError
-from .recipe import from_dict
 
 
 @torch.no_grad()
@@ -55,14 +53,12 @@ def evaluate_run(run_dir: str | Path, dataset: Optional[str] = None, split: Opti
     """Evaluate a finished run's delta (the `eval` command) and write run_dir/eval.json. By default on the
     run's own validation split with its own settings, so the numbers equal summary.json's; with another
     dataset or split, on all of it (or max_samples)."""
-    import yaml
-
     run_dir = Path(run_dir)
-    if not (run_dir / "recipe.yaml").is_file():
-        raise UserError(f"{run_dir} is not a run folder (no recipe.yaml)")
-    recipe = from_dict(yaml.safe_load((run_dir / "recipe.yaml").read_text()))
-    info = checkpoint.read_info(run_dir)
-    model = checkpoint.load_delta(run_dir)
+    if max_samples is not None and max_samples < 1:
+        raise UserError(f"--max-samples must be >= 1, got {max_samples}")
+    recipe = rundir.read_recipe(run_dir)
+    info = delta.read_info(run_dir)
+    model = delta.load_delta(run_dir)
     cfg, t = recipe.data, recipe.train
     if dataset or split or max_samples:
         cfg = replace(cfg, dataset=dataset or cfg.dataset, config=cfg.config if not dataset else None,
@@ -73,9 +69,8 @@ def evaluate_run(run_dir: str | Path, dataset: Optional[str] = None, split: Opti
     if bundle.class_names != info["class_names"]:
         raise UserError(f"dataset '{cfg.dataset}' has classes {bundle.class_names[:10]}, but the run learned "
                         f"{info['class_names'][:10]}: the classifier cannot be evaluated on it")
-    _, eval_tf, _ = loaders.transforms(cfg, info["data_config"])
-    loader = loaders.make_loader(bundle.val, bundle.image_column, bundle.label_column, eval_tf, "validation", cfg,
-                                 t.eval_batch_size or 2 * t.batch_size, False, t.seed, acc.device.type == "cuda")
+    loader = loaders.eval_loader(bundle, cfg, info["data_config"], t.eval_batch_size or 2 * t.batch_size, t.seed,
+                                 acc.device.type == "cuda")
     model, loader = acc.prepare(model, loader)
     metrics = evaluate(model, loader, acc, len(bundle.class_names))
     val_split = bundle.info["val_split"]
@@ -83,5 +78,5 @@ def evaluate_run(run_dir: str | Path, dataset: Optional[str] = None, split: Opti
               f"{val_split['carved_from']} (carved, fraction {val_split['fraction']})", **metrics,
               "per_class_top1": dict(zip(bundle.class_names, metrics["per_class_top1"]))}
     if acc.is_main_process:
-        (run_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
+        rundir.RunFolder(run_dir).write_json(rundir.EVAL, result)
     return result

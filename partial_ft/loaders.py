@@ -2,6 +2,7 @@
 and DataLoaders with seeded order and persistent workers."""
 from __future__ import annotations
 
+import os
 import random
 import re
 from typing import Any, Optional
@@ -10,9 +11,10 @@ import numpy as np
 import torch
 from datasets import Dataset, Image
 
-from .data import INDEX_COLUMN
+from .data import INDEX_COLUMN, DataBundle
 from .errors import UserError, first_line
 from .recipe import DataCfg
+
 
 def transforms(cfg: DataCfg, data_config: dict) -> tuple[Any, Any, bool]:
     """timm train and eval transforms; returns (train, eval, train_is_deterministic)."""
@@ -129,7 +131,9 @@ class ImageDataset(torch.utils.data.Dataset):
             if self.skip_bad_images:
                 return None
             used = f" (used for {self.split})" if self.split != self.source else ""
-            raise BadImageError(f"cannot read image at index {row.get(INDEX_COLUMN, index)} of split "
+            cell = row[self.image_column]
+            file = f"{cell['path']} " if isinstance(cell, dict) and cell.get("path") else ""
+            raise BadImageError(f"cannot read image {file}at index {row.get(INDEX_COLUMN, index)} of split "
                                 f"'{self.source}'{used}: {_reason(e)} (set data.skip_bad_images: true to skip "
                                 "unreadable images)") from None
         if self.augment_seed is None:
@@ -162,8 +166,6 @@ def _lower_priority(worker_id: int) -> None:
     """Workers yield the CPU to the training process's compute threads. Where cores are few, a worker
     preempting one of them stalls all of them at their next barrier; at a lower priority it runs in the
     gaps instead, and its prefetched batches still arrive in time."""
-    import os
-
     try:
         os.nice(5)
     except (AttributeError, OSError):  # not on this platform, or not permitted: harmless
@@ -178,6 +180,24 @@ def make_loader(split: Dataset, image_column: str, label_column: str, transform:
     ds = ImageDataset(split, image_column, label_column, transform, role, cfg.skip_bad_images,
                       augment_seed=seed if random_transform else None)
     return loader(ds, batch_size, shuffle, cfg.num_workers, seed, pin_memory)
+
+
+def train_loader(bundle: DataBundle, cfg: DataCfg, data_config: dict, batch_size: int, seed: int,
+                 pin_memory: bool = False) -> tuple[torch.utils.data.DataLoader, bool]:
+    """The training loader (train transform, seeded shuffling); returns (loader, transform_is_deterministic)."""
+    train_tf, _, deterministic = transforms(cfg, data_config)
+    dl = make_loader(bundle.train, bundle.image_column, bundle.label_column, train_tf, "train", cfg, batch_size,
+                     True, seed, pin_memory, random_transform=not deterministic)
+    return dl, deterministic
+
+
+def eval_loader(bundle: DataBundle, cfg: DataCfg, data_config: dict, batch_size: int, seed: int,
+                pin_memory: bool = False) -> torch.utils.data.DataLoader:
+    """The validation loader (eval transform, in order): the one builder that training, the `eval`
+    command and tools/ensemble.py use, so all three measure the same images the same way."""
+    _, eval_tf, _ = transforms(cfg, data_config)
+    return make_loader(bundle.val, bundle.image_column, bundle.label_column, eval_tf, "validation", cfg,
+                       batch_size, False, seed, pin_memory)
 
 
 def shutdown_workers(*loaders: torch.utils.data.DataLoader) -> None:

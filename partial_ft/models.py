@@ -40,7 +40,15 @@ def build(cfg: ModelCfg, num_classes: int, seed: int = 0) -> tuple[nn.Module, Ca
         try:
             return timm.create_model(cfg.name, pretrained=pretrained, num_classes=num_classes, **cfg.kwargs)
         except TypeError as e:
-            raise UserError(f"model.kwargs not accepted by {cfg.name}: {e}") from None
+            raise UserError(f"model.kwargs not accepted by {cfg.name}: {first_line(e)}") from None
+        except RuntimeError as e:
+            if "pretrained tag" in str(e):  # timm refuses an unknown `name.tag` even without weights
+                raise UserError(f"model.name '{cfg.name}': {first_line(e)}") from None
+            raise
+        except (ValueError, AssertionError, KeyError) as e:  # timm's own checks of kwargs values
+            if pretrained:
+                raise
+            raise UserError(f"model '{cfg.name}' refuses model.kwargs {cfg.kwargs}: {first_line(e) or type(e).__name__}") from None
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

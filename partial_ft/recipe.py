@@ -138,7 +138,9 @@ def load(path: str | Path, overrides: list[str] = ()) -> Recipe:
     if not path.is_file():
         raise UserError(f"recipe file not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text (byte {e.start}); a recipe is a YAML text file") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -210,14 +212,40 @@ def _check_ranges(r: Recipe) -> None:
         (0 <= r.data.re_prob <= 1, "data.re_prob must be in [0, 1]"),
         (r.data.scale is None or len(r.data.scale) == 2, "data.scale must be [min, max]"),
         (r.data.ratio is None or len(r.data.ratio) == 2, "data.ratio must be [min, max]"),
+        (0 <= r.train.seed < 2**32, "train.seed must be in [0, 2**32)"),
         (not r.model.pretrained or not r.model.checkpoint, "set model.pretrained or model.checkpoint, not both"),
     ]
-    size = r.data.input_size
-    checks.append((size is None or (isinstance(size, int) and size > 0) or len(size) in (2, 3),
-                   "data.input_size must be an integer, [height, width] or [channels, height, width]"))
-    for ok, message in checks:
+    for ok, message in checks + _data_checks(r.data, r.model.kwargs.get("in_chans", 3)):
         if not ok:
             raise UserError(message)
+
+
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos", "random")
+
+
+def _data_checks(d: DataCfg, channels: Any) -> list[tuple[bool, str]]:
+    """The image pipeline's values that timm or torchvision would reject only once images flow."""
+    size = d.input_size
+    sizes = [size] if isinstance(size, int) else list(size or [])
+    checks = [
+        (size is None or (isinstance(size, int) or len(size) in (2, 3)) and all(v > 0 for v in sizes),
+         "data.input_size must be a positive integer, [height, width] or [channels, height, width]"),
+        (not isinstance(size, list) or len(size) != 3 or size[0] == channels,
+         f"data.input_size has {sizes[0] if sizes else '?'} channels, the model takes {channels} "
+         "(model.kwargs.in_chans)"),
+        (d.crop_pct is None or 0 < d.crop_pct <= 1, "data.crop_pct must be in (0, 1]"),
+        (d.color_jitter >= 0, "data.color_jitter must be >= 0"),
+        (d.interpolation is None or d.interpolation in INTERPOLATIONS,
+         f"data.interpolation must be one of {list(INTERPOLATIONS)}"),
+        (d.scale is None or len(d.scale) == 2 and 0 < d.scale[0] <= d.scale[1] <= 1, "data.scale must be [min, max] with 0 < min <= max <= 1"),
+        (d.ratio is None or len(d.ratio) == 2 and 0 < d.ratio[0] <= d.ratio[1], "data.ratio must be [min, max] with 0 < min <= max"),
+    ]
+    for key in ("mean", "std"):
+        values = getattr(d, key)
+        checks.append((values is None or len(values) in (1, channels),
+                       f"data.{key} must have 1 or {channels} values (one per channel)"))
+    checks.append((d.std is None or all(v > 0 for v in d.std), "data.std must be > 0 (images are divided by it)"))
+    return checks
 
 
 # --------------------------------------------------------------------------------------------

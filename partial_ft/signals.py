@@ -7,6 +7,7 @@ import functools
 import os
 import signal
 import sys
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Optional
@@ -26,12 +27,28 @@ class Interrupted(Exception):
         super().__init__(f"interrupted by {signal.Signals(signum).name} at step {step}; checkpoint saved in {folder}")
 
 
+class Stopped(Exception):
+    """The run stopped on a signal during a one-off pass (feature extraction, a scoring pass) that has no
+    checkpoint of its own; `--resume` starts the run again from its last checkpoint, or the beginning."""
+
+    def __init__(self, signum: int, during: str):
+        self.signum = signum
+        super().__init__(f"interrupted by {signal.Signals(signum).name} during {during}; nothing of it was kept")
+
+
+_active: Optional[StopFlag] = None  # the flag of the stop_on_signals block in force, if any
+
+
+def raise_if_stopped(during: str) -> None:
+    """For long one-off passes: stop within one batch of a SIGTERM / Ctrl-C instead of at the pass's end."""
+    if _active is not None and _active.signum is not None:
+        raise Stopped(_active.signum, during)
+
+
 @contextmanager
 def stop_on_signals():
     """While training, SIGTERM and Ctrl-C ask the loop to finish its step and checkpoint; a second
     Ctrl-C stops at once. Outside the main thread (signals cannot be caught there) nothing changes."""
-    import threading
-
     flag = StopFlag()
     if threading.current_thread() is not threading.main_thread():
         yield flag
@@ -48,10 +65,13 @@ def stop_on_signals():
         os.write(sys.stderr.fileno(), f"\n{signal.Signals(signum).name}: finishing the current step, then saving "
                  "a checkpoint (Ctrl-C again to stop at once)\n".encode())
 
+    global _active
     previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    _active = flag
     try:
         yield flag
     finally:
+        _active = None
         for s, h in previous.items():
             signal.signal(s, h)
 

@@ -21,8 +21,11 @@ from partial_ft import load_delta, merged_state_dict
 from partial_ft import recipe as recipes
 from partial_ft import train
 from partial_ft.__main__ import main
-from partial_ft.checkpoint import (fingerprint, latest, load_checkpoint, save_checkpoint, save_delta,
-                                   start_run_dir)
+from partial_ft.checkpoints import latest
+from partial_ft.checkpoints import load as load_checkpoint
+from partial_ft.checkpoints import save as save_checkpoint
+from partial_ft.delta import fingerprint_parts, save_delta
+from partial_ft.rundir import MARKER, RunFolder
 from partial_ft.errors import UserError
 from partial_ft.models import build
 from partial_ft.strategies import apply_strategy
@@ -41,7 +44,7 @@ def _trained(model_section: dict, strategy: dict, seed: int = 3):
     recipe = recipes.from_dict({"model": model_section, "strategy": strategy, "train": {"seed": seed}})
     model, init_model = build(recipe.model, NUM_CLASSES, seed=seed)
     apply_strategy(model, recipe.strategy, seed=seed, init_model=init_model)
-    base = fingerprint(model)
+    base = fingerprint_parts(model)
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for p in model.parameters():
@@ -166,6 +169,14 @@ def test_checkpoints_never_unpickle(tmp_path):
 
 def test_run_folder_decisions(tmp_path):
     recipe = recipes.from_dict({**TINY, "output": {"dir": str(tmp_path / "run")}})
+
+    def start_run_dir(recipe, **how):
+        folder = RunFolder(recipe.run_dir)
+        try:
+            return folder.start(recipe, **how)
+        finally:
+            folder.release()
+
     assert start_run_dir(recipe, resume=True) is None and recipe.run_dir.is_dir()  # nothing to resume: start
     (recipe.run_dir / "recipe.yaml").write_text(recipe.to_yaml())
     with pytest.raises(UserError, match="already holds a run that stopped before its first checkpoint; pass --resume"):
@@ -175,7 +186,8 @@ def test_run_folder_decisions(tmp_path):
     with pytest.raises(UserError, match="already holds a run stopped at step 5; pass --resume"):
         start_run_dir(recipe)
     assert start_run_dir(recipe, resume=True) == folder
-    assert start_run_dir(recipe, overwrite=True) is None and not any(recipe.run_dir.iterdir())
+    assert start_run_dir(recipe, overwrite=True) is None
+    assert [p.name for p in recipe.run_dir.iterdir()] == [MARKER]  # the old run's files, and the lock, are gone
 
 
 # --------------------------------------------------------------------------------------------
@@ -246,14 +258,14 @@ def test_lora_run_delta_round_trips_and_exports_into_bare_timm(tiny_recipe, tmp_
     the BatchNorm statistics; load_delta rebuilds the very model training ended with, eval reproduces the
     summary exactly, and the export (adapters merged into plain timm weights) predicts the same."""
     held = {}
-    train_loop = train.train_loop
+    train_loop = train.train
 
     def keep_model(*args, **kwargs):  # the model the run ends with, as save_delta sees it
         summary, model = train_loop(*args, **kwargs)
         held["model"] = model
         return summary, model
 
-    monkeypatch.setattr(train, "train_loop", keep_model)
+    monkeypatch.setattr(train, "train", keep_model)
     recipe = recipes.load(tiny_recipe("lora", strategy={"name": "lora"}, train={"max_steps": 3, "lr": 0.01}))
     summary = train.run(recipe)
     run_dir, trained = recipe.run_dir, held["model"].eval()

@@ -13,7 +13,7 @@ from partial_ft import list_strategies
 from partial_ft import recipe as recipes
 
 TIMING_KEYS = {"train_seconds", "feature_extract_seconds", "train_images_per_second", "peak_memory_bytes"}
-RUN_FILES = {"recipe.yaml", "plan.txt", "data.json", "metrics.jsonl", "summary.json", "delta.safetensors"}
+RUN_FILES = {".partial_ft-run", "recipe.yaml", "plan.txt", "data.json", "metrics.jsonl", "summary.json", "delta.safetensors"}
 
 
 def _summary(run_dir: Path) -> dict:
@@ -91,14 +91,14 @@ RANK_HASHES = """
 import hashlib, os, sys
 from pathlib import Path
 import partial_ft.train as train
-from partial_ft.checkpoint import delta_state, fingerprint
-out, loop = Path(sys.argv[1]), train.train_loop
+from partial_ft.delta import delta_state, fingerprint
+out, loop = Path(sys.argv[1]), train.train
 def recorded(*args, **kwargs):
     summary, model = loop(*args, **kwargs)
     learned = hashlib.sha256(b"".join(v.numpy().tobytes() for _, v in sorted(delta_state(model).items())))
     (out / f"rank{os.environ['RANK']}.txt").write_text(fingerprint(model) + " " + learned.hexdigest())
     return summary, model
-train.train_loop = recorded
+train.train = recorded
 from partial_ft.__main__ import main
 sys.exit(main(sys.argv[2:]))
 """
@@ -110,7 +110,7 @@ def test_torchrun_two_processes_count_every_validation_sample_once(tiny_recipe, 
     cached features. The validation set (an odd size, so shards are uneven) is counted exactly once: the
     metrics equal a single-process evaluation of the same weights (on images); fixed (and learned) values
     are identical on both ranks and equal the delta's fingerprint; only rank 0 writes the run folder."""
-    from partial_ft.checkpoint import read_info
+    from partial_ft.delta import read_info
     from partial_ft.evaluation import evaluate_run
 
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"

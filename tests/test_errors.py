@@ -5,12 +5,16 @@ and no run folder created (or, for one that exists, changed). One table covers t
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+import socket
 from pathlib import Path
 
 import pytest
 
 from conftest import run_cli
 from partial_ft.__main__ import main
+from partial_ft.rundir import LOCK, MARKER
 from test_data import _no_label_parquet, _out_of_range
 
 STRATEGIES = "known: bias, block, filters, full, head, lora, norm"
@@ -64,6 +68,41 @@ CASES = {
     "existing-run-kept-on-mistake": ("existing", ["--overwrite", "data.train_split=trian"], "split 'trian' not found",
                                      False),
     "resume-with-another-recipe": ("stopped", ["--resume", "train.lr=0.1"], "cannot resume", False),
+    # never replace what partial_ft did not write (issue 17): a folder of other files, with or without --overwrite
+    "foreign-folder-refused": ("foreign", [], "is not a partial_ft run folder", False),
+    "foreign-folder-overwrite-refused": ("foreign", ["--overwrite"], "is not a partial_ft run folder", False),
+    "busy-folder-refused": ("busy", [], "is in use by process", False),
+    "busy-folder-overwrite-refused": ("busy", ["--overwrite"], "is in use by process", False),
+    # recipe values timm / torchvision would reject only once images flow: refused before any writing
+    "input-size-0": ("tiny", ["data.input_size=0"], "data.input_size must be a positive integer", False),
+    "input-size-negative": ("tiny", ["data.input_size=[-4,32]"], "data.input_size must be a positive integer", False),
+    "input-size-length-4": ("tiny", ["data.input_size=[3,3,32,32]"], "data.input_size must be a positive integer", False),
+    "input-size-channels": ("tiny", ["data.input_size=[1,32,32]"], "data.input_size has 1 channels, the model takes 3",
+                            False),
+    "std-zero": ("tiny", ["data.std=[0.5,0,0.5]"], "data.std must be > 0", False),
+    "mean-two-values": ("tiny", ["data.mean=[0.5,0.5]"], "data.mean must have 1 or 3 values", False),
+    "interpolation-unknown": ("tiny", ["data.interpolation=cubic"], "data.interpolation must be one of", False),
+    "auto-augment-unknown": ("tiny", ["data.augment=true", "data.auto_augment=nonsense"],
+                             "the image transforms cannot be built", False),
+    "crop-pct-negative": ("tiny", ["data.crop_pct=-0.5"], "data.crop_pct must be in (0, 1]", False),
+    "crop-pct-0": ("tiny", ["data.crop_pct=0"], "data.crop_pct must be in (0, 1]", False),
+    "color-jitter-negative": ("tiny", ["data.color_jitter=-0.1"], "data.color_jitter must be >= 0", False),
+    "ratio-degenerate": ("tiny", ["data.ratio=[2.0,0.5]"], "data.ratio must be [min, max] with 0 < min <= max", False),
+    "scale-above-1": ("tiny", ["data.scale=[0.5,2.0]"], "data.scale must be [min, max] with 0 < min <= max <= 1",
+                      False),
+    "seed-negative": ("tiny", ["train.seed=-1"], "train.seed must be in [0, 2**32)", False),
+    "seed-too-large": ("tiny", ["train.seed=4294967296"], "train.seed must be in [0, 2**32)", False),
+    "model-kwargs-unknown": ("tiny", ["model.kwargs={no_such_arg: 1}"], "model.kwargs not accepted by test_resnet",
+                             False),
+    "pretrained-tag-unknown": ("tiny", ["model.name=test_resnet.no_such_tag"], "Invalid pretrained tag", False),
+    "vit-cannot-patch": ("head", ["model.name=test_vit", "data.input_size=30"],
+                         "model 'test_vit' cannot run on data.input_size [3, 30, 30]", False),
+    "recipe-not-utf8": ("latin1", [], "not UTF-8 text", False),
+    # silent surprises that are errors now
+    "strategies-disagree-on-fixed": ("disagree", [], "the composed strategies disagree on 'fixed'", False),
+    "block-index-empty": ("block-empty", [], "an empty list selects no block", False),
+    "override-after-overwrite-still-read": ("existing", ["--overwrite", "train.trian=1"],
+                                            "unknown key 'train.trian'", False),
 }
 
 
@@ -77,6 +116,10 @@ def _setup(kind: str, tiny_recipe, tmp_path: Path) -> tuple[Path, Path, list[str
     run_dir = tmp_path / "runs" / "mistake"
     if kind == "missing":
         return tmp_path / "nope.yaml", run_dir, []
+    if kind == "latin1":
+        path = tmp_path / "latin1.yaml"
+        path.write_bytes("model: {name: test_resnet}\n# caf\xe9\n".encode("latin-1"))
+        return path, run_dir, []
     if kind in ("bad-yaml", "code-yaml", "typo-section"):
         text = {"bad-yaml": f"output: {{dir: {run_dir}}}\ntrain:\n  epochs: 3\n   lr: 0.1\n",
                 "code-yaml": "model: !!python/object/apply:os.system ['echo owned > /tmp/owned']\n",
@@ -86,7 +129,10 @@ def _setup(kind: str, tiny_recipe, tmp_path: Path) -> tuple[Path, Path, list[str
         return path, run_dir, []
     data = {"no-label": {"dataset": str(_no_label_parquet(tmp_path))},
             "out-of-range": {"dataset": str(_out_of_range(tmp_path))}}.get(kind, {})
-    strategy = {"name": "block", "index": 99} if kind == "block-99" else None
+    strategy = {"block-99": {"name": "block", "index": 99}, "block-empty": {"name": "block", "index": []},
+                "head": {"name": "head"},
+                "disagree": [{"name": "filters", "fraction": 0.25, "fixed": "zero"},
+                             {"name": "filters", "fraction": 0.25, "dim": "in", "fixed": "random"}]}.get(kind)
     recipe, extra = tiny_recipe("mistake", data=data, **({"strategy": strategy} if strategy else {})), []
     if kind == "output-file":
         run_dir = tmp_path / "a-file"
@@ -95,8 +141,15 @@ def _setup(kind: str, tiny_recipe, tmp_path: Path) -> tuple[Path, Path, list[str
     elif kind == "output-unwritable":  # /proc refuses new files even to root (chmod would not stop root)
         run_dir = Path("/proc/partial_ft-test/run")
         extra = [f"output.dir={run_dir}"]
+    if kind in ("foreign", "busy"):
+        run_dir.mkdir(parents=True)
+        (run_dir / "notes.txt").write_text("the user's own notes\n")
+    if kind == "busy":  # a live process (this one's parent: pytest's) holds the folder
+        (run_dir / MARKER).write_text("a partial_ft run folder\n")
+        (run_dir / LOCK).write_text(json.dumps({"pid": os.getppid(), "host": socket.gethostname()}) + "\n")
     if kind in ("existing", "stopped"):
         run_dir.mkdir(parents=True)
+        (run_dir / MARKER).write_text("a partial_ft run folder\n")
         (run_dir / "recipe.yaml").write_text(recipe.read_text())
         (run_dir / "metrics.jsonl").write_text('{"epoch": 1}\n')
         if kind == "existing":

@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from partial_ft import checkpoint, load_delta
+from partial_ft import checkpoints, load_delta
 from partial_ft.__main__ import main
-from partial_ft.checkpoint import prune_checkpoints
+from partial_ft.checkpoints import prune as prune_checkpoints
 
 
 def _nan_at(monkeypatch, calls: set[int]) -> None:
@@ -42,7 +42,7 @@ def test_nan_loss_stops_at_that_step_keeps_the_checkpoint_and_resumes_skipping(t
         main(["--recipe", str(recipe)])
     err = capsys.readouterr().err.strip()
     assert e.value.code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err
-    last = checkpoint.latest(run_dir)
+    last = checkpoints.latest(run_dir)
     assert last is not None and json.loads((last / "train_state.json").read_text())["step"] == 2
     assert err == (f"error: loss is nan at step 3 (epoch 1); stopped, last good checkpoint: {last}; lower "
                    "train.lr, set train.clip_grad, or set train.nan_policy=skip_batch (and --resume)")
@@ -90,7 +90,7 @@ def test_many_epochs_keep_metrics_progress_and_bounded_checkpoints(tiny_recipe, 
                                 "keep_checkpoints": 2, "progress": True, "log_every": 1})
     run_dir = tmp_path / "runs" / "long"
     seen: list[list[str]] = []
-    save = checkpoint.save_checkpoint
+    save = checkpoints.save
 
     def save_and_look(*args, **kwargs):
         folder = save(*args, **kwargs)
@@ -98,7 +98,7 @@ def test_many_epochs_keep_metrics_progress_and_bounded_checkpoints(tiny_recipe, 
         assert (run_dir / "checkpoints" / "latest").read_text().strip() == folder.name
         return folder
 
-    monkeypatch.setattr(checkpoint, "save_checkpoint", save_and_look)
+    monkeypatch.setattr(checkpoints, "save", save_and_look)
     assert main(["--recipe", str(recipe)]) == 0
     assert [m["epoch"] for m in _lines(run_dir)] == [1, 2, 3, 4, 5, 6]
     assert [m["step"] for m in _lines(run_dir)] == [2, 4, 6, 8, 10, 12]

@@ -22,23 +22,19 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from sweep import run_one  # noqa: E402
 
-from partial_ft import load_delta  # noqa: E402
+from partial_ft import data, load_delta, loaders  # noqa: E402
 from partial_ft import recipe as recipes  # noqa: E402
 
 
 @torch.no_grad()
 def member_logits(run_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits, labels) of a run's delta on the run's own validation split, in dataset order."""
-    from partial_ft import data, loaders
-
     recipe = recipes.load(run_dir / "recipe.yaml")
     model = load_delta(run_dir).eval()
     bundle = data.load(recipe.data, seed=recipe.train.seed)
     config = json.loads((run_dir / "summary.json").read_text())["data_config"]
-    _, eval_tf, _ = loaders.transforms(recipe.data, config)
-    ds = loaders.ImageDataset(bundle.val, bundle.image_column, bundle.label_column, eval_tf, "validation")
     logits, labels = [], []
-    for x, y, _ in loaders.loader(ds, 256, False, 0, 0):
+    for x, y, _ in loaders.eval_loader(bundle, recipe.data, config, 256, recipe.train.seed):
         logits.append(model(x).float())
         labels.append(y)
     return torch.cat(logits), torch.cat(labels)

@@ -27,6 +27,10 @@ class BlockOptions(Options):
         if self.batches is not None and self.batches < 1:
             raise UserError(f"strategy.batches must be >= 1, got {self.batches}")
 
+    def validate(self) -> None:
+        if isinstance(self.index, list) and not self.index:
+            raise UserError("strategy.index: an empty list selects no block; give one or more block indices")
+
 
 def resolve_indices(index: Union[str, int, list[int]], n: int, model_name: str) -> list[int]:
     """first | middle | last | int | [ints] -> block ordinals in 0..n-1 (negative ints count back)."""

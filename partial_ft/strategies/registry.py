@@ -213,7 +213,16 @@ def parse_spec(spec: Any) -> list[Options]:
     nodes = spec if isinstance(spec, list) else [spec]
     if not nodes:
         raise UserError("strategy list is empty")
+    for key in SHARED_OPTIONS:  # options that act on the whole model cannot differ between the parts
+        given = {repr(n[key]) for n in nodes if isinstance(n, dict) and key in n}
+        if len(given) > 1:
+            raise UserError(f"the composed strategies disagree on '{key}' ({', '.join(sorted(given))}): it applies to "
+                            "the whole model, so give it once or the same everywhere")
     return [parse_options(n) for n in nodes]
+
+
+# options whose value is one for the whole model: how fixed parts start, whether BatchNorm statistics move
+SHARED_OPTIONS = ("fixed", "norm_stats")
 
 
 def normalize_spec(spec: Any) -> Any:

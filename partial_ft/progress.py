@@ -1,0 +1,139 @@
+"""Where the training loop is (saved with every checkpoint, so a resumed run continues exactly), its
+throughput meter, and the run's summary (summary.json)."""
+from __future__ import annotations
+
+import dataclasses
+import resource
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+
+from .version import __version__
+
+
+@dataclass
+class Progress:
+    """The loop's position and counters; every field is saved in checkpoints (train_state.json)."""
+
+    epoch: int = 0  # the epoch in progress (0-based)
+    batches: int = 0  # batches of that epoch already consumed
+    step: int = 0  # optimizer updates so far
+    images: int = 0
+    skipped: int = 0  # unreadable images skipped (data.skip_bad_images)
+    nan_skipped: int = 0  # batches skipped for a non-finite loss (train.nan_policy: skip_batch)
+    dropped_images: int = 0  # images of one-image batches dropped (BatchNorm cannot train on them)
+    train_seconds: float = 0.0
+    epoch_images: int = 0
+    epoch_seconds: float = 0.0
+    loss_sum: float = 0.0  # this epoch's running loss (its train_loss is the mean)
+    loss_count: int = 0
+    metrics: dict = field(default_factory=dict)  # the last epoch's metrics
+    metrics_lines: int = 0  # lines of metrics.jsonl written (one per finished epoch)
+    steady_images: int = 0  # images of steps timed for the steady throughput (see Meter)
+    steady_seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.meter = Meter(self)  # not a field: not saved
+
+    def close_epoch(self) -> None:
+        """The epoch's batches are done: add its time and images to the run's."""
+        self.train_seconds += self.meter.elapsed()
+        self.images += self.epoch_images
+
+    def next_epoch(self) -> "Progress":
+        """The position at the start of the next epoch: per-epoch counters reset, run counters kept."""
+        return dataclasses.replace(self, epoch=self.epoch + 1, batches=0, epoch_images=0, epoch_seconds=0.0,
+                                   loss_sum=0.0, loss_count=0, metrics_lines=self.metrics_lines + 1)
+
+
+class Meter:
+    """Throughput bookkeeping. The steady rate leaves out the first step of each epoch (worker start-up,
+    first batch) and checkpoint writes; the epoch rate is what the progress bar shows."""
+
+    def __init__(self, progress: Progress):
+        self.p, self.epoch_start, self.mark, self.pending = progress, time.perf_counter(), None, 0
+
+    def start_epoch(self) -> None:
+        self.epoch_start = time.perf_counter() - self.p.epoch_seconds  # a resumed epoch keeps its time
+        self.mark, self.pending = None, 0
+
+    def add(self, images: int) -> None:
+        self.pending += images
+
+    def step(self) -> None:
+        """An optimizer step ended: time the images since the previous one."""
+        now = time.perf_counter()
+        if self.mark is not None:
+            self.p.steady_images += self.pending
+            self.p.steady_seconds += now - self.mark
+        self.mark, self.pending = now, 0
+
+    def pause(self) -> None:
+        """Before a checkpoint: record the epoch's time so far (it is saved)."""
+        self.p.epoch_seconds = self.elapsed()
+
+    def resume(self) -> None:
+        self.mark = time.perf_counter()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.epoch_start
+
+    def epoch_rate(self) -> float:
+        return self.p.epoch_images / max(self.elapsed(), 1e-9)
+
+
+def summarize(recipe: Any, plan: Any, p: Progress, optimizer: torch.optim.Optimizer, device: torch.device,
+              num_processes: int, class_names: list[str], data_config: dict, cache_note: str,
+              feature_cache: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """What summary.json holds: the plan's counts, the last epoch's metrics, throughput and memory.
+    train_seconds includes extracting cached features; train_images_per_second is the training steps'
+    own, in the steady state (see Meter)."""
+    metrics = p.metrics
+    feature_cache = dict(feature_cache) if feature_cache else None
+    extract = feature_cache.pop("extract_seconds") if feature_cache else 0.0
+    return {
+        "model": recipe.model.name,
+        "strategy": plan.label,
+        "strategy_spec": recipe.strategy,
+        "learned_params": plan.learned,
+        "total_params": plan.total,
+        "learned_fraction": plan.fraction,
+        "val_top1": metrics.get("val_top1"),
+        "val_top5": metrics.get("val_top5"),
+        "val_loss": metrics.get("val_loss"),
+        "epochs": metrics.get("epoch", 0),
+        "steps": p.step,
+        "train_seconds": round(p.train_seconds + extract, 3),
+        "train_images_per_second": (p.steady_images / p.steady_seconds if p.steady_seconds else
+                                    p.images / p.train_seconds if p.train_seconds else 0.0),
+        "optimizer_state_bytes": optimizer_state_bytes(optimizer),
+        "peak_memory_bytes": peak_memory_bytes(device),
+        "feature_cache": feature_cache,
+        "feature_extract_seconds": round(extract, 3),
+        "feature_cache_note": cache_note,
+        "skipped_images": p.skipped,
+        "dropped_images": p.dropped_images,
+        "nan_skipped_batches": p.nan_skipped,
+        "num_processes": num_processes,
+        "num_classes": len(class_names),
+        "data_config": {k: list(v) if isinstance(v, tuple) else v for k, v in data_config.items()},
+        "seed": recipe.train.seed,
+        "partial_ft_version": __version__,
+    }
+
+
+def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
+    """Bytes held in the optimizer's per-parameter state (momentum, Adam moments, ...)."""
+    return sum(v.numel() * v.element_size() for state in optimizer.state.values()
+               for v in state.values() if torch.is_tensor(v) and v.dim() > 0)
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """Peak accelerator memory on GPU; peak resident set size of this process on CPU."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is KiB on Linux, bytes on macOS
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale)
