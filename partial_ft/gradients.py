@@ -11,41 +11,32 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import loaders
-from .signals import StopFlag
+from . import loaders, signals
 from .strategies import Gradients
 
 
-class ScoringInterrupted(Exception):
-    """SIGTERM / Ctrl-C during the scoring pass: it stops after the current batch, before anything is
-    written; the run can simply be started again."""
-
-    def __init__(self, signum: int):
-        import signal
-
-        self.signum = signum
-        super().__init__(f"interrupted by {signal.Signals(signum).name} during the scoring pass, before anything "
-                         "was written")
-
-
 def from_loader(train_loader: torch.utils.data.DataLoader, accelerator: Any, criterion: nn.Module, seed: int,
-                channels_last: bool, stop: StopFlag) -> Gradients:
+                channels_last: bool) -> Gradients:
     """Gradients over the first batches of a seeded shuffle of the training data (its own loader, so the
     training loader's order is untouched). Process r of P takes batches r, r + P, ...; their statistics
-    are summed across processes by `accelerator.reduce`. `stop` set (a signal) ends the pass."""
+    are summed across processes by `accelerator.reduce`. A SIGTERM / Ctrl-C stops the pass within a batch
+    (inside signals.stop_on_signals)."""
     acc = accelerator
 
     def draw(model: nn.Module, n: int) -> Iterator[int]:
         source = loaders.loader(train_loader.dataset, train_loader.batch_size, True, train_loader.num_workers, seed,
                                 train_loader.pin_memory)
-        device = acc.device
+        home, device = next(model.parameters()).device, acc.device
+        if acc.is_main_process:
+            print(f"scoring pass: gradients of {n} training batches", flush=True)
         model.to(device)
         # dropout and the like draw from the generators: training must see the numbers it would without a pass
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             try:
-                yield from _batches(model, source, n, acc, criterion, channels_last, stop)
+                yield from _batches(model, source, n, acc, criterion, channels_last)
             finally:
                 loaders.shutdown_workers(source)
+                model.to(home)  # strategies split weights where the model was built
 
     def reduce(t: torch.Tensor) -> torch.Tensor:
         return acc.reduce(t.to(acc.device), reduction="sum")
@@ -56,14 +47,14 @@ def from_loader(train_loader: torch.utils.data.DataLoader, accelerator: Any, cri
 
 
 def _batches(model: nn.Module, source: torch.utils.data.DataLoader, n: int, acc: Any, criterion: nn.Module,
-             channels_last: bool, stop: StopFlag) -> Iterator[int]:
+             channels_last: bool) -> Iterator[int]:
     """Forward and backward over this process's share of the first `n` batches, one yield per batch."""
     for i, (x, y, _bad) in enumerate(source):
         if i >= n:
             break
-        if stop.signum is not None:
-            raise ScoringInterrupted(stop.signum)
-        if i % acc.num_processes != acc.process_index or x is None:  # another's share, or every image unreadable
+        signals.raise_if_stopped("the scoring pass")
+        # another process's share; every image unreadable; or a lone image (a train-mode BatchNorm needs two)
+        if i % acc.num_processes != acc.process_index or x is None or x.shape[0] < 2:
             continue
         x, y = x.to(acc.device, non_blocking=True), y.to(acc.device, non_blocking=True)
         if channels_last and x.dim() == 4:
@@ -72,3 +63,4 @@ def _batches(model: nn.Module, source: torch.utils.data.DataLoader, n: int, acc:
             loss = criterion(model(x), y)
         loss.backward()
         yield i
+        signals.raise_if_stopped("the scoring pass")  # before waiting for the next batch

@@ -242,7 +242,7 @@ def test_block_auto_picks_the_largest_relative_gradient_norm():
     weights = dict(model.named_parameters())
     grads = {n: scale[n] * weights[n].detach().clone() for n in scale}
     plan = apply_strategy(model, {"name": "block", "index": "auto"}, gradients=_set_grads(grads, batches=1))
-    assert plan.spec["index"] == 2
+    assert plan.spec["index"] == "auto" and plan.spec["chosen"] == 2 and plan.label == "block(index=auto)"
     assert {n for n, p in model.named_parameters() if p.requires_grad} == set(groups[2]) | {"fc.weight", "fc.bias"}
     assert "block index auto: block 2" in plan.table() and "5.00x the next" in plan.table()
     again = timm.create_model("test_resnet", num_classes=3)

@@ -21,7 +21,7 @@ from torch import nn
 from ..errors import UserError, did_you_mean
 from ..partial import axis_size
 from .layers import classifier_params, norm_params, weight_layers
-from .registry import Context, Options, PartialSpec, Selection, register
+from .registry import Context, Options, PartialSpec, Selection, recorded, register
 
 UNIT_AXIS = {"filter": "out", "channel": "in", "kernel": "spatial"}
 
@@ -33,7 +33,7 @@ class AutoOptions(Options):
     score: Literal["fisher", "grad", "random"] = "fisher"
     batches: Optional[int] = None  # training batches the scoring pass draws (default 8, or all if fewer)
     norm: bool = True  # norm layers learn (inside the budget), as with `filters`
-    selected: Optional[dict] = None  # {layer: [unit indices]}: written by the scoring pass; set, no scoring
+    selected: Optional[dict] = recorded()  # {layer: [unit indices]}: written by the scoring pass; set, no scoring
 
     def validate(self) -> None:
         if isinstance(self.budget, float) and not 0 < self.budget < 1:
@@ -86,19 +86,17 @@ def select_units(sizes: dict[str, int], scores: dict[str, torch.Tensor], budget:
     fit is passed over for smaller ones after it). Ties go to the earlier layer, then the lower index."""
     names = list(scores)
     density = torch.cat([scores[n] / sizes[n] for n in names])
-    layer = torch.cat([torch.full((len(scores[n]),), i) for i, n in enumerate(names)])
-    index = torch.cat([torch.arange(len(scores[n])) for n in names])
-    unit_size = torch.tensor([sizes[n] for n in names])[layer]
-    smallest = int(unit_size.min()) if len(unit_size) else 0
+    units = [(n, i) for n in names for i in range(len(scores[n]))]
+    smallest = min(sizes[n] for n in names) if names else 0
     chosen: dict[str, list[int]] = {}
     left = budget
     for u in torch.argsort(-density, stable=True).tolist():
         if left < smallest:
             break
-        size = int(unit_size[u])
-        if size <= left:
-            left -= size
-            chosen.setdefault(names[int(layer[u])], []).append(int(index[u]))
+        name, index = units[u]
+        if sizes[name] <= left:
+            left -= sizes[name]
+            chosen.setdefault(name, []).append(index)
     return {n: sorted(chosen[n]) for n in names if n in chosen}
 
 

@@ -14,7 +14,7 @@ from torch import nn
 
 from ..errors import UserError
 from .layers import blocks
-from .registry import Context, Options, Selection, register
+from .registry import Context, Options, Selection, recorded, register
 
 
 @dataclass
@@ -22,10 +22,13 @@ class BlockOptions(Options):
     index: Union[Literal["first", "middle", "last", "auto"], int, list[int]] = "middle"
     coarse: bool = True  # timm's coarse grouping (stages) or fine (individual blocks)
     batches: Optional[int] = None  # training batches index: auto's scoring pass draws (default 8, or all if fewer)
+    chosen: Optional[int] = recorded()  # the block index: auto chose (written by the scoring pass; set, no scoring)
 
     def validate(self) -> None:
         if self.batches is not None and self.batches < 1:
             raise UserError(f"strategy.batches must be >= 1, got {self.batches}")
+        if self.chosen is not None and self.index != "auto":
+            raise UserError("strategy.chosen records what index: auto chose; it goes with index: auto only")
 
     def validate(self) -> None:
         if isinstance(self.index, list) and not self.index:
@@ -70,11 +73,13 @@ def block(model: nn.Module, opts: BlockOptions, ctx: Context) -> Selection:
     groups = blocks(model, opts.coarse)
     name = getattr(model, "default_cfg", {}).get("architecture", type(model).__name__)
     sel = Selection()
-    if opts.index == "auto":
+    if opts.index == "auto" and opts.chosen is not None:
+        chosen = resolve_indices(opts.chosen, len(groups), name)
+    elif opts.index == "auto":
         rgn = relative_gradient_norms(model, groups, ctx, opts.batches)
         order = sorted(range(len(groups)), key=lambda i: -rgn[i])
         best = order[0]
-        sel.resolved = {"index": best}
+        sel.resolved = {"chosen": best}
         sel.remarks.append(_won(groups, rgn, order, ctx.scoring_seconds,
                                 ctx.check_batches(opts.batches, "strategy block")))
         chosen = [best]

@@ -231,11 +231,18 @@ def normalize_spec(spec: Any) -> Any:
     return resolved if isinstance(spec, list) else resolved[0]
 
 
+def recorded() -> Any:
+    """An option a strategy fills in with what it chose from data (see Selection.resolved): None until
+    then; left out of labels, so a run reads the same before and after its choice is recorded."""
+    return field(default=None, metadata={"recorded": True})
+
+
 def describe(options: Options) -> str:
-    """A short label: the name and the options that differ from their defaults."""
+    """A short label: the name and the options that differ from their defaults (recorded choices left out)."""
     defaults = options.__class__(name=options.name)
     changed = [f"{f.name}={getattr(options, f.name)}" for f in dataclasses.fields(options)
-               if f.name != "name" and getattr(options, f.name) != getattr(defaults, f.name)]
+               if f.name != "name" and not f.metadata.get("recorded")
+               and getattr(options, f.name) != getattr(defaults, f.name)]
     return f"{options.name}({', '.join(changed)})" if changed else options.name
 
 
