@@ -247,3 +247,11 @@ def test_block_auto_picks_the_largest_relative_gradient_norm():
     assert "block index auto: block 2" in plan.table() and "5.00x the next" in plan.table()
     again = timm.create_model("test_resnet", num_classes=3)
     assert apply_strategy(again, plan.spec).learned_names == plan.learned_names  # no gradients needed
+
+
+def test_the_plan_says_when_layers_get_no_gradient():
+    grads = {"conv1.weight": _hand_grads()["conv1.weight"]}  # conv2 silent, as behind a zero norm scale
+    _, plan = _plan({"name": "auto", "budget": 40}, gradients=_set_grads(grads))
+    assert "auto: 1 of 2 layers got no gradient at all (e.g. conv2)" in plan.table()
+    _, plan = _plan({"name": "auto", "budget": 40})
+    assert "got no gradient" not in plan.table()

@@ -161,6 +161,12 @@ def _describe(layers: dict[str, nn.Module], sizes: dict[str, int], scores: dict[
     spent = sum(sizes[n] * len(v) for n, v in chosen.items())
     left = budget - need - spent
     parts = " + ".join(w for w, on in (("classifier", opts.head), ("norm", opts.norm)) if on) or "nothing whole"
-    return notes, [f"auto: budget {budget:,} = {parts} {need:,} + {units:,} {opts.unit}s by {opts.score} score "
-                   f"{spent:,} (in {len(chosen)} of {len(layers)} layers) + {left:,} unspent (no unchosen "
-                   f"{opts.unit} fits){how}"]
+    lines = [f"auto: budget {budget:,} = {parts} {need:,} + {units:,} {opts.unit}s by {opts.score} score "
+             f"{spent:,} (in {len(chosen)} of {len(layers)} layers) + {left:,} unspent (no unchosen "
+             f"{opts.unit} fits){how}"]
+    silent = [n for n, s in scores.items() if opts.score != "random" and float(s.sum()) == 0.0]
+    if silent:  # they can only get units the others leave over: say why that may be
+        lines.append(f"auto: {len(silent)} of {len(layers)} layers got no gradient at all (e.g. {silent[0]}); from "
+                     "random init, timm's zero_init_last silences residual branches until their last norm scale "
+                     "moves (model.kwargs: {zero_init_last: false} avoids it)")
+    return notes, lines
