@@ -13,12 +13,12 @@ switching off its dropout, and says so.
 """
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Optional
 
+import psutil
 import torch
 from torch import nn
 
@@ -108,20 +108,7 @@ def _same_in_training(model: nn.Module, cut: cuts.Cut, probe: torch.Tensor) -> b
 
 def _memory_budget(mode: str) -> int:
     """Bytes the cache may take: a share of the memory available now (host memory: the cache lives there)."""
-    available = None
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    available = int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    if available is None:
-        try:
-            available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (ValueError, OSError, AttributeError):
-            available = 4 * 2**30
-    return int(available * (0.25 if mode == "auto" else 0.6))
+    return int(psutil.virtual_memory().available * (0.25 if mode == "auto" else 0.6))
 
 
 class FeatureDataset(torch.utils.data.Dataset):

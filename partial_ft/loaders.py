@@ -11,7 +11,8 @@ import numpy as np
 import torch
 from datasets import Dataset, Image
 
-from .data import INDEX_COLUMN, DataBundle
+from .data import DataBundle
+from .data_columns import INDEX_COLUMN
 from .errors import UserError, first_line
 from .recipe import DataCfg
 

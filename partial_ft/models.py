@@ -8,6 +8,8 @@ from pathlib import Path
 
 import timm
 import torch
+from timm.data import resolve_model_data_config
+from timm.models import load_state_dict
 from torch import nn
 
 from .errors import UserError, first_line
@@ -81,26 +83,21 @@ def _pretrained_reason(e: Exception) -> str:
 
 
 def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    """A state dict from .safetensors or a torch file (weights_only: never unpickles code)."""
+    """A state dict from .safetensors or a torch file, read by timm's load_state_dict: `weights_only` (never
+    unpickles code), `state_dict` / `model` wrappers and `module.` / `_orig_mod.` prefixes removed."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint file not found: {path}")
     try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+        # use_ema=False: a training checkpoint's `state_dict` (the weights as trained), not its EMA copy
+        state = load_state_dict(str(path), use_ema=False, device="cpu", weights_only=True)
+    except AttributeError:  # timm's prefix cleaning calls .items(): the file holds something else
+        state = None
     except Exception as e:
         raise UserError(f"cannot read checkpoint {path}: {first_line(e)}") from None
-    for key in ("state_dict", "model", "state_dict_ema"):  # common training-checkpoint wrappers
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-            break
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise UserError(f"checkpoint {path} does not hold a state dict of tensors")
-    return {k.removeprefix("module."): v for k, v in state.items()}
+    return state
 
 
 def load_checkpoint(model: nn.Module, path: str | Path) -> None:
@@ -135,18 +132,11 @@ def _few(items: list[str], n: int = 3) -> str:
 
 
 def data_config(model: nn.Module, cfg: DataCfg) -> dict:
-    """timm's data config for the model (input size, interpolation, mean, std, crop), recipe overrides applied."""
-    from timm.data import resolve_model_data_config
-
-    config = dict(resolve_model_data_config(model))
-    if cfg.input_size is not None:
-        size = cfg.input_size
-        config["input_size"] = (3, size, size) if isinstance(size, int) else (3, *size[-2:])
-    for key in ("mean", "std"):
-        if getattr(cfg, key) is not None:
-            config[key] = tuple(getattr(cfg, key))
-    if cfg.interpolation is not None:
-        config["interpolation"] = cfg.interpolation
-    if cfg.crop_pct is not None:
-        config["crop_pct"] = cfg.crop_pct
-    return config
+    """timm's data config for the model (input size, interpolation, mean, std, crop), the recipe's keys
+    passed as its args (a None key falls back to the model's pretrained config)."""
+    size = cfg.input_size
+    # images are converted to RGB before the transforms, so the input always has 3 channels
+    input_size = None if size is None else (3, size, size) if isinstance(size, int) else (3, *size[-2:])
+    args = {"input_size": input_size, "mean": cfg.mean, "std": cfg.std, "interpolation": cfg.interpolation,
+            "crop_pct": cfg.crop_pct}
+    return dict(resolve_model_data_config(model, args=args))

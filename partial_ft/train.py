@@ -19,7 +19,7 @@ from timm.scheduler import create_scheduler_v2
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import cache, data, delta, gradients, loaders, models, signals, validate
+from . import cache, collective, data, delta, gradients, loaders, models, signals, validate
 from .errors import NonFiniteLoss
 from .evaluation import evaluate
 from .partial import partial_buffer_names
@@ -215,7 +215,7 @@ def train(s: Setup, folder: RunFolder, resume_from: Optional[Path], stop: StopFl
             p = p.next_epoch()
             if not loop.finished(p):
                 saved = loop.save(p)
-                if _stop_requested(s.accelerator, stop):
+                if collective.stop_requested(s.accelerator, stop):
                     raise Interrupted(stop.signum, p.step, saved)
     finally:  # on errors too: persistent workers must not outlive the loop (see loaders.shutdown_workers)
         loaders.shutdown_workers(loop.train_loader, loop.val_loader, batches)
@@ -243,7 +243,7 @@ def train_one_epoch(loop: Loop, p: Progress) -> Any:
         p.skipped += bad
         if x is None:  # every image of the batch was unreadable and skipped
             continue
-        if _lone_image(acc, loop.model, x):
+        if collective.lone_image(acc, loop.model, x):
             p.dropped_images += x.shape[0]
             continue
         if not train_step(loop, p, x, y):
@@ -253,7 +253,7 @@ def train_one_epoch(loop: Loop, p: Progress) -> Any:
                             lr=f"{loop.optimizer.param_groups[0]['lr']:.2e}")
         if t.max_steps and p.step >= t.max_steps:
             break
-        stopping = _stop_requested(acc, loop.stop)
+        stopping = collective.stop_requested(acc, loop.stop)
         periodic = t.checkpoint_every and p.step % t.checkpoint_every == 0 and p.batches < len(loop.train_loader)
         if stopping or periodic:  # (the epoch's last batch is followed by the epoch-end checkpoint)
             p.meter.pause()
@@ -273,7 +273,7 @@ def train_step(loop: Loop, p: Progress, x: torch.Tensor, y: torch.Tensor) -> boo
         x = x.contiguous(memory_format=torch.channels_last)
     with acc.accumulate(loop.model):
         loss = loop.criterion(loop.forward(x), y)
-        if not _all_finite(acc, loss):  # before backward
+        if not collective.all_finite(acc, loss):  # before backward
             if t.nan_policy == "stop":
                 raise NonFiniteLoss(loss.item(), p.step + 1, p.epoch + 1, loop.folder.latest())
             loop.optimizer.zero_grad(set_to_none=True)  # and what this accumulation gathered so far
@@ -310,32 +310,3 @@ def end_of_epoch(loop: Loop, p: Progress) -> None:
         top5 = "" if m["val_top5"] is None else f"  val_top5 {m['val_top5']:.4f}"
         print(f"epoch {p.epoch + 1}/{loop.epochs}  step {p.step}  loss {m['train_loss']:.4f}  "
               f"val_top1 {m['val_top1']:.4f}{top5}", flush=True)
-
-
-def _lone_image(acc: Accelerator, model: nn.Module, x: torch.Tensor) -> bool:
-    """A batch of one image on some process (a dataset that leaves a last batch of one) cannot train a
-    BatchNorm in training mode (one value per channel): every process drops that batch together."""
-    if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in model.modules()):
-        return False
-    negative = torch.tensor([-x.shape[0]], device=x.device)  # Accelerate reduces by sum or max, not min
-    if acc.num_processes > 1:
-        negative = acc.reduce(negative, reduction="max")
-    return -int(negative.item()) < 2
-
-
-def _all_finite(acc: Accelerator, loss: torch.Tensor) -> bool:
-    """Whether the loss is finite on every process: all must stop (or skip) together."""
-    bad = (~torch.isfinite(loss.detach())).reshape(1).to(torch.int32)
-    if acc.num_processes > 1:
-        bad = acc.reduce(bad, reduction="sum")
-    return int(bad.item()) == 0
-
-
-def _stop_requested(acc: Accelerator, stop: StopFlag) -> bool:
-    """Whether any process got SIGTERM / Ctrl-C: all processes must stop (and checkpoint) together."""
-    if acc.num_processes == 1:
-        return stop.signum is not None
-    flag = torch.tensor([stop.signum or 0], device=acc.device)
-    signum = int(acc.reduce(flag, reduction="max").item())
-    stop.signum = stop.signum or (signum or None)
-    return signum != 0

@@ -12,7 +12,7 @@ import timm
 import torch
 from conftest import run_cli
 
-from partial_ft import delta, gradients, load_delta, merged_state_dict, train
+from partial_ft import collective, delta, gradients, load_delta, merged_state_dict, train
 from partial_ft import recipe as recipes
 from partial_ft.models import build
 from partial_ft.partial import learned_masks
@@ -89,7 +89,7 @@ def test_resume_rebuilds_the_recorded_selection_without_scoring(auto_run, tmp_pa
             return True
         return False
 
-    monkeypatch.setattr(train, "_stop_requested", stop_once)
+    monkeypatch.setattr(collective, "stop_requested", stop_once)
     with pytest.raises(train.Interrupted):
         train.run(raw)
     monkeypatch.setattr(gradients, "from_loader", _no_scoring)

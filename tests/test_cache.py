@@ -3,6 +3,7 @@ reproduce the model; cached training equals training on images; the auto / on / 
 from __future__ import annotations
 
 import json
+import types
 
 import pytest
 import timm
@@ -123,6 +124,28 @@ def test_policy_auto_on_off():
     assert d.cut is None and "larger than the images" in d.note
     _, d = _decide("vgg11_bn", {"name": "norm", **FROZEN}, "on", mlp_ratio=0.0625)
     assert d.cut.name == "features.1"
+
+
+@pytest.mark.parametrize("available_gib, mode, expected", [
+    (2, "on", "error: train.cache_features: on, but the features at pre-logits need 1.5 GiB, more than the "
+              "1.2 GiB this machine can spare"),
+    (2, "auto", "not used: the features need 1.5 GiB (more than 0.5 GiB)"),
+    (4, "on", "features at pre-logits"),  # 60% of what is available
+    (4, "auto", "not used: the features need 1.5 GiB (more than 1.0 GiB)"),
+    (8, "auto", "features at pre-logits"),  # 25% of what is available
+])
+def test_memory_budget_is_a_share_of_available_memory(monkeypatch, available_gib, mode, expected):
+    """test_resnet's pre-logits: 96 float32 per image x 2**22 images = 1.5 GiB of features."""
+    memory = types.SimpleNamespace(available=available_gib * 2**30)
+    monkeypatch.setattr(cache.psutil, "virtual_memory", lambda: memory)
+    torch.manual_seed(0)
+    model = timm.create_model("test_resnet", num_classes=5)
+    apply_strategy(model, {"name": "head", **FROZEN}, seed=0)
+    try:
+        note = cache.decide(model, mode, True, (3, 32, 32), 2**22).note
+    except UserError as e:
+        note = f"error: {e}"
+    assert note.startswith(expected), note
 
 
 def test_yaml_booleans_and_summary_note(tiny_recipe, tmp_path):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -166,13 +167,34 @@ def test_missing_recipe_and_refusal_to_clobber(tiny_recipe, tmp_path):
     assert run_cli("--recipe", str(recipe), "--overwrite").returncode == 0
 
 
+# a few strategies' listings, written down: header (name, aliases) and every option with its default
+LISTED = {
+    "head": ("head", {"head": "True", "norm": "False", "norm_stats": "update"}),
+    "norm": ("norm (alias: bn)", {"head": "True", "norm": "False", "norm_stats": "update"}),
+    "lora": ("lora", {"head": "True", "norm": "False", "norm_stats": "update", "rank": "8", "alpha": "None",
+                      "dropout": "0.0", "layers": "all", "modules": "None"}),
+}
+
+
 def test_strategies_command_lists_every_strategy_with_options():
+    """Each strategy is a header line `name[ (alias: ...)]: description` followed by its indented options."""
     p = run_cli("strategies")
     assert p.returncode == 0
+    listed: dict[str, tuple[str, dict[str, str]]] = {}
+    options: dict[str, str] = {}
+    for line in p.stdout.splitlines():
+        if line.startswith("    "):
+            option, _, default = line.strip().partition(": ")
+            options[option] = default
+        elif line.strip():
+            header = re.match(r"(\S+(?: \([^)]*\))?): ", line).group(1)
+            options = {}
+            listed[header.split(" (", 1)[0]] = (header, options)
+    assert set(listed) == {s.name for s in list_strategies()}  # a header per strategy, not an option named so
     for s in list_strategies():
-        assert f"{s.name}" in p.stdout
-        for option in s.option_defaults():
-            assert f"{option}:" in p.stdout
+        assert set(listed[s.name][1]) == set(s.option_defaults()), s.name
+    for name, expected in LISTED.items():
+        assert listed[name] == expected
 
 
 def test_middle_block_recipe_runs_offline_when_overridden(tmp_path):

@@ -17,7 +17,8 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
 from PIL import Image as PILImage
 
 from conftest import run_cli
-from partial_ft import data, loaders
+from partial_ft import data, data_sources, loaders
+from partial_ft.data_columns import INDEX_COLUMN
 from partial_ft.errors import UserError
 from partial_ft.recipe import DataCfg
 
@@ -41,7 +42,7 @@ def _mode_variant(image: PILImage.Image, i: int) -> PILImage.Image:
 def forms(tmp_path_factory) -> dict[str, Path]:
     """The local forms of one small digits dataset (ROWS rows), written once per module."""
     root = tmp_path_factory.mktemp("forms")
-    rows = data.digits()["train"].select(range(ROWS))
+    rows = data_sources.digits()["train"].select(range(ROWS))
     images, labels = list(rows["image"]), list(rows["label"])
     # 1. imagefolder: one subfolder per class, named
     for i, (image, label) in enumerate(zip(images, labels)):
@@ -95,8 +96,8 @@ def test_imagefolder_named_classes_and_carved_split(forms):
     val_idx = carved["indices"]
     assert len(b.train) + len(b.val) == ROWS and len(val_idx) == len(b.val)
     # disjoint, every class represented in validation (stratified), and the recorded rows are the val rows
-    assert set(b.val[data.INDEX_COLUMN]) == set(val_idx)
-    assert not set(b.train[data.INDEX_COLUMN]) & set(val_idx)
+    assert set(b.val[INDEX_COLUMN]) == set(val_idx)
+    assert not set(b.train[INDEX_COLUMN]) & set(val_idx)
     assert set(b.val["label"]) == set(range(10))
     # seeded: same seed same carve, another seed another carve
     assert data.load(DataCfg(dataset=str(forms["imagefolder"])), seed=0).info["val_split"]["indices"] == val_idx
@@ -126,7 +127,7 @@ def test_parquet_nonstandard_columns_string_labels(forms):
     # the mapping: id = position in class_names; each row's id names its digit
     b = _load(forms["parquet"])
     ids = b.val["digit"]
-    sources = b.val[data.INDEX_COLUMN]
+    sources = b.val[INDEX_COLUMN]
     assert all(b.class_names[i] == NAMES[forms["labels"][s]] for i, s in zip(ids, sources))
     assert isinstance(b.train.features["digit"], ClassLabel) and b.train.features["digit"].names == b.class_names
     # explicit overrides
@@ -144,7 +145,7 @@ def test_arrow_file_and_image_paths(tmp_path, forms):
     b = _load(tmp_path / "paths.parquet")
     assert (b.image_column, b.label_column) == ("file", "cls") and b.class_names == sorted(NAMES)
     image, label = loaders.ImageDataset(b.train, "file", "cls", lambda im: im, "train")[0]
-    source_row = b.train[0][data.INDEX_COLUMN]
+    source_row = b.train[0][INDEX_COLUMN]
     assert image.mode == "RGB" and image.size == (8, 8) and b.class_names[label] == Path(files[source_row]).parent.name
 
 
@@ -157,11 +158,28 @@ def test_hub_like_splits(forms):
     assert len(b.train) == ROWS - 160
 
 
+@pytest.mark.parametrize("labels, fraction, val_per_class", [
+    ([0] * 90 + [1] * 10, 0.1, {0: 9, 1: 1}),  # each class in proportion
+    ([c for c in range(10) for _ in range(5)], 0.05, {c: 1 for c in range(10)}),  # at least one row per class
+    ([0, 0, 1, 1], 0.9, {0: 1, 1: 1}),  # never a whole class
+    ([0, 0, 0, 0, 1, 1, 1, 1, 2], 0.25, {0: 1, 1: 1}),  # the single row of class 2 stays in train
+    ([0, 1, 2], 0.5, {}),  # no class with two rows: nothing to carve (load() says so)
+], ids=["proportional", "one-per-class", "pairs", "singleton-stays", "all-singletons"])
+def test_carve_is_stratified_and_seeded(labels, fraction, val_per_class):
+    labels = np.array(labels)
+    train_idx, val_idx = data.carve(labels, fraction, seed=0)
+    assert dict(zip(*np.unique(labels[val_idx], return_counts=True))) == val_per_class
+    assert sorted([*train_idx, *val_idx]) == list(range(len(labels)))  # disjoint, and every row is used
+    assert np.array_equal(data.carve(labels, fraction, seed=0)[1], val_idx)
+    if len(labels) > 20:
+        assert not np.array_equal(data.carve(labels, fraction, seed=1)[1], val_idx)
+
+
 def test_digits_builtin_unchanged():
     b = data.load(DataCfg(dataset="digits", max_train_samples=64))
     assert b.info["val_split"] == "validation" and len(b.val) == 360 and len(b.train) == 64
     # max_train_samples draws the same rows as datasets' own seeded shuffle
-    full = data.digits()["train"]
+    full = data_sources.digits()["train"]
     assert list(b.train["label"]) == list(full.shuffle(seed=0).select(range(64))["label"])
 
 
@@ -196,6 +214,17 @@ def _negative_ints(tmp_path: Path) -> Path:
     return path
 
 
+def _labels(tmp_path: Path, name: str, labels: list, val_labels: list | None = None) -> Path:
+    """Parquet with the given labels (a train file, and a validation file when val_labels is given)."""
+    png = _png(PILImage.new("L", (4, 4)))
+    folder = tmp_path / name
+    folder.mkdir()
+    for split, values in (("train", labels), ("validation", val_labels)):
+        if values is not None:
+            pq.write_table(pa.table({"image": [png] * len(values), "label": values}), folder / f"{split}.parquet")
+    return folder if val_labels is not None else folder / "train.parquet"
+
+
 @pytest.mark.parametrize("source, kw, expected", [
     (lambda t, f: t / "no" / "such" / "folder", {}, "dataset path does not exist"),
     (lambda t, f: "no-such-user/no-such-dataset", {}, "cannot load dataset 'no-such-user/no-such-dataset'"),
@@ -215,9 +244,22 @@ def _negative_ints(tmp_path: Path) -> Path:
     (lambda t, f: _negative_ints(t), {}, "labels outside the class range: column 'label' holds negative"),
     (lambda t, f: f["parquet"], {"label_column": "sample_id"},  # one row per class: nothing to stratify
      "cannot carve a validation split out of 'train' (200 rows, no class with two samples)"),
+    # labels that make no sense: refused before anything is allocated (issue 17)
+    (lambda t, f: _labels(t, "huge", [0, 1, 2_000_000_000, 1]), {},
+     "holds the integer label 2000000000, which would make 2,000,000,001 classes for 4 rows"),
+    (lambda t, f: _labels(t, "sparse", [0, 100_000] * 3), {},
+     "holds the integer label 100000, which would make 100,001 classes for 6 rows"),
+    (lambda t, f: _labels(t, "single", ["cat"] * 4), {}, "label column 'label' has 1 class; need at least 2"),
+    (lambda t, f: _labels(t, "floats", [0.0, 1.0, 0.5, 1.0]), {}, "holds float64 values; labels must be class ids"),
+    (lambda t, f: _labels(t, "val-only", [0, 1, 0, 1], [0, 1, 2, 2]), {},
+     "1 class(es) appear in split 'validation' but never in 'train' (2)"),
+    (lambda t, f: _labels(t, "val-only-names", ["cat", "dog"] * 2, ["cat", "emu"]), {},
+     "1 class(es) appear in split 'validation' but never in 'train' (emu)"),
 ], ids=["missing-path", "hub-id-offline", "empty-glob", "no-label-column", "no-image-column",
         "bad-label-override", "bad-image-override", "missing-val-split", "missing-train-split",
-        "unlabelled-val-split", "label-above-range", "negative-labels", "cannot-carve"])
+        "unlabelled-val-split", "label-above-range", "negative-labels", "cannot-carve",
+        "label-2e9", "label-1e5", "single-class", "float-labels", "class-only-in-val-ints",
+        "class-only-in-val-names"])
 def test_load_errors(tmp_path, forms, source, kw, expected):
     assert expected in _err(source(tmp_path, forms), **kw)
 
@@ -244,7 +286,7 @@ def test_to_rgb(mode):
 def test_unreadable_image_named_by_source_index(forms):
     b = _load(forms["parquet"])
     role, hf = ("validation", b.val) if BAD_ROW in b.info["val_split"]["indices"] else ("train", b.train)
-    position = list(hf[data.INDEX_COLUMN]).index(BAD_ROW)
+    position = list(hf[INDEX_COLUMN]).index(BAD_ROW)
     ds = loaders.ImageDataset(hf, b.image_column, b.label_column, lambda im: torch.zeros(1), role)
     with pytest.raises(loaders.BadImageError) as e:
         ds[position]

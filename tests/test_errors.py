@@ -15,7 +15,7 @@ import pytest
 from conftest import run_cli
 from partial_ft.__main__ import main
 from partial_ft.rundir import LOCK, MARKER
-from test_data import _no_label_parquet, _out_of_range
+from test_data import _labels, _no_label_parquet, _out_of_range
 
 STRATEGIES = "known: bias, block, filters, full, head, lora, norm"
 
@@ -58,6 +58,8 @@ CASES = {
     "dataset-not-on-hub": ("tiny", ["data.dataset=nobody-xyz/no-such-dataset"], "cannot load dataset", False),
     "no-label-column": ("no-label", [], "no label column found", False),
     "labels-out-of-range": ("out-of-range", [], "labels outside the class range", False),
+    "label-2e9": ("huge-label", [], "which would make 2,000,000,001 classes for 4 rows", False),
+    "class-only-in-validation": ("val-only", [], "appear in split 'validation' but never in 'train'", False),
     "unknown-split": ("tiny", ["data.train_split=trian"], "split 'trian' not found", False),
     "unknown-column": ("tiny", ["data.image_column=pixels"], "data.image_column 'pixels' not found", False),
     # the output path
@@ -128,7 +130,9 @@ def _setup(kind: str, tiny_recipe, tmp_path: Path) -> tuple[Path, Path, list[str
         path.write_text(text)
         return path, run_dir, []
     data = {"no-label": {"dataset": str(_no_label_parquet(tmp_path))},
-            "out-of-range": {"dataset": str(_out_of_range(tmp_path))}}.get(kind, {})
+            "out-of-range": {"dataset": str(_out_of_range(tmp_path))},
+            "huge-label": {"dataset": str(_labels(tmp_path, "huge", [0, 1, 2_000_000_000, 1]))},
+            "val-only": {"dataset": str(_labels(tmp_path, "val-only", [0, 1, 0, 1], [0, 1, 2, 2]))}}.get(kind, {})
     strategy = {"block-99": {"name": "block", "index": 99}, "block-empty": {"name": "block", "index": []},
                 "head": {"name": "head"},
                 "disagree": [{"name": "filters", "fraction": 0.25, "fixed": "zero"},

@@ -3,6 +3,9 @@ classifier adapted to the new classes), and the one-line errors. In-process and 
 runs (pretrained weights offline, a checkpoint that does not fit) are in test_data.py's error table."""
 from __future__ import annotations
 
+import argparse
+from pathlib import Path
+
 import pytest
 import timm
 import torch
@@ -10,7 +13,7 @@ from safetensors.torch import save_file
 
 from partial_ft import models
 from partial_ft.errors import UserError
-from partial_ft.recipe import ModelCfg
+from partial_ft.recipe import DataCfg, ModelCfg
 from partial_ft.strategies.layers import classifier_params
 
 
@@ -44,6 +47,10 @@ def source_state() -> dict:
 @pytest.mark.parametrize("wrap", [
     pytest.param(lambda s: s, id="safetensors"),
     pytest.param(lambda s: {"state_dict": {f"module.{k}": v for k, v in s.items()}, "epoch": 3}, id="pth-wrapped"),
+    pytest.param(lambda s: {"model": {f"_orig_mod.{k}": v for k, v in s.items()}}, id="pth-model-compiled"),
+    # a timm train.py checkpoint: the weights as trained are used, not the EMA copy; `args` loads (weights_only)
+    pytest.param(lambda s: {"state_dict": s, "state_dict_ema": {k: v + 1 for k, v in s.items()},
+                            "args": argparse.Namespace(lr=0.1)}, id="pth-timm-train-ema"),
 ])
 def test_checkpoint_is_used_and_head_adapted(tmp_path, source_state, wrap, request):
     """Backbone weights equal the file's; the classifier is new, sized for 3 classes, at its seeded init."""
@@ -107,12 +114,42 @@ def test_checkpoint_that_does_not_fit(tmp_path, source_state):
      "cannot read checkpoint"),
     (lambda p: (p / "junk.pth").write_bytes(b"not a torch file") and p / "junk.pth", "cannot read checkpoint"),
     (lambda p: torch.save([1, 2], p / "list.pth") or p / "list.pth", "does not hold a state dict of tensors"),
-], ids=["missing", "bad-safetensors", "bad-pth", "not-a-state-dict"])
+    (lambda p: torch.save({"w": torch.zeros(1), "x": Touch(p / "ran")}, p / "code.pth") or p / "code.pth",
+     "cannot read checkpoint"),
+], ids=["missing", "bad-safetensors", "bad-pth", "not-a-state-dict", "pickled-code"])
 def test_checkpoint_file_errors(tmp_path, make, expected):
     path = make(tmp_path)
     with pytest.raises(UserError) as e:
         models.build(ModelCfg(name="test_resnet", checkpoint=str(path)), num_classes=3)
     assert expected in _one_line(e) and str(path) in str(e.value)
+    assert not (tmp_path / "ran").exists()  # weights_only: the pickled call was refused, never run
+
+
+class Touch:
+    """Unpickling this object creates a file: what a malicious .pth could do instead."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __reduce__(self):
+        return Path.touch, (self.path,)
+
+
+DEFAULT = {"input_size": (3, 160, 160), "interpolation": "bilinear", "mean": (0.5, 0.5, 0.5),
+           "std": (0.5, 0.5, 0.5), "crop_pct": 0.95, "crop_mode": "center"}  # test_resnet's pretrained_cfg
+
+
+@pytest.mark.parametrize("keys, expected", [
+    ({}, DEFAULT),
+    ({"input_size": 32}, {**DEFAULT, "input_size": (3, 32, 32)}),
+    ({"input_size": [48, 40]}, {**DEFAULT, "input_size": (3, 48, 40)}),
+    ({"input_size": [1, 48, 40]}, {**DEFAULT, "input_size": (3, 48, 40)}),  # images are RGB: 3 channels
+    ({"mean": [0.1, 0.2, 0.3], "std": [0.4]}, {**DEFAULT, "mean": (0.1, 0.2, 0.3), "std": (0.4, 0.4, 0.4)}),
+    ({"interpolation": "bicubic", "crop_pct": 1.0}, {**DEFAULT, "interpolation": "bicubic", "crop_pct": 1.0}),
+], ids=["model", "size-int", "size-hw", "size-chw", "mean-std", "interp-crop"])
+def test_data_config_recipe_keys_over_the_models(keys, expected):
+    model = timm.create_model("test_resnet")
+    assert models.data_config(model, DataCfg(**keys)) == expected
 
 
 def test_unknown_model_name_suggests_closest():

@@ -14,7 +14,7 @@ from partial_ft.errors import UserError
 from partial_ft.strategies.layers import classifier_params
 from partial_ft.partial import learned_masks
 from partial_ft.strategies import Gradients
-from partial_ft.strategies.layers import bias_params, blocks, norm_params
+from partial_ft.strategies.layers import bias_params, norm_params
 
 NUM_CLASSES = 7
 ARCHS = {
@@ -57,10 +57,35 @@ def _filters_expected(model: nn.Module, fraction=None, count=None, dim="out", la
     return total + _numel(model, extra)
 
 
+# timm's coarse grouping (group_matcher) of each architecture, written down from its source: the module
+# prefixes of the first, middle (n // 2) and last block, the classifier left out
+BLOCKS = {
+    "test_resnet": {"first": ["conv1", "bn1"], "middle": ["layer2"], "last": ["layer4"]},
+    "densenet121": {"first": ["features.conv0", "features.norm0"],
+                    "middle": ["features.denseblock3", "features.transition3"], "last": ["features.norm5"]},
+    "vgg11_bn": {"first": ["features.0"], "middle": ["features.15"], "last": ["pre_logits"]},
+    "test_vit": {"first": ["cls_token", "pos_embed", "patch_embed"], "middle": ["blocks.2"],
+                 "last": ["blocks.5", "norm"]},
+    "test_convnext": {"first": ["stem"], "middle": ["stages.2"], "last": ["head.norm"]},
+    "test_efficientnet": {"first": ["conv_stem", "bn1"], "middle": ["blocks.2"],
+                          "last": ["blocks.4", "conv_head", "bn2"]},
+    # further families (test_one_block_recipe_fits_more_families): the middle block only
+    "regnetx_002": {"middle": ["s2"]},
+    "mobilenetv3_small_050": {"middle": ["blocks.3"]},
+    "efficientnet_b0": {"middle": ["blocks.3"]},
+    "resnet18": {"middle": ["layer2"]},
+}
+
+
+def _block_params(model: nn.Module, which: str) -> set[str]:
+    """Names of the parameters under the written-down prefixes of block `which` (first | middle | last)."""
+    arch = model.pretrained_cfg["architecture"]
+    prefixes = BLOCKS[arch][which]
+    return {n for n, _ in model.named_parameters() if any(n == p or n.startswith(f"{p}.") for p in prefixes)}
+
+
 def _block_expected(model, index="middle"):
-    groups = blocks(model)
-    i = {"first": 0, "middle": len(groups) // 2, "last": len(groups) - 1}.get(index, index)
-    return _numel(model, set(groups[i]) | classifier_params(model))
+    return _numel(model, _block_params(model, index) | classifier_params(model))
 
 
 def _lora_expected(model, rank):
@@ -100,7 +125,7 @@ CASES = {
     "head": ({"name": "head"}, lambda m: _numel(m, classifier_params(m))),
     "block": ({"name": "block", "index": "middle"}, _block_expected),
     "block_last": ({"name": "block", "index": "last", "head": False},
-                   lambda m: _numel(m, set(blocks(m)[-1]))),
+                   lambda m: _numel(m, _block_params(m, "last"))),
     "filters_out_random": ({"name": "filters", "fraction": 0.1, "fixed": "random", "select": "random"},
                            lambda m: _filters_expected(m, fraction=0.1)),
     "filters_in_zero": ({"name": "filters", "fraction": 0.25, "dim": "in", "fixed": "zero"},
@@ -118,7 +143,7 @@ CASES = {
                         lambda m, unit=unit: _auto_expected(m, 0.08, unit))
        for unit, score in (("filter", "fisher"), ("channel", "grad"), ("kernel", "random"))},
     "union": ([{"name": "block", "index": "first", "head": False}, {"name": "bias"}],
-              lambda m: _numel(m, set(blocks(m)[0]) | bias_params(m) | classifier_params(m))),
+              lambda m: _numel(m, _block_params(m, "first") | bias_params(m) | classifier_params(m))),
 }
 
 
@@ -276,6 +301,32 @@ def test_split_forward_computes_no_weight_grad_for_the_fixed_slice():
     assert conv.weight_fixed.grad is None and x.grad is not None
 
 
+# (arch, modules regex, layers) -> exactly the layers adapted, and the learned count at rank 2 with the
+# head (resnet18 head 512 x 7 + 7 = 3,591; test_vit head 64 x 7 + 7 = 455), both written down by hand
+LORA_TARGETS = [
+    ("resnet18", r"^conv1$", "all", ["conv1"], 2 * (3 * 7 * 7 + 64) + 3591),
+    ("resnet18", r"^layer1\.0\.conv1$", "conv", ["layer1.0.conv1"], 2 * (64 * 3 * 3 + 64) + 3591),
+    ("resnet18", r"downsample\.0$", "all", ["layer2.0.downsample.0", "layer3.0.downsample.0",
+                                            "layer4.0.downsample.0"], 2 * (192 + 384 + 768) + 3591),
+    ("test_vit", r"^blocks\.0\.attn\.qkv$", "linear", ["blocks.0.attn.qkv"], 2 * (64 + 192) + 455),
+    ("test_vit", r"^blocks\.1\.mlp\.fc\d$", "all", ["blocks.1.mlp.fc1", "blocks.1.mlp.fc2"],
+     2 * (64 + 192) * 2 + 455),
+]
+
+
+@pytest.mark.parametrize("arch, modules, layers, adapted, learned", LORA_TARGETS,
+                         ids=[f"{a}-{m}" for a, m, *_ in LORA_TARGETS])
+def test_lora_adapts_exactly_the_layers_its_regex_matches(arch, modules, layers, adapted, learned):
+    """`^conv1$` adapts the stem conv only, not every `*.conv1` (PEFT matches a list of names by suffix)."""
+    from peft.tuners.lora import LoraLayer
+
+    torch.manual_seed(0)
+    model = timm.create_model(arch, num_classes=NUM_CLASSES, **ARCHS.get(arch, ({}, 0))[0])
+    plan = apply_strategy(model, {"name": "lora", "rank": 2, "modules": modules, "layers": layers})
+    assert sorted(n for n, m in model.named_modules() if isinstance(m, LoraLayer)) == adapted
+    assert plan.learned == learned
+
+
 @pytest.mark.parametrize("spec, message", [
     ({"name": "filterz"}, "unknown strategy 'filterz' (did you mean 'filters'?)"),
     ({"name": "filters", "fraction": 1.5}, "fraction must be in (0, 1]"),
@@ -299,8 +350,7 @@ def test_one_block_recipe_fits_more_families(arch):
     """The same `block: middle` spec on further timm families: one timm group learns, exactly."""
     torch.manual_seed(0)
     model = timm.create_model(arch, num_classes=NUM_CLASSES)
-    groups = blocks(model)
-    middle = set(groups[len(groups) // 2])
+    middle = _block_params(model, "middle")
     expected = _numel(model, middle | classifier_params(model))
     plan = apply_strategy(model, {"name": "block", "index": "middle"})
     assert plan.learned == expected

@@ -21,7 +21,12 @@ def test_bench_runs_and_reports_optimizer_state_of_the_learned_part(tmp_path):
         learned = int(row[2].split("(")[0].replace(",", ""))
         state_mib = float(row[6].split()[0])
         assert abs(state_mib - learned * 8 / 2**20) < 0.06  # AdamW: two fp32 moments per learned scalar
-    assert float(rows["full"][4]) == 1.0
+    # resnet18 with 10 classes: 11,181,642 parameters; its classifier 512 x 10 + 10
+    assert rows["full"][2].strip() == "11,181,642 (100.0%)" and rows["head_cached"][2].strip() == "5,130 (0.0%)"
+    full = float(rows["full"][3])
+    for row in rows.values():  # x full is images/s over full's (both printed rounded to units)
+        speed, ratio = float(row[3]), float(row[4])
+        assert (speed - 0.5) / (full + 0.5) - 0.005 <= ratio <= (speed + 0.5) / (full - 0.5) + 0.005, row
     assert rows["full"][8].strip() == "–" and rows["head_cached"][8].strip().startswith("pre-logits, extracted")
     assert "Data pipeline (recipes/quickstart.yaml, 2 workers): the loader alone delivers" in text
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import re
+import sys
 from dataclasses import dataclass
 from typing import Literal, Optional
 
@@ -55,34 +56,45 @@ def targets(model: nn.Module, opts: LoraOptions) -> list[str]:
 @register("lora", options=LoraOptions)
 def lora(model: nn.Module, opts: LoraOptions, ctx: Context) -> Selection:
     """LoRA (via PEFT): each conv/linear layer learns a rank-r update; its weight stays fixed."""
-    try:
+    try:  # imported here: peft is an optional dependency, and a slow import the other strategies skip
         from peft import LoraConfig, inject_adapter_in_model
     except ImportError:
         raise UserError("the lora strategy needs peft: pip install 'partial_ft[peft]'") from None
     names = targets(model, opts)
     if not names:
         raise UserError(f"strategy lora: no {opts.layers} layers match modules={opts.modules!r}")
+    # a string target_modules is matched by PEFT with re.fullmatch against each full module name; a list
+    # would also adapt every module whose name merely ends with a listed one (`conv1` -> `layer1.0.conv1`)
+    exactly = "|".join(re.escape(n) for n in names)
     config = LoraConfig(r=opts.rank, lora_alpha=opts.alpha or opts.rank, lora_dropout=opts.dropout,
-                        target_modules=names, bias="none")
+                        target_modules=exactly, bias="none")
     with torch.random.fork_rng(devices=[]):  # PEFT draws lora_A from the global generator: seed it
         torch.manual_seed(ctx.seed)
         inject_adapter_in_model(config, model)
-    return Selection(whole={n for n, _ in model.named_parameters() if ".lora_" in n})
+    # what learns: the parameters PEFT's layers declare as adapter weights (lora_A, lora_B, ...)
+    return Selection(whole={f"{name}.{kind}.{p}" for name, layer in _tuner_layers(model)
+                            for kind in layer.adapter_layer_names
+                            for p, _ in getattr(layer, kind).named_parameters()})
 
 
-def _is_adapter(module: nn.Module) -> bool:
-    return hasattr(module, "get_base_layer") and hasattr(module, "merge") and hasattr(module, "lora_A")
+def _tuner_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """PEFT's adapter layers (BaseTunerLayer) in `model`, by module name."""
+    if "peft" not in sys.modules:  # never imported: no adapter can exist (and the import is slow)
+        return []
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, BaseTunerLayer)]
 
 
 @register_export_hook
 def merge_lora(model: nn.Module) -> nn.Module:
-    """A copy of `model` with every LoRA layer merged into its base layer (plain timm modules and keys)."""
-    if not any(_is_adapter(m) for m in model.modules()):
+    """A copy of `model` with every LoRA layer merged into its base layer (plain timm modules and keys),
+    by the loop of PEFT's merge_and_unload: merge, then put the base layer in the adapter layer's place."""
+    if not _tuner_layers(model):
         return model
     model = copy.deepcopy(model)
-    for name, module in list(model.named_modules()):
-        if _is_adapter(module):
-            module.merge()
-            parent, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent) if parent else model, child, module.get_base_layer())
+    for name, layer in _tuner_layers(model):
+        layer.merge()
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent), child, layer.get_base_layer())
     return model

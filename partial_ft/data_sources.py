@@ -1,0 +1,95 @@
+"""Opening `data.dataset`, whatever its form, as a DatasetDict whose datasets know their split names:
+the built-in `digits`, a Hub id, a save_to_disk folder, an imagefolder folder, or parquet/arrow files
+(a file, a glob or a folder). Every problem the user can fix is a one-line UserError."""
+from __future__ import annotations
+
+import glob
+from pathlib import Path
+from typing import Optional
+
+import datasets
+import numpy as np
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, NamedSplit
+
+from .errors import UserError, first_line
+from .recipe import DataCfg
+
+SAVED_MARKERS = ("dataset_dict.json", "state.json")  # what save_to_disk writes
+
+
+def digits(seed: int = 0, val_fraction: float = 0.2) -> DatasetDict:
+    """scikit-learn's bundled 8x8 handwritten digits (1,797 images, 10 classes) as a DatasetDict with an
+    Image and a ClassLabel column and a fixed, seeded, stratified train/validation split. Offline."""
+    from PIL import Image as PILImage
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    pixels = np.clip(bunch.images * 16, 0, 255).astype(np.uint8)  # 0..16 -> 0..255 grayscale
+    features = Features({"image": Image(), "label": ClassLabel(names=[str(i) for i in range(10)])})
+    full = Dataset.from_dict(
+        {"image": [PILImage.fromarray(p, mode="L") for p in pixels], "label": bunch.target.tolist()},
+        features=features,
+    )
+    split = full.train_test_split(test_size=val_fraction, seed=seed, stratify_by_column="label")
+    return DatasetDict(train=split["train"], validation=split["test"])
+
+
+BUILTIN = {"digits": digits}
+
+
+def load_raw(cfg: DataCfg) -> DatasetDict:
+    """Open `data.dataset` as a DatasetDict whose datasets know their split names, whatever its form."""
+    source = cfg.dataset
+    if source in BUILTIN:
+        return _named(BUILTIN[source]())
+    path = Path(source).expanduser()
+    try:
+        if path.is_dir():
+            return _named(_load_dir(path, cfg.config))
+        if path.is_file():
+            return _named(_load_files([str(path)]))
+        if any(ch in source for ch in "*?["):
+            files = sorted(f for f in glob.glob(str(path), recursive=True) if Path(f).is_file())
+            if not files:
+                raise UserError(f"no files match {source}")
+            return _named(_load_files(files))
+        if source.startswith((".", "/", "~")) or source.count("/") > 1 or "\\" in source:
+            raise UserError(f"dataset path does not exist: {source}")
+        return _named(datasets.load_dataset(source, cfg.config))
+    except UserError:
+        raise
+    except Exception as e:  # not on the Hub / offline and not cached / unreadable files
+        reason = first_line(e)
+        if "OfflineModeIsEnabled" in reason or "Couldn't reach" in reason:
+            reason += " (offline, and not in the local datasets cache)"
+        raise UserError(f"cannot load dataset '{source}' (not a local path, so tried as a Hugging Face Hub "
+                        f"dataset id): {reason}" if not path.exists() else
+                        f"cannot load dataset '{source}': {reason}") from None
+
+
+def _load_dir(path: Path, config: Optional[str]) -> Dataset | DatasetDict:
+    """A save_to_disk folder, else whatever `load_dataset(folder)` infers: imagefolder layout (labels from
+    subfolder names), parquet/arrow files, with splits from file or folder names (train/, test-*.parquet)."""
+    if any((path / marker).is_file() for marker in SAVED_MARKERS):
+        return datasets.load_from_disk(str(path))
+    return datasets.load_dataset(str(path), config)
+
+
+def _load_files(files: list[str]) -> DatasetDict:
+    """Explicit parquet or arrow files: one `train` split."""
+    kinds = {Path(f).suffix.lstrip(".").lower() for f in files}
+    if len(kinds) != 1 or not kinds <= {"parquet", "arrow"}:
+        raise UserError(f"expected .parquet or .arrow files, got {', '.join(sorted(kinds))}")
+    return datasets.load_dataset(kinds.pop(), data_files={"train": files})
+
+
+def _named(ds: Dataset | DatasetDict) -> DatasetDict:
+    """A DatasetDict in which each dataset's `.split` is its key (error messages name the source split)."""
+    dsd = ds if isinstance(ds, DatasetDict) else DatasetDict(train=ds)
+    out = {}
+    for name, split in dsd.items():
+        if split.split is None or str(split.split) != name:
+            split = Dataset(split.data, info=split.info.copy(), split=NamedSplit(name),
+                            indices_table=split._indices)
+        out[name] = split
+    return DatasetDict(out)
