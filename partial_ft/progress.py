@@ -123,6 +123,7 @@ def summarize(recipe: Any, plan: Any, p: Progress, optimizer: torch.optim.Optimi
         "peak_memory_bytes": peak_memory_bytes(device),
         "feature_cache": feature_cache,
         "feature_extract_seconds": round(extract, 3),
+        "scoring_seconds": round(plan.scoring_seconds, 3),
         "feature_cache_note": cache_note,
         "skipped_images": p.skipped,
         "dropped_images": p.dropped_images,

@@ -28,8 +28,9 @@ MARKER = ".partial_ft-run"
 LOCK = ".partial_ft.lock"
 RECIPE, PLAN, DATA, METRICS, SUMMARY, EVAL = "recipe.yaml", "plan.txt", "data.json", "metrics.jsonl", "summary.json", "eval.json"
 CARD, CURVE, LOGS = "README.md", "training_curve.png", "logs"  # the model card; loss and val top-1 vs step; trackers
+STRATEGY = "strategy.json"  # the strategy with data-driven choices resolved (what --resume rebuilds)
 # what a run writes, and so what --overwrite may remove (anything else in the folder is left alone)
-OWN = {MARKER, RECIPE, PLAN, DATA, METRICS, SUMMARY, EVAL, delta.DELTA_NAME, checkpoints.CHECKPOINTS,
+OWN = {MARKER, RECIPE, PLAN, DATA, METRICS, SUMMARY, EVAL, STRATEGY, delta.DELTA_NAME, checkpoints.CHECKPOINTS,
        CARD, LOGS, CURVE}
 # keys that may change between a run and its resumption: they do not change the numbers
 RESUME_MAY_DIFFER = {"train.progress", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
@@ -167,11 +168,15 @@ class RunFolder:
             (self.path / LOCK).unlink(missing_ok=True)
             self.locked = False
 
-    def write_start(self, recipe: Recipe, plan_table: str, data_info: dict[str, Any]) -> None:
-        """A fresh start (or a resume with nothing saved yet): recipe, plan and data description."""
+    def write_start(self, recipe: Recipe, plan_table: str, data_info: dict[str, Any], strategy: Any = None,
+                    scoring_seconds: float = 0.0) -> None:
+        """A fresh start (or a resume with nothing saved yet): recipe, plan, data description, and the
+        resolved strategy (what a strategy chose from data, so --resume rebuilds it without scoring)."""
         write_text(self.path / RECIPE, recipe.to_yaml())
         write_text(self.path / PLAN, plan_table + "\n")
         self.write_json(DATA, data_info)
+        self.write_json(STRATEGY, {"strategy": strategy if strategy is not None else recipe.strategy,
+                                   "scoring_seconds": round(scoring_seconds, 3)})
         (self.path / METRICS).unlink(missing_ok=True)
 
     def write_json(self, name: str, obj: Any) -> Path:
@@ -241,6 +246,19 @@ def read_recipe(run_dir: Path) -> Recipe:
             raise ValueError("not a mapping of recipe sections")
         return from_dict(raw, name=Path(run_dir).name)
     except (yaml.YAMLError, UnicodeDecodeError, ValueError, UserError) as e:
+        raise UserError(f"{path} is damaged ({first_line(e)}); restore it, or --overwrite to start again") from None
+
+
+def read_strategy(run_dir: Path) -> Optional[dict[str, Any]]:
+    """The resolved strategy a run folder recorded ({"strategy": ..., "scoring_seconds": ...}), or None
+    for a folder from before it was recorded (its recipe's strategy then rebuilds the same plan)."""
+    path = Path(run_dir) / STRATEGY
+    if not path.is_file():
+        return None
+    try:
+        recorded = json.loads(path.read_text())
+        return {"strategy": recorded["strategy"], "scoring_seconds": float(recorded["scoring_seconds"])}
+    except (OSError, ValueError, KeyError, TypeError) as e:
         raise UserError(f"{path} is damaged ({first_line(e)}); restore it, or --overwrite to start again") from None
 
 

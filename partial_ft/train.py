@@ -19,13 +19,13 @@ from timm.scheduler import create_scheduler_v2
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import cache, collective, data, delta, loaders, models, preload, signals, tracking, validate
+from . import cache, collective, data, delta, gradients, loaders, models, preload, signals, tracking, validate
 from .errors import NonFiniteLoss
 from .evaluation import evaluate
 from .partial import partial_buffer_names
 from .progress import Progress, summarize
 from .recipe import Recipe
-from .rundir import RunFolder, check
+from .rundir import RunFolder, check, read_strategy
 from .signals import Interrupted, StopFlag
 from .strategies import Plan, apply_strategy
 
@@ -48,8 +48,9 @@ class Setup:
     preload_seconds: float  # decoding every image (preloaded data)
 
 
-def prepare(recipe: Recipe) -> Setup:
-    """Build data, model and plan; any user mistake surfaces here as a UserError, before any writing."""
+def prepare(recipe: Recipe, strategy: Any = None) -> Setup:
+    """Build data, model and plan; any user mistake surfaces here as a UserError, before any writing.
+    `strategy`, when given, replaces the recipe's: the resolved one a run folder recorded."""
     t = recipe.train
     tracking.check(t.log_with)  # a tracker that is not installed fails before any work
     accelerator = Accelerator(
@@ -66,11 +67,20 @@ def prepare(recipe: Recipe) -> Setup:
     with accelerator.main_process_first():  # the first process fills the datasets cache
         bundle = data.load(recipe.data, seed=t.seed)
     model, init_model = models.build(recipe.model, bundle.num_classes, seed=t.seed)
-    plan = apply_strategy(model, recipe.strategy, seed=t.seed, init_model=init_model)
     data_config = models.data_config(model, recipe.data)
     validate.build_transforms(recipe.data, data_config)
     validate.probe_forward(model, recipe.model.name, tuple(data_config["input_size"]))
     deterministic = loaders.transforms(recipe.data, data_config)[2]
+    # strategies that choose from the gradient signal draw it here, before any optimizer exists, through a
+    # plain loader of their own; a resumed run (`strategy` recorded in its folder) rebuilds their choice
+    # without drawing anything
+    scoring_loader, _ = loaders.train_loader(bundle, recipe.data, data_config, t.batch_size, t.seed,
+                                             accelerator.device.type == "cuda")
+    source = gradients.from_loader(scoring_loader, accelerator, nn.CrossEntropyLoss(label_smoothing=t.label_smoothing),
+                                   t.seed, t.channels_last)
+    with signals.stop_on_signals():
+        plan = apply_strategy(model, recipe.strategy if strategy is None else strategy, seed=t.seed,
+                              init_model=init_model, gradients=source)
     decision = cache.decide(model, t.cache_features, deterministic, tuple(data_config["input_size"]),
                             len(bundle.train) + len(bundle.val))
     batches = (t.batch_size, loaders.eval_batch_size(t.eval_batch_size, t.batch_size, accelerator.device))
@@ -87,8 +97,11 @@ def prepare(recipe: Recipe) -> Setup:
 def run(recipe: Recipe, overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
     """Train as the recipe says and write the run folder; returns the summary. With `resume`, continue
     the run in the folder from its last checkpoint. SIGTERM / Ctrl-C checkpoint and raise Interrupted."""
-    check(recipe, overwrite, resume)  # a bad or busy output path fails before any work (no writes)
-    s = prepare(recipe)
+    last = check(recipe, overwrite, resume)  # a bad or busy output path fails before any work (no writes)
+    recorded = read_strategy(recipe.run_dir) if last is not None else None  # resuming: no new scoring pass
+    s = prepare(recipe, recorded["strategy"] if recorded else None)
+    if recorded:
+        s.plan.scoring_seconds = recorded["scoring_seconds"]
     acc = s.accelerator
     folder = RunFolder(recipe.run_dir, main=acc.is_main_process)
     try:
@@ -96,14 +109,15 @@ def run(recipe: Recipe, overwrite: bool = False, resume: bool = False) -> dict[s
         resume_from = broadcast_object_list(resume_from)[0] if acc.num_processes > 1 else resume_from[0]
         if acc.is_main_process:
             if resume_from is None:  # a fresh start (or a resume with nothing saved yet)
-                folder.write_start(recipe, s.plan.table(), s.bundle.info)
+                folder.write_start(recipe, s.plan.table(), s.bundle.info, s.plan.spec, s.plan.scoring_seconds)
             _print_plan(s, resume_from)
         acc.wait_for_everyone()
         tracking.start(acc, recipe.name, recipe.to_dict())  # inside the run folder: it exists now
         with signals.stop_on_signals() as stop:
             summary, model = train(s, folder, resume_from, stop)
         if acc.is_main_process:
-            path = folder.save_delta(model, recipe, s.bundle.class_names, s.data_config, s.base)
+            path = folder.save_delta(model, recipe, s.bundle.class_names, s.data_config, s.base,
+                                     {"strategy": s.plan.spec})  # data-driven choices resolved: no data to load
             summary["delta_bytes"] = path.stat().st_size
             folder.finish(summary, f"{recipe.model.name}, {s.plan.label}")
             _print_summary(folder.path, summary)
@@ -116,8 +130,9 @@ def run(recipe: Recipe, overwrite: bool = False, resume: bool = False) -> dict[s
 def _print_plan(s: Setup, resume_from: Optional[Path]) -> None:
     plan = s.plan
     print(plan.table(), flush=True)
+    scoring = f"; scoring pass {plan.scoring_seconds:.1f} s" if plan.scoring_seconds else ""
     print(f"strategy {plan.label}: learning {plan.learned:,} of {plan.total:,} parameters "
-          f"({100 * plan.fraction:.3g}%)", flush=True)
+          f"({100 * plan.fraction:.3g}%){scoring}", flush=True)
     if s.recipe.data.preload != "false":
         took = f", decoded in {s.preload_seconds:.1f} s" if s.preload_seconds else ""
         print(f"preload: {s.preload}{took}", flush=True)
