@@ -26,6 +26,9 @@ import torch
 from torch import nn
 
 
+PRE_LOGITS = "pre-logits"  # the cut before the classifier (only it learns)
+
+
 @dataclass
 class Cut:
     """A fixed prefix (a function) and the learned rest (a module sharing the model's parameters)."""
@@ -171,7 +174,7 @@ def _candidates(model: nn.Module, probe: torch.Tensor, learned: set[str]) -> tup
             def pre_logits(x: torch.Tensor) -> torch.Tensor:
                 return model.forward_head(model.forward_features(x), pre_logits=True)
             inside = [n for n in trace.end if not (n == head or n.startswith(head + "."))]
-            found.append(Cut("pre-logits", pre_logits, classifier, inside))
+            found.append(Cut(PRE_LOGITS, pre_logits, classifier, inside))
     if timm_like:
         features = _trace(model, lambda: model.forward_features(probe))
         if not learned & set(features.start):

@@ -37,6 +37,7 @@ class Progress:
     metrics_lines: int = 0  # lines of metrics.jsonl written (one per finished epoch)
     steady_images: int = 0  # images of steps timed for the steady throughput (see Meter)
     steady_seconds: float = 0.0
+    solver: dict = field(default_factory=lambda: {"solver": "loop"})  # or the exact solver's record (probe.py)
 
     def __post_init__(self) -> None:
         self.meter = Meter(self)  # not a field: not saved
@@ -116,6 +117,7 @@ def summarize(recipe: Any, plan: Any, p: Progress, optimizer: torch.optim.Optimi
         "val_loss": metrics.get("val_loss"),
         "epochs": metrics.get("epoch", 0),
         "steps": p.step,
+        "solver": p.solver,
         "train_seconds": round(p.train_seconds + extract, 3),
         "train_images_per_second": (p.steady_images / p.steady_seconds if p.steady_seconds else
                                     p.images / p.train_seconds if p.train_seconds else 0.0),

@@ -19,7 +19,7 @@ from timm.scheduler import create_scheduler_v2
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import cache, collective, data, delta, gradients, loaders, models, preload, signals, tracking, validate
+from . import cache, collective, data, delta, gradients, loaders, models, preload, probe, signals, tracking, validate
 from .errors import NonFiniteLoss
 from .evaluation import evaluate
 from .partial import partial_buffer_names
@@ -46,6 +46,7 @@ class Setup:
     cache: cache.Decision  # train from cached features of the fixed prefix, or from images
     preload: str  # what data.preload decided (preload.decide's note)
     preload_seconds: float  # decoding every image (preloaded data)
+    solver: str  # 'exact' (a cached linear head solved to convergence, probe.py) or 'loop'
 
 
 def prepare(recipe: Recipe, strategy: Any = None) -> Setup:
@@ -91,7 +92,7 @@ def prepare(recipe: Recipe, strategy: Any = None) -> Setup:
         model.to(memory_format=torch.channels_last)
     base = delta.fingerprint_parts(model) if accelerator.is_main_process else {}  # the main process saves deltas
     return Setup(recipe, accelerator, bundle, model, plan, data_config, made.train, made.val, base, decision,
-                 made.note, made.seconds)
+                 made.note, made.seconds, probe.choose(t.solver, decision.cut))
 
 
 def run(recipe: Recipe, overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
@@ -223,7 +224,12 @@ def train(s: Setup, folder: RunFolder, resume_from: Optional[Path], stop: StopFl
             folder.keep_metrics(p.metrics_lines)
     batches = loop.train_loader
     try:
-        while not loop.finished(p):
+        if s.solver == "exact":  # a convex problem: solved to convergence on the cached features, no epochs
+            p.solver = probe.train_exact(cached, len(s.bundle.class_names), s.recipe.train.seed, s.accelerator)
+            p.loss_sum, p.loss_count = p.solver["train_loss"], 1  # (its time: the epoch meter's)
+            loop.epochs = 1
+            end_of_epoch(loop, p)
+        while s.solver == "loop" and not loop.finished(p):
             batches = train_one_epoch(loop, p)
             end_of_epoch(loop, p)
             p = p.next_epoch()

@@ -90,6 +90,13 @@ def check_cached_equals_uncached(tiny_recipe, strategy: dict, rel: float = 0.0) 
     assert evaluate_run(cached_dir)["val_top1"] == pytest.approx(cached["val_top1"], abs=one)
 
 
+def _decide(arch: str, spec: dict, mode: str, deterministic: bool = True, **kwargs):
+    torch.manual_seed(0)
+    model = timm.create_model(arch, num_classes=5, **kwargs)
+    apply_strategy(model, spec, seed=0)
+    return model, cache.decide(model, mode, deterministic, (3, 32, 32), 100)
+
+
 def test_policy_auto_on_off():
     _, d = _decide("test_resnet", {"name": "head", **FROZEN}, "off")
     assert d.cut is None and d.note == "off"

@@ -145,6 +145,12 @@ def test_torchrun_two_processes_count_every_validation_sample_once(tiny_recipe, 
     assert list(single["per_class_top1"].values()) == metrics[0]["per_class_top1"]
     # the loss is summed in another order (batches gathered from two ranks), so equal up to rounding
     assert single["val_loss"] == pytest.approx(metrics[0]["val_loss"], rel=1e-6)
+    if strategy:  # the cached head is solved exactly: the same answer as in one process
+        assert s["solver"]["solver"] == "exact"
+        alone = run_cli("--recipe", str(recipe), f"output.dir={tmp_path / 'alone'}")
+        assert alone.returncode == 0, alone.stderr[-2000:]
+        one = _summary(tmp_path / "alone")
+        assert one["solver"]["strength"] == s["solver"]["strength"] and one["val_top1"] == s["val_top1"]
 
 
 def test_torchrun_a_collective_error_is_said_once(tiny_recipe, tmp_path):

@@ -118,7 +118,6 @@ def run_strategy(name: str, spec: dict, args: argparse.Namespace, workdir: Path)
 def loader_check(args: argparse.Namespace, workdir: Path) -> dict:
     """The quickstart recipe (random augmentation on) at the bench's size and batch: its train loader
     alone (whole epochs, for at least two seconds) against its training."""
-    import torch
 
     from partial_ft import recipe as recipes
     from partial_ft import train
