@@ -17,7 +17,7 @@ from partial_ft.__main__ import main
 from partial_ft.rundir import LOCK, MARKER
 from test_data import _labels, _no_label_parquet, _out_of_range
 
-STRATEGIES = "known: bias, block, filters, full, head, lora, norm"
+STRATEGIES = "known: auto, bias, block, filters, full, head, lora, norm"
 
 # id: (how the recipe is set up, argv after the recipe, what the error line must contain, via subprocess)
 CASES = {
