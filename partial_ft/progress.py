@@ -30,6 +30,9 @@ class Progress:
     epoch_seconds: float = 0.0
     loss_sum: float = 0.0  # this epoch's running loss (its train_loss is the mean)
     loss_count: int = 0
+    window_sum: float = 0.0  # loss since the last logged step: the training curve's and the trackers' loss
+    window_count: int = 0
+    losses: list = field(default_factory=list)  # this epoch's logged [step, loss] points (metrics' loss_curve)
     metrics: dict = field(default_factory=dict)  # the last epoch's metrics
     metrics_lines: int = 0  # lines of metrics.jsonl written (one per finished epoch)
     steady_images: int = 0  # images of steps timed for the steady throughput (see Meter)
@@ -39,6 +42,13 @@ class Progress:
     def __post_init__(self) -> None:
         self.meter = Meter(self)  # not a field: not saved
 
+    def log_point(self) -> float:
+        """The mean loss since the previous logged step, recorded as a point of the training curve."""
+        loss = self.window_sum / max(self.window_count, 1)
+        self.losses.append([self.step, loss])
+        self.window_sum, self.window_count = 0.0, 0
+        return loss
+
     def close_epoch(self) -> None:
         """The epoch's batches are done: add its time and images to the run's."""
         self.train_seconds += self.meter.elapsed()
@@ -47,7 +57,7 @@ class Progress:
     def next_epoch(self) -> "Progress":
         """The position at the start of the next epoch: per-epoch counters reset, run counters kept."""
         return dataclasses.replace(self, epoch=self.epoch + 1, batches=0, epoch_images=0, epoch_seconds=0.0,
-                                   loss_sum=0.0, loss_count=0, metrics_lines=self.metrics_lines + 1)
+                                   loss_sum=0.0, loss_count=0, losses=[], metrics_lines=self.metrics_lines + 1)
 
 
 class Meter:
@@ -115,6 +125,7 @@ def summarize(recipe: Any, plan: Any, p: Progress, optimizer: torch.optim.Optimi
         "peak_memory_bytes": peak_memory_bytes(device),
         "feature_cache": feature_cache,
         "feature_extract_seconds": round(extract, 3),
+        "scoring_seconds": round(plan.scoring_seconds, 3),
         "feature_cache_note": cache_note,
         "skipped_images": p.skipped,
         "dropped_images": p.dropped_images,

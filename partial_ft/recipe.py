@@ -62,6 +62,8 @@ class DataCfg:
     auto_augment: Optional[str] = None
     re_prob: float = 0.0
     skip_bad_images: bool = False
+    # decode every image once into memory; batches augmented on the training device (see preload.py)
+    preload: Literal["auto", "true", "false"] = "auto"
 
 
 @dataclass
@@ -71,7 +73,7 @@ class TrainCfg:
     epochs: int = 1
     max_steps: Optional[int] = None  # optimizer updates; stops early when reached
     batch_size: int = 64  # per process
-    eval_batch_size: Optional[int] = None  # default: 2 x batch_size
+    eval_batch_size: Optional[int] = None  # default: 4 x batch_size on a GPU, 2 x on the CPU
     lr: float = 1e-3
     opt: str = "adamw"  # any timm optimizer name (create_optimizer_v2)
     weight_decay: float = 0.05
@@ -95,6 +97,7 @@ class TrainCfg:
     keep_checkpoints: Optional[int] = 2  # newest checkpoints kept while running (null: all); a finished run keeps none
     nan_policy: Literal["stop", "skip_batch"] = "stop"  # a NaN/inf loss: stop the run, or skip that batch
     progress: bool = True
+    log_with: list[str] = field(default_factory=list)  # Accelerate trackers: tensorboard, wandb, mlflow, ...
 
 
 @dataclass

@@ -14,7 +14,8 @@ from partial_ft import list_strategies
 from partial_ft import recipe as recipes
 
 TIMING_KEYS = {"train_seconds", "feature_extract_seconds", "train_images_per_second", "peak_memory_bytes"}
-RUN_FILES = {".partial_ft-run", "recipe.yaml", "plan.txt", "data.json", "metrics.jsonl", "summary.json", "delta.safetensors"}
+RUN_FILES = {".partial_ft-run", "recipe.yaml", "plan.txt", "strategy.json", "data.json", "metrics.jsonl", "summary.json",
+             "delta.safetensors", "README.md", "training_curve.png"}
 
 
 def _summary(run_dir: Path) -> dict:
@@ -25,12 +26,16 @@ def _metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_quickstart_reaches_its_accuracy_floor(tmp_path):
-    """The README's main job, as shipped: >= 0.95 top-1 on digits learning ~10% of the weights."""
+@pytest.mark.parametrize("preload", ["auto", "true"])
+def test_quickstart_reaches_its_accuracy_floor(tmp_path, preload):
+    """The README's main job, as shipped: >= 0.95 top-1 on digits learning ~10% of the weights; also
+    with the images preloaded and augmented in batches (on the CPU here)."""
     out = tmp_path / "quickstart"
-    p = run_cli("--recipe", str(ROOT / "recipes" / "quickstart.yaml"), f"output.dir={out}", "train.progress=false")
+    p = run_cli("--recipe", str(ROOT / "recipes" / "quickstart.yaml"), f"output.dir={out}", "train.progress=false",
+                f"data.preload={preload}")
     assert p.returncode == 0, p.stderr[-3000:]
     s = _summary(out)
+    assert s["preload"].startswith("on: " if preload == "true" else "not used: training on CPU")
     assert s["val_top1"] >= 0.95
     assert 0.05 < s["learned_fraction"] < 0.15
     assert p.stdout.strip().splitlines()[-1].startswith(f"run folder {out}")
@@ -105,10 +110,11 @@ sys.exit(main(sys.argv[2:]))
 """
 
 
-@pytest.mark.parametrize("strategy", [None, {"name": "head", "norm_stats": "freeze"}], ids=["filters", "cached_head"])
+@pytest.mark.parametrize("strategy", [None, {"name": "head", "norm_stats": "freeze"}, {"name": "auto", "budget": 0.05}],
+                         ids=["filters", "cached_head", "auto"])
 def test_torchrun_two_processes_count_every_validation_sample_once(tiny_recipe, tmp_path, strategy):
-    """Data parallel on CPU (gloo): 2 ranks, a strategy that fixes part of every conv, and one trained from
-    cached features. The validation set (an odd size, so shards are uneven) is counted exactly once: the
+    """Data parallel on CPU (gloo): 2 ranks, a strategy that fixes part of every conv, one trained from
+    cached features, and one that scores units on both ranks (summed: both select the same). The validation set (an odd size, so shards are uneven) is counted exactly once: the
     metrics equal a single-process evaluation of the same weights (on images); fixed (and learned) values
     are identical on both ranks and equal the delta's fingerprint; only rank 0 writes the run folder."""
     from partial_ft.delta import read_info
@@ -125,7 +131,7 @@ def test_torchrun_two_processes_count_every_validation_sample_once(tiny_recipe, 
     assert sorted(f.name for f in run_dir.iterdir()) == sorted(RUN_FILES)  # no stray per-rank files
     s = _summary(run_dir)
     assert s["num_processes"] == 2
-    assert (s["feature_cache"] is not None) == (strategy is not None)
+    assert (s["feature_cache"] is not None) == (strategy is not None and strategy["name"] == "head")
     metrics = _metrics(run_dir)
     assert len(metrics) == 1 and metrics[0]["val_samples"] == 77
 

@@ -30,7 +30,8 @@ def test_bench_runs_and_reports_optimizer_state_of_the_learned_part(tmp_path):
         speed, ratio = float(row[3]), float(row[4])
         assert (speed - 0.5) / (full + 0.5) - 0.005 <= ratio <= (speed + 0.5) / (full - 0.5) + 0.005, row
     assert rows["full"][8].strip() == "–" and rows["head_cached"][8].strip().startswith("pre-logits, extracted")
-    assert "Data pipeline (recipes/quickstart.yaml, 2 workers): the loader alone delivers" in text
+    assert "Data pipeline (recipes/quickstart.yaml, 0 workers): the loader alone delivers" in text
+    assert "preload: not used: training on CPU" in text and "batches on cpu" in text and float(rows["full"][9]) > 0
 
 
 def _tool(name: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:

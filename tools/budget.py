@@ -4,6 +4,7 @@
 
 A budget below 1 is a fraction of the model's parameters, otherwise a count. Strategies that register a
 `size_option` (e.g. `filters`' fraction) are tuned by bisection on the real plan's learned count;
+those with a `budget_option` (e.g. `auto`'s budget) are given the budget as a count and meet it themselves;
 the others (full, head, block, norm, bias) have a fixed size and are reported as they are.
 """
 from __future__ import annotations
@@ -32,8 +33,11 @@ def match(model, init_model, spec: dict, target: float, seed: int = 0, steps: in
     (a fraction < 1 of the total, or a count); returns (spec, learned)."""
     spec = {k: v for k, v in spec.items() if k != "count"}
     option = get(spec["name"]).size_option
-    learned, total = learned_count(model, init_model, spec, seed)
+    total = sum(p.numel() for p in model.parameters())
     goal = target * total if target < 1 else target
+    if get(spec["name"]).budget_option:  # it chooses under the budget itself (from data: not planned here)
+        return {**spec, get(spec["name"]).budget_option: int(goal)}, int(goal)
+    learned, total = learned_count(model, init_model, spec, seed)
     if option is None:
         return spec, learned
     lo, hi = 1e-6, 1.0

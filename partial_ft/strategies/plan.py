@@ -3,6 +3,7 @@ grad, and a Plan that reports what learns."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -33,6 +34,9 @@ class Plan:
     total: int
     rows: list[LayerRow] = field(default_factory=list)
     learned_names: list[str] = field(default_factory=list)
+    remarks: list[str] = field(default_factory=list)  # what strategies chose from data, and why
+    spec: Any = None  # the strategy node with data-driven choices resolved: rebuilds this plan without data
+    scoring_seconds: float = 0.0  # time spent drawing gradients to choose what learns
 
     @property
     def fraction(self) -> float:
@@ -51,7 +55,7 @@ class Plan:
             lines.append(f"{r.name:<{width}}  {r.kind[:16]:<16} {r.learned:>10,} {r.total:>10,}  {r.how}")
         lines.append(f"{'total':<{width}}  {'':<16} {self.learned:>10,} {self.total:>10,}  "
                      f"{100 * self.fraction:.3g}% learned")
-        return "\n".join(lines)
+        return "\n".join(lines + self.remarks)
 
 
 def merge(selections: list[Selection]) -> Selection:
@@ -59,6 +63,8 @@ def merge(selections: list[Selection]) -> Selection:
     out = Selection()
     for sel in selections:
         out.whole |= sel.whole
+        out.notes.update(sel.notes)
+        out.remarks += sel.remarks
         for name, spec in sel.partial.items():
             if name in out.partial and out.partial[name].axis != spec.axis:
                 raise UserError(f"strategies slice {name} along both {out.partial[name].axis} and {spec.axis}")
@@ -94,10 +100,10 @@ def build(model: nn.Module, options: list[Options], selection: Selection, total:
     learned = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if learned == 0:
         raise UserError("this strategy learns no parameters (did you set head: false?)")
-    return Plan(options, learned, total, _rows(model), learned_names)
+    return Plan(options, learned, total, _rows(model, selection.notes), learned_names, list(selection.remarks))
 
 
-def _rows(model: nn.Module) -> list[LayerRow]:
+def _rows(model: nn.Module, notes: dict[str, str]) -> list[LayerRow]:
     rows = []
     for name, m in model.named_modules():
         own = list(m.named_parameters(recurse=False))
@@ -119,5 +125,7 @@ def _rows(model: nn.Module) -> list[LayerRow]:
         kind = type(m).__name__
         if is_norm(m) and not m.training and isinstance(m, FrozenStats):
             how += " (stats frozen)"
+        if name in notes:
+            how += f" ({notes[name]})"
         rows.append(LayerRow(name or "<model>", kind, learned, total, how))
     return rows

@@ -18,6 +18,7 @@ from torch import nn
 
 from ..coerce import coerce
 from ..errors import UserError, did_you_mean
+from .scoring import Gradients, GradientStats, gradient_stats
 
 
 @dataclass
@@ -48,15 +49,50 @@ class Selection:
 
     whole: set[str] = field(default_factory=set)
     partial: dict[str, PartialSpec] = field(default_factory=dict)
+    # what a strategy chose from data, as option values that choose the same again without the data (e.g.
+    # the units `auto` selected): recorded in the delta, so loading never scores again
+    resolved: dict[str, Any] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)  # per layer (module name), for the plan's table
+    remarks: list[str] = field(default_factory=list)  # lines under the plan's table
+
+
+DEFAULT_BATCHES = 8  # a scoring pass's batches when the strategy's `batches` is not set
 
 
 @dataclass
 class Context:
-    """What strategies may need beyond the model: the seed, and a factory for a fresh random init."""
+    """What strategies may need beyond the model: the seed, a factory for a fresh random init, and a
+    source of training gradients (None where there is no data, e.g. when a delta is loaded)."""
 
     seed: int = 0
     init_model: Optional[Callable[[], nn.Module]] = None
+    gradients: Optional[Gradients] = None
+    scoring_seconds: float = 0.0  # time spent in scoring passes
     _fresh: dict[int, nn.Module] = field(default_factory=dict)
+    _stats: dict[int, GradientStats] = field(default_factory=dict)
+
+    def check_batches(self, batches: Optional[int], who: str) -> int:
+        """How many batches a scoring pass draws: `batches` (it cannot be more than the training data
+        has), or by default DEFAULT_BATCHES or every batch of smaller data."""
+        available = self.gradients.available if self.gradients is not None else DEFAULT_BATCHES
+        if batches is None:
+            return min(DEFAULT_BATCHES, available)
+        if batches > available:
+            raise UserError(f"{who}: batches is {batches}, but the training data has only {available} batches; "
+                            "lower it")
+        return batches
+
+    def gradient_stats(self, model: nn.Module, batches: Optional[int], who: str) -> GradientStats:
+        """Σ g² and Σ |g| per parameter over `batches` training batches (summed across processes); one
+        scoring pass per batch count, shared by every strategy of a list that asks for it."""
+        if self.gradients is None:
+            raise UserError(f"{who} chooses from training gradients, but none were given "
+                            "(apply_strategy(..., gradients=...); the training run passes them)")
+        batches = self.check_batches(batches, who)
+        if batches not in self._stats:
+            self._stats[batches] = gradient_stats(model, self.gradients, batches)
+            self.scoring_seconds += self._stats[batches].seconds
+        return self._stats[batches]
 
     def random_weight(self, module_name: str, module: nn.Module, seed: Optional[int] = None) -> torch.Tensor:
         """The weight `module` would have at random init: from a fresh model built the same way
@@ -85,6 +121,7 @@ class Strategy:
     options: type
     aliases: tuple[str, ...] = ()
     size_option: Optional[str] = None  # a float option in (0, 1] that sets how much learns (budget matching)
+    budget_option: Optional[str] = None  # an option that takes the parameter budget itself (fraction or count)
 
     @property
     def summary(self) -> str:
@@ -99,16 +136,17 @@ _REGISTRY: dict[str, Strategy] = {}
 _ALIASES: dict[str, str] = {}
 
 
-def register(name: str, options: type = Options, aliases: tuple[str, ...] = (),
-             size_option: Optional[str] = None) -> Callable[[StrategyFn], StrategyFn]:
+def register(name: str, options: type = Options, aliases: tuple[str, ...] = (), size_option: Optional[str] = None,
+             budget_option: Optional[str] = None) -> Callable[[StrategyFn], StrategyFn]:
     """Decorator: register `fn` as strategy `name` (duplicates refused, as timm does for models).
-    `size_option` names the option in (0, 1] that scales how much learns, if there is one."""
+    `size_option` names the option in (0, 1] that scales how much learns, if there is one;
+    `budget_option` the option that takes a parameter budget directly (budget matching sets it)."""
 
     def wrap(fn: StrategyFn) -> StrategyFn:
         for key in (name, *aliases):
             if key in _REGISTRY or key in _ALIASES:
                 raise ValueError(f"strategy '{key}' is already registered")
-        _REGISTRY[name] = Strategy(name, fn, options, tuple(aliases), size_option)
+        _REGISTRY[name] = Strategy(name, fn, options, tuple(aliases), size_option, budget_option)
         _ALIASES.update({a: name for a in aliases})
         return fn
 
@@ -193,11 +231,18 @@ def normalize_spec(spec: Any) -> Any:
     return resolved if isinstance(spec, list) else resolved[0]
 
 
+def recorded() -> Any:
+    """An option a strategy fills in with what it chose from data (see Selection.resolved): None until
+    then; left out of labels, so a run reads the same before and after its choice is recorded."""
+    return field(default=None, metadata={"recorded": True})
+
+
 def describe(options: Options) -> str:
-    """A short label: the name and the options that differ from their defaults."""
+    """A short label: the name and the options that differ from their defaults (recorded choices left out)."""
     defaults = options.__class__(name=options.name)
     changed = [f"{f.name}={getattr(options, f.name)}" for f in dataclasses.fields(options)
-               if f.name != "name" and getattr(options, f.name) != getattr(defaults, f.name)]
+               if f.name != "name" and not f.metadata.get("recorded")
+               and getattr(options, f.name) != getattr(defaults, f.name)]
     return f"{options.name}({', '.join(changed)})" if changed else options.name
 
 
