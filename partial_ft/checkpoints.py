@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .atomic import write_text
-from .errors import UserError, first_line
+from .errors import UserError, first_line, load_reason
 
 CHECKPOINTS = "checkpoints"
 STATE_NAME = "train_state.json"
@@ -93,9 +93,7 @@ def load(acc: Any, folder: Path) -> dict[str, Any]:
     try:
         acc.load_state(str(folder))
     except Exception as e:  # truncated tensors, an optimizer file holding more than plain tensors, ...
-        reason = first_line(e)
-        if "weights only load failed" in reason.lower():  # torch's advice to unpickle is not ours to give
-            reason = "a file holds more than plain tensors, and checkpoints are never unpickled"
+        reason = load_reason(e)
         raise UserError(f"checkpoint {folder} cannot be restored ({reason[:200]}); delete it to resume from an "
                         "earlier checkpoint, or --overwrite to start again") from None
     return state

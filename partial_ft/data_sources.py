@@ -4,6 +4,7 @@ the built-in `digits`, a Hub id, a save_to_disk folder, an imagefolder folder, o
 from __future__ import annotations
 
 import glob
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -11,6 +12,7 @@ import datasets
 import numpy as np
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, NamedSplit
 
+from .data_columns import IMAGE_SUFFIXES
 from .errors import UserError, first_line
 from .recipe import DataCfg
 
@@ -86,7 +88,22 @@ def _load_dir(path: Path, config: Optional[str]) -> Dataset | DatasetDict:
     subfolder names), parquet/arrow files, with splits from file or folder names (train/, test-*.parquet)."""
     if any((path / marker).is_file() for marker in SAVED_MARKERS):
         return datasets.load_from_disk(str(path))
+    empty = _empty_class_folders(path)
+    if empty:
+        raise UserError(f"class folder {empty[0]} is empty (beside folders of images): loaded as an image folder, "
+                        "that class would silently not exist; add its images or remove the folder")
     return datasets.load_dataset(str(path), config)
+
+
+def _empty_class_folders(root: Path) -> list[Path]:
+    """Folders holding no file at all beside sibling folders that hold images: in an imagefolder layout
+    (labels from folder names) such a class would be dropped without a word."""
+    empty = []
+    for folder, dirs, _ in os.walk(root):
+        subs = [Path(folder) / d for d in sorted(dirs)]
+        if any(f.suffix.lower() in IMAGE_SUFFIXES for s in subs for f in s.iterdir() if f.is_file()):
+            empty += [s for s in subs if not any(p.is_file() for p in s.rglob("*"))]
+    return empty
 
 
 def _load_files(files: list[str]) -> DatasetDict:

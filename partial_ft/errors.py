@@ -36,3 +36,12 @@ def first_line(e: BaseException) -> str:
     """An exception's first message line (or its type name): what a one-line `error:` can quote."""
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
+
+
+def load_reason(e: BaseException) -> str:
+    """Why a file could not be loaded, in one line. torch's refusal to unpickle comes with advice to load
+    with weights_only=False, which partial_ft never does and never repeats."""
+    reason = first_line(e)
+    if "weights only load failed" in reason.lower():
+        return "the file holds more than plain tensors (objects that would have to be unpickled, which partial_ft never does)"
+    return reason

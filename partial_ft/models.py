@@ -12,7 +12,7 @@ from timm.data import resolve_model_data_config
 from timm.models import load_state_dict
 from torch import nn
 
-from .errors import UserError, first_line
+from .errors import UserError, first_line, load_reason
 from .recipe import DataCfg, ModelCfg
 from .strategies.layers import classifier_params
 
@@ -94,7 +94,7 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
     except AttributeError:  # timm's prefix cleaning calls .items(): the file holds something else
         state = None
     except Exception as e:
-        raise UserError(f"cannot read checkpoint {path}: {first_line(e)}") from None
+        raise UserError(f"cannot read checkpoint {path}: {load_reason(e)}") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise UserError(f"checkpoint {path} does not hold a state dict of tensors")
     return state

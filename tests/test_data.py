@@ -227,6 +227,17 @@ def _labels(tmp_path: Path, name: str, labels: list, val_labels: list | None = N
     return folder if val_labels is not None else folder / "train.parquet"
 
 
+def _empty_class(tmp_path: Path) -> Path:
+    """An imagefolder whose `emu` class folder holds no image."""
+    root = tmp_path / "folders"
+    for name in ("cat", "dog", "emu"):
+        (root / "train" / name).mkdir(parents=True)
+    for name in ("cat", "dog"):
+        for i in range(3):
+            PILImage.new("L", (4, 4), color=i).save(root / "train" / name / f"{i}.png")
+    return root
+
+
 @pytest.mark.parametrize("source, kw, expected", [
     (lambda t, f: t / "no" / "such" / "folder", {}, "dataset path does not exist"),
     (lambda t, f: "no-such-user/no-such-dataset", {}, "cannot load dataset 'no-such-user/no-such-dataset'"),
@@ -257,11 +268,12 @@ def _labels(tmp_path: Path, name: str, labels: list, val_labels: list | None = N
      "1 class(es) appear in split 'validation' but never in 'train' (2)"),
     (lambda t, f: _labels(t, "val-only-names", ["cat", "dog"] * 2, ["cat", "emu"]), {},
      "1 class(es) appear in split 'validation' but never in 'train' (emu)"),
+    (lambda t, f: _empty_class(t), {}, "train/emu is empty (beside folders of images)"),
 ], ids=["missing-path", "hub-id-offline", "empty-glob", "no-label-column", "no-image-column",
         "bad-label-override", "bad-image-override", "missing-val-split", "missing-train-split",
         "unlabelled-val-split", "label-above-range", "negative-labels", "cannot-carve",
         "label-2e9", "label-1e5", "single-class", "float-labels", "class-only-in-val-ints",
-        "class-only-in-val-names"])
+        "class-only-in-val-names", "empty-class-folder"])
 def test_load_errors(tmp_path, forms, source, kw, expected):
     assert expected in _err(source(tmp_path, forms), **kw)
 
