@@ -4,12 +4,27 @@ Public API:
     apply_strategy(model, spec) -> Plan      make only what `spec` selects learnable
     list_strategies()                        the registered strategies
     merged_state_dict(model)                 a plain timm state dict with full (joined) weights
-    load_delta(path)                         a trained model rebuilt from its run's delta.safetensors
+    load_delta(source)                       a trained model rebuilt from its delta: a run folder, a pushed
+                                             folder, a delta file or a Hub repo id
 """
 from __future__ import annotations
 
-from .delta import load_delta, merged_state_dict
+from pathlib import Path
+
+from torch import nn
+
+from . import delta, hub
+from .delta import merged_state_dict
 from .strategies import Plan, apply_strategy, list_strategies
 from .version import __version__
 
 __all__ = ["apply_strategy", "list_strategies", "load_delta", "merged_state_dict", "Plan", "__version__"]
+
+
+def load_delta(source: str | Path) -> nn.Module:
+    """Rebuild a trained model from its delta. SOURCE is a run folder, its delta.safetensors, a folder
+    written by `push --local-dir`, or a Hub repo id that `push` uploaded (downloaded through
+    huggingface_hub's cache, so it works offline once cached; nothing is unpickled). The base is rebuilt
+    and checked against the fingerprint of the fixed values the delta was trained on (see
+    delta.load_delta). Returns the model on CPU in eval mode."""
+    return delta.load_delta(hub.resolve(source))

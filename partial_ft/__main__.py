@@ -1,5 +1,6 @@
 """Command line: `python -m partial_ft [train] --recipe R [section.key=value ...] [--resume | --overwrite]`,
-`... eval RUN_DIR`, `... export RUN_DIR --out FILE.safetensors`, `... strategies`.
+`... eval SOURCE`, `... predict SOURCE INPUT...`, `... export SOURCE --out FILE.safetensors`,
+`... push RUN_DIR REPO_ID`, `... strategies`.
 
 Argument parsing only; the work lives in train.py. A user mistake prints one `error: ...` line and
 exits with code 2.
@@ -13,7 +14,7 @@ import sys
 
 from .errors import UserError
 
-COMMANDS = ("train", "eval", "export", "strategies")
+COMMANDS = ("train", "eval", "predict", "export", "push", "strategies")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -27,13 +28,28 @@ def _parser() -> argparse.ArgumentParser:
     how.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     how.add_argument("--resume", action="store_true", help="continue the run in the folder from its last checkpoint")
     e = sub.add_parser("eval", help="evaluate a finished run's delta; writes RUN_DIR/eval.json")
-    e.add_argument("run_dir", metavar="RUN_DIR")
+    e.add_argument("run_dir", metavar="SOURCE", help="a run folder, a pushed folder or a Hub repo id")
     e.add_argument("--dataset", help="another dataset with the same classes (default: the run's)")
     e.add_argument("--split", help="the split to evaluate (default: the run's validation split)")
     e.add_argument("--max-samples", type=int, help="evaluate at most this many (seeded random) images")
+    r = sub.add_parser("predict", help="classify images with one or several deltas (JSON lines)")
+    r.add_argument("source", metavar="SOURCE", help="a run folder, a pushed folder, a delta file or a Hub repo id")
+    r.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders (recursive) or glob patterns")
+    r.add_argument("--with", dest="more", nargs="+", action="extend", default=[], metavar="SOURCE",
+                   help="more sources over the same base: predicted on the same batches, sharing their fixed prefix")
+    r.add_argument("--ensemble", action="store_true", help="also write the average of the sources' probabilities")
+    r.add_argument("--top-k", type=int, default=5, help="classes per image (default 5)")
+    r.add_argument("--out", help="write the JSON lines to this file (default: stdout)")
+    r.add_argument("--batch-size", type=int, default=64, help="images per batch (default 64)")
+    r.add_argument("--skip-bad", action="store_true", help="skip unreadable images (named and counted on stderr)")
     x = sub.add_parser("export", help="write a plain timm state dict (full weights) from a run's delta")
-    x.add_argument("run_dir", metavar="RUN_DIR", help="a run folder (or its delta.safetensors)")
+    x.add_argument("run_dir", metavar="SOURCE", help="a run folder, a pushed folder, a delta file or a Hub repo id")
     x.add_argument("--out", required=True, help="the .safetensors file to write")
+    h = sub.add_parser("push", help="upload a run's delta, recipe, class names, summary and model card to the Hub")
+    h.add_argument("run_dir", metavar="RUN_DIR")
+    h.add_argument("repo_id", metavar="REPO_ID", help="owner/name of the Hub model repo (created when missing)")
+    h.add_argument("--private", action="store_true", help="create the repo private")
+    h.add_argument("--local-dir", help="write exactly the files to this new or empty folder instead of uploading")
     sub.add_parser("strategies", help="list the strategies with their options and defaults")
     return p
 
@@ -55,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     if rest:
         return _fail(f"unrecognized arguments: {' '.join(rest)}")
     try:
-        command = {"strategies": _strategies, "eval": _eval, "export": _export, "train": _train}[args.command]
+        command = {"strategies": _strategies, "eval": _eval, "predict": _predict, "export": _export, "push": _push,
+                   "train": _train}[args.command]
         return command(args)
     except UserError as e:
         return _fail(str(e), e.collective)
@@ -109,14 +126,39 @@ def _eval(args: argparse.Namespace) -> int:
     print(f"  top1 {r['val_top1']:.4f}{top5}  loss {r['val_loss']:.4f}")
     worst = sorted(r["per_class_top1"].items(), key=lambda kv: kv[1])[:5]
     print("  worst classes: " + ", ".join(f"{name} {acc:.3f}" for name, acc in worst))
-    print(f"wrote {os.path.join(args.run_dir, 'eval.json')}")
+    if r.get("written"):
+        print(f"wrote {r['written']}")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from .predict import run
+
+    sources = [args.source, *args.more]
+    counts, runner = run(sources, args.inputs, args.out, args.top_k, args.batch_size, args.skip_bad, args.ensemble)
+    for line in counts.skipped:
+        print(f"skipped {line}", file=sys.stderr)
+    skipped = f", {len(counts.skipped)} unreadable skipped" if counts.skipped else ""
+    print(f"predicted {counts.predicted} images with {len(sources)} source{'s' * (len(sources) > 1)}{skipped}"
+          f"{f'; wrote {args.out}' if args.out else ''}", file=sys.stderr)
+    if len(sources) > 1:
+        print(runner.saving(), file=sys.stderr)
+    return 0
+
+
+def _push(args: argparse.Namespace) -> int:
+    from .hub import HUB_FILES, push
+
+    where = push(args.run_dir, args.repo_id, private=args.private, local_dir=args.local_dir)
+    print(f"{'wrote' if args.local_dir else 'pushed'} {', '.join(HUB_FILES)} to {where}")
     return 0
 
 
 def _export(args: argparse.Namespace) -> int:
     from .delta import export
+    from .hub import resolve
 
-    out, info = export(args.run_dir, args.out)
+    out, info = export(resolve(args.run_dir), args.out)
     kwargs = "".join(f", {k}={v!r}" for k, v in info["model"]["kwargs"].items())
     print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB), a plain timm state dict; load it without partial_ft:")
     print(f"  timm.create_model({info['model']['name']!r}, pretrained=True, pretrained_cfg_overlay=dict("

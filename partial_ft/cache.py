@@ -128,25 +128,6 @@ class FeatureDataset(torch.utils.data.Dataset):
         """Nothing is random here (the loop sets every training set's epoch)."""
 
 
-class _Indexed(torch.utils.data.Dataset):
-    def __init__(self, ds: torch.utils.data.Dataset):
-        self.ds = ds
-
-    def __len__(self) -> int:
-        return len(self.ds)
-
-    def __getitem__(self, index: int) -> tuple[int, Any]:
-        return index, self.ds[index]
-
-
-def _collate_indexed(batch: list) -> tuple[list[int], Optional[torch.Tensor], Optional[torch.Tensor]]:
-    good = [(i, item) for i, item in batch if item is not None]
-    if not good:
-        return [], None, None
-    x = torch.stack([item[0] for _, item in good])
-    return [i for i, _ in good], x, torch.tensor([item[1] for _, item in good], dtype=torch.long)
-
-
 @torch.no_grad()
 def extract(cut: cuts.Cut, model: nn.Module, dataset: torch.utils.data.Dataset, batch_size: int, num_workers: int,
             device: torch.device, autocast: Callable[[], Any], input_size: tuple[int, ...],
@@ -156,9 +137,9 @@ def extract(cut: cuts.Cut, model: nn.Module, dataset: torch.utils.data.Dataset, 
     `share`). The features stay in host memory."""
     rank, world = shard
     n = len(dataset)
-    items = torch.utils.data.Subset(_Indexed(dataset), range(rank, n, world))
+    items = torch.utils.data.Subset(loaders.Indexed(dataset), range(rank, n, world))
     dl = torch.utils.data.DataLoader(items, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                                     collate_fn=_collate_indexed)
+                                     collate_fn=loaders.collate_indexed)
     with cuts.eval_mode(model), autocast():
         probe = cut.prefix(torch.zeros(1, *input_size, device=device))  # the features' shape and dtype
         features = torch.zeros((n, *probe.shape[1:]), dtype=probe.dtype)

@@ -26,6 +26,9 @@ import torch
 from torch import nn
 
 
+PRE_LOGITS = "pre-logits"  # the cut before the classifier (only it learns)
+
+
 @dataclass
 class Cut:
     """A fixed prefix (a function) and the learned rest (a module sharing the model's parameters)."""
@@ -157,42 +160,106 @@ class _Head(nn.Module):
         return self.model.forward_head(x)
 
 
+def _candidates(model: nn.Module, probe: torch.Tensor, learned: set[str]) -> tuple[list[Cut], _Trace]:
+    """Every place the model might be cut before its first learned layer, deepest first, not yet verified;
+    and the trace of a forward of `probe` (call in eval mode, without gradients)."""
+    names = {m: n for n, m in model.named_modules()}
+    trace = _trace(model, lambda: model(probe))
+    found: list[Cut] = []
+    timm_like = all(hasattr(model, a) for a in ("forward_features", "forward_head", "get_classifier"))
+    classifier = model.get_classifier() if timm_like else None
+    if isinstance(classifier, nn.Module) and classifier in names:
+        head = names[classifier]
+        if all(n == head or n.startswith(head + ".") for n in learned):
+            def pre_logits(x: torch.Tensor) -> torch.Tensor:
+                return model.forward_head(model.forward_features(x), pre_logits=True)
+            inside = [n for n in trace.end if not (n == head or n.startswith(head + "."))]
+            found.append(Cut(PRE_LOGITS, pre_logits, classifier, inside))
+    if timm_like:
+        features = _trace(model, lambda: model.forward_features(probe))
+        if not learned & set(features.start):
+            found.append(Cut("forward_features", model.forward_features, _Head(model), list(features.end)))
+    first_learned = min((trace.start[n] for n in learned if n in trace.start), default=None)
+    if first_learned is not None:
+        found += [_module_cut(model, n, trace) for n in trace.start if trace.start[n] <= first_learned
+                  and trace.calls[n] == 1 and trace.inputs[n] is not None]
+    # deepest first: the most modules left in the prefix
+    return sorted((c for c in found if c.prefix_modules), key=lambda c: len(c.prefix_modules), reverse=True), trace
+
+
+def _why_not(model: nn.Module, learned: set[str]) -> str:
+    """Why a model has no cut at all before looking, or '' when it may have one."""
+    if "" in learned:
+        return "parameters of the model itself (e.g. a position embedding) learn"
+    if not learned:
+        return "nothing learns"
+    return ""
+
+
+NO_CUT = "no fixed part of the network comes before every learned layer and can be cut off"
+
+
 def find_cut(model: nn.Module, probe: torch.Tensor) -> tuple[Optional[Cut], str]:
     """The deepest valid cut of `model` (whose learned parameters are already marked), verified on
     `probe`; or None and the reason."""
     learned = learned_modules(model)
-    if "" in learned:
-        return None, "parameters of the model itself (e.g. a position embedding) learn"
-    if not learned:
-        return None, "nothing learns"
-    names = {m: n for n, m in model.named_modules()}
+    if _why_not(model, learned):
+        return None, _why_not(model, learned)
     with eval_mode(model), torch.no_grad():
-        trace = _trace(model, lambda: model(probe))
-        found: list[Cut] = []
-        timm_like = all(hasattr(model, a) for a in ("forward_features", "forward_head", "get_classifier"))
-        classifier = model.get_classifier() if timm_like else None
-        if isinstance(classifier, nn.Module) and classifier in names:
-            head = names[classifier]
-            if all(n == head or n.startswith(head + ".") for n in learned):
-                def pre_logits(x: torch.Tensor) -> torch.Tensor:
-                    return model.forward_head(model.forward_features(x), pre_logits=True)
-                inside = [n for n in trace.end if not (n == head or n.startswith(head + "."))]
-                found.append(Cut("pre-logits", pre_logits, classifier, inside))
-        if timm_like:
-            features = _trace(model, lambda: model.forward_features(probe))
-            if not learned & set(features.start):
-                found.append(Cut("forward_features", model.forward_features, _Head(model), list(features.end)))
-        first_learned = min((trace.start[n] for n in learned if n in trace.start), default=None)
-        if first_learned == 0 and not found:
+        found, trace = _candidates(model, probe, learned)
+        if not found and min((trace.start[n] for n in learned if n in trace.start), default=None) == 0:
             return None, "the first layer learns (nothing fixed comes before it)"
-        if first_learned is not None:
-            found += [_module_cut(model, n, trace) for n in trace.start if trace.start[n] <= first_learned
-                      and trace.calls[n] == 1 and trace.inputs[n] is not None]
-        # deepest first (the most modules left in the prefix); the first that agrees with the model wins
-        for cut in sorted(found, key=lambda c: len(c.prefix_modules), reverse=True):
-            if cut.prefix_modules and _agrees(cut, probe, trace.output):
+        for cut in found:  # the first that agrees with the model wins
+            if _agrees(cut, probe, trace.output):
                 return cut, ""
-    return None, "no fixed part of the network comes before every learned layer and can be cut off"
+    return None, NO_CUT
+
+
+def common_cut(models: list[nn.Module], probe: torch.Tensor) -> tuple[Optional[list[Cut]], str]:
+    """The deepest cut where every model's prefix is the same computation (models over one base whose
+    fixed layers before it hold the same values: several deltas of one backbone), one Cut per model,
+    each verified on `probe`; or None and the reason. Running models[0]'s prefix once then serves every
+    model's suffix."""
+    per_model, traces = [], []
+    for i, model in enumerate(models):
+        learned = learned_modules(model)
+        if _why_not(model, learned):
+            return None, f"source {i + 1}: {_why_not(model, learned)}"
+        with eval_mode(model), torch.no_grad():
+            found, trace = _candidates(model, probe, learned)
+        per_model.append({c.name: c for c in found})
+        traces.append(trace)
+    shared = [c for c in per_model[0].values() if all(c.name in other for other in per_model[1:])]
+    with torch.no_grad():
+        for cut in shared:  # deepest first
+            cuts = [found[cut.name] for found in per_model]
+            if all(_agrees(c, probe, t.output) for c, t in zip(cuts, traces, strict=True)) and \
+                    _same_prefix(models, cuts, probe):
+                return cuts, ""
+    return None, "the sources share no fixed prefix: " + (NO_CUT if not shared else
+                                                           "their fixed layers differ (other weights or statistics)")
+
+
+def _same_prefix(models: list[nn.Module], cuts: list[Cut], probe: torch.Tensor) -> bool:
+    """Whether every prefix is models[0]'s: the same modules holding the same values (and the model's own
+    tensors, e.g. a position embedding), and the same features on the probe."""
+    def values(model: nn.Module, cut: Cut) -> list[torch.Tensor]:
+        owners = [model, *(model.get_submodule(n) for n in cut.prefix_modules)]
+        return [t for m in owners for t in (*m.parameters(recurse=False), *m.buffers(recurse=False))]
+
+    first = values(models[0], cuts[0])
+    for model, cut in zip(models[1:], cuts[1:]):
+        other = values(model, cut)
+        if cut.prefix_modules != cuts[0].prefix_modules or len(other) != len(first) or \
+                not all(a.shape == b.shape and torch.equal(a, b) for a, b in zip(first, other)):
+            return False
+    with eval_mode(models[0]):
+        reference = cuts[0].prefix(probe)
+    for model, cut in zip(models[1:], cuts[1:]):
+        with eval_mode(model):
+            if not torch.equal(cut.prefix(probe), reference):
+                return False
+    return True
 
 
 def _agrees(cut: Cut, probe: torch.Tensor, expected: torch.Tensor) -> bool:

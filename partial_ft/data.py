@@ -89,7 +89,9 @@ def load(cfg: DataCfg, seed: int = 0) -> DataBundle:
     label_col = detect_label_column(train.features, cfg.label_column, image_col)
     info: dict[str, Any] = {"dataset": cfg.dataset, "config": cfg.config, "image_column": image_col,
                             "label_column": label_col, "train_split": cfg.train_split}
-    val_name = _choose_val_split(dsd, cfg, label_col, info)
+    # tuning never opens the validation split: its validation is carved out of train below
+    val_name = None if cfg.tune_fraction else _choose_val_split(dsd, cfg, label_col, info)
+    has_val = bool(cfg.tune_fraction) and _choose_val_split(dsd, cfg, label_col, {}) is not None
     dsd, class_names, label_kind = prepare_columns(
         DatasetDict({k: dsd[k] for k in (cfg.train_split, val_name) if k}), image_col, label_col)
 
@@ -103,16 +105,30 @@ def load(cfg: DataCfg, seed: int = 0) -> DataBundle:
             raise UserError(f"{len(unseen)} class(es) appear in split '{val_name}' but never in "
                             f"'{cfg.train_split}' ({names}): a classifier cannot learn them; fix the splits or "
                             "set data.val_split")
-    else:  # carve a seeded, stratified validation split out of train, and record exactly which rows
-        train_idx, val_idx = carve(label_array(train, label_col).to_numpy(), cfg.val_fraction, seed)
-        if not len(val_idx):
-            raise UserError(f"cannot carve a validation split out of '{cfg.train_split}' ({len(train)} rows, no "
-                            "class with two samples); add a validation split or set data.val_split")
-        train, val = train.select(train_idx), train.select(val_idx)
-        info["val_split"] = {"carved_from": cfg.train_split, "fraction": cfg.val_fraction, "seed": seed,
-                             "stratified": True, "indices": val_idx.tolist()}
+    else:
+        train, val = _carve_val(train, label_col, cfg, seed, info, has_val)
     train = _subsample(train, cfg.max_train_samples, seed)
     val = _subsample(val, cfg.max_val_samples, seed)
     info.update(train_samples=len(train), val_samples=len(val), num_classes=len(class_names),
                 labels=label_kind, class_names=class_names)
     return DataBundle(train, val, image_col, label_col, class_names, info)
+
+
+def _carve_val(train: Dataset, label_col: str, cfg: DataCfg, seed: int, info: dict,
+               has_val: bool) -> tuple[Dataset, Dataset]:
+    """Carve a seeded, stratified validation split out of train, recording exactly which rows. When
+    tuning (data.tune_fraction) on a dataset whose validation is itself carved from train, that carve-out
+    (data.val_fraction, this seed) is removed first: tuning must never see it."""
+    if cfg.tune_fraction and not has_val:
+        keep, held = carve(label_array(train, label_col).to_numpy(), cfg.val_fraction, seed)
+        train = train.select(keep)
+        info["validation_removed"] = {"fraction": cfg.val_fraction, "seed": seed, "rows": len(held)}
+    fraction, carve_seed = (cfg.tune_fraction, cfg.tune_seed) if cfg.tune_fraction else (cfg.val_fraction, seed)
+    train_idx, val_idx = carve(label_array(train, label_col).to_numpy(), fraction, carve_seed)
+    if not len(val_idx):
+        raise UserError(f"cannot carve a validation split out of '{cfg.train_split}' ({len(train)} rows, no "
+                        "class with two samples); add a validation split or set data.val_split")
+    info["val_split"] = {"carved_from": cfg.train_split, "fraction": fraction, "seed": carve_seed,
+                         "stratified": True, "purpose": "tune" if cfg.tune_fraction else "validation",
+                         "indices": val_idx.tolist()}
+    return train.select(train_idx), train.select(val_idx)

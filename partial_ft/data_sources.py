@@ -53,7 +53,7 @@ def load_raw(cfg: DataCfg) -> DatasetDict:
             if not files:
                 raise UserError(f"no files match {source}")
             return _named(_load_files(files))
-        if source.startswith((".", "/", "~")) or source.count("/") > 1 or "\\" in source:
+        if _path_like(source):
             raise UserError(f"dataset path does not exist: {source}")
         return _named(datasets.load_dataset(source, cfg.config))
     except UserError:
@@ -65,6 +65,20 @@ def load_raw(cfg: DataCfg) -> DatasetDict:
         raise UserError(f"cannot load dataset '{source}' (not a local path, so tried as a Hugging Face Hub "
                         f"dataset id): {reason}" if not path.exists() else
                         f"cannot load dataset '{source}': {reason}") from None
+
+
+def _path_like(source: str) -> bool:
+    """Whether `source` can only be meant as a local path (a Hub id is `name` or `owner/name`)."""
+    return source.startswith((".", "/", "~")) or source.count("/") > 1 or "\\" in source
+
+
+def hub_id(source: str) -> Optional[str]:
+    """`source` when data.dataset names a Hugging Face Hub dataset (not built in, not a local path, file
+    or pattern), else None."""
+    if source in BUILTIN or any(ch in source for ch in "*?[") or _path_like(source) or \
+            Path(source).expanduser().exists():
+        return None
+    return source
 
 
 def _load_dir(path: Path, config: Optional[str]) -> Dataset | DatasetDict:

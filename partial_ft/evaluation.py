@@ -9,9 +9,10 @@ from typing import Any, Optional
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration
 from torch import nn
 
-from . import data, delta, loaders, rundir
+from . import data, delta, hub, loaders, rundir
 from .errors import UserError
 
 
@@ -50,12 +51,14 @@ def evaluate(model: nn.Module, loader: torch.utils.data.DataLoader, acc: Acceler
 
 def evaluate_run(run_dir: str | Path, dataset: Optional[str] = None, split: Optional[str] = None,
                  max_samples: Optional[int] = None) -> dict[str, Any]:
-    """Evaluate a finished run's delta (the `eval` command) and write run_dir/eval.json. By default on the
+    """Evaluate a finished run's delta (the `eval` command; `run_dir` is any SOURCE: a run folder, a pushed
+    folder or a Hub repo id) and write eval.json into a local folder (its path is `written`). By default on the
     run's own validation split with its own settings, so the numbers equal summary.json's; with another
     dataset or split, on all of it (or max_samples)."""
-    run_dir = Path(run_dir)
     if max_samples is not None and max_samples < 1:
         raise UserError(f"--max-samples must be >= 1, got {max_samples}")
+    local = Path(run_dir).exists()  # a Hub repo id: its files live in huggingface_hub's cache, not written to
+    run_dir = hub.resolve(run_dir)
     recipe = rundir.read_recipe(run_dir)
     info = delta.read_info(run_dir)
     model = delta.load_delta(run_dir)
@@ -63,13 +66,15 @@ def evaluate_run(run_dir: str | Path, dataset: Optional[str] = None, split: Opti
     if dataset or split or max_samples:
         cfg = replace(cfg, dataset=dataset or cfg.dataset, config=cfg.config if not dataset else None,
                       val_split=split or (cfg.val_split if not dataset else None), max_val_samples=max_samples)
-    acc = Accelerator(mixed_precision=t.mixed_precision)
+    # batches come pinned on a GPU, so their copies to it need not block
+    acc = Accelerator(mixed_precision=t.mixed_precision, dataloader_config=DataLoaderConfiguration(non_blocking=True))
     with acc.main_process_first():
         bundle = data.load(cfg, seed=t.seed)
     if bundle.class_names != info["class_names"]:
         raise UserError(f"dataset '{cfg.dataset}' has classes {bundle.class_names[:10]}, but the run learned "
                         f"{info['class_names'][:10]}: the classifier cannot be evaluated on it")
-    loader = loaders.eval_loader(bundle, cfg, info["data_config"], t.eval_batch_size or 2 * t.batch_size, t.seed,
+    loader = loaders.eval_loader(bundle, cfg, info["data_config"],
+                                 loaders.eval_batch_size(t.eval_batch_size, t.batch_size, acc.device), t.seed,
                                  acc.device.type == "cuda")
     model, loader = acc.prepare(model, loader)
     metrics = evaluate(model, loader, acc, len(bundle.class_names))
@@ -77,6 +82,6 @@ def evaluate_run(run_dir: str | Path, dataset: Optional[str] = None, split: Opti
     result = {"dataset": cfg.dataset, "split": val_split if isinstance(val_split, str) else
               f"{val_split['carved_from']} (carved, fraction {val_split['fraction']})", **metrics,
               "per_class_top1": dict(zip(bundle.class_names, metrics["per_class_top1"]))}
-    if acc.is_main_process:
-        rundir.RunFolder(run_dir).write_json(rundir.EVAL, result)
+    if acc.is_main_process and local:
+        result["written"] = str(rundir.RunFolder(run_dir).write_json(rundir.EVAL, result))
     return result

@@ -16,15 +16,26 @@ from .data_columns import INDEX_COLUMN
 from .errors import UserError, first_line
 from .recipe import DataCfg
 
+def _common(data_config: dict) -> dict[str, Any]:
+    return dict(input_size=data_config["input_size"], interpolation=data_config.get("interpolation", "bilinear"),
+                mean=data_config["mean"], std=data_config["std"], crop_pct=data_config.get("crop_pct"),
+                crop_mode=data_config.get("crop_mode"))
+
+
+def eval_transform(data_config: dict) -> Any:
+    """timm's eval transform for a data config (a run's, as its delta records it): validation, `eval`
+    and `predict` all preprocess through it."""
+    from timm.data import create_transform
+
+    return create_transform(is_training=False, **_common(data_config))
+
 
 def transforms(cfg: DataCfg, data_config: dict) -> tuple[Any, Any, bool]:
     """timm train and eval transforms; returns (train, eval, train_is_deterministic)."""
     from timm.data import create_transform
 
-    common = dict(input_size=data_config["input_size"], interpolation=data_config.get("interpolation", "bilinear"),
-                  mean=data_config["mean"], std=data_config["std"], crop_pct=data_config.get("crop_pct"),
-                  crop_mode=data_config.get("crop_mode"))
-    eval_tf = create_transform(is_training=False, **common)
+    common = _common(data_config)
+    eval_tf = eval_transform(data_config)
     if not cfg.augment:
         return eval_tf, eval_tf, True
     train_tf = create_transform(
@@ -63,7 +74,18 @@ def to_rgb(image: Any) -> Any:
     return image.convert("RGB")
 
 
-def _reason(e: Exception) -> str:
+def read_image(value: Optional[dict]) -> Any:
+    """Decode an undecoded `datasets` Image value ({"bytes": ..., "path": ...}) to an RGB PIL image, as
+    every image the package reads is decoded; raises on an unreadable or missing image."""
+    if value is None:
+        raise ValueError("the image is missing")
+    image = Image().decode_example(value)
+    image.load()  # PIL decodes lazily: surface truncated data here, not inside the transform
+    return to_rgb(image)
+
+
+def reason(e: Exception) -> str:
+    """Why an image could not be read, in one line."""
     from PIL import UnidentifiedImageError
 
     if isinstance(e, UnidentifiedImageError):
@@ -123,11 +145,7 @@ class ImageDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int):
         row = self.hf[index]
         try:
-            if row[self.image_column] is None:
-                raise ValueError("the image is missing")
-            image = Image().decode_example(row[self.image_column])
-            image.load()  # PIL decodes lazily: surface truncated data here, not inside the transform
-            image = to_rgb(image)
+            image = read_image(row[self.image_column])
         except Exception as e:
             if self.skip_bad_images:
                 return None
@@ -135,7 +153,7 @@ class ImageDataset(torch.utils.data.Dataset):
             cell = row[self.image_column]
             file = f"{cell['path']} " if isinstance(cell, dict) and cell.get("path") else ""
             raise BadImageError(f"cannot read image {file}at index {row.get(INDEX_COLUMN, index)} of split "
-                                f"'{self.source}'{used}: {_reason(e)} (set data.skip_bad_images: true to skip "
+                                f"'{self.source}'{used}: {reason(e)} (set data.skip_bad_images: true to skip "
                                 "unreadable images)") from None
         if self.augment_seed is None:
             return self.transform(image), row[self.label_column]
@@ -153,17 +171,39 @@ def collate(batch: list) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]
     return x, y, len(batch) - len(good)
 
 
-def loader(ds: ImageDataset, batch_size: int, shuffle: bool, num_workers: int, seed: int,
-           pin_memory: bool = False) -> torch.utils.data.DataLoader:
-    """A DataLoader with seeded shuffling and persistent workers."""
+class Indexed(torch.utils.data.Dataset):
+    """A dataset's items with their index: (index, item); for one-off passes that fill a tensor by index."""
+
+    def __init__(self, ds: torch.utils.data.Dataset):
+        self.ds = ds
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, index: int) -> tuple[int, Any]:
+        return index, self.ds[index]
+
+
+def collate_indexed(batch: list) -> tuple[list[int], Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """Stack Indexed items, dropping unreadable ones (None); returns (indices, x, y)."""
+    good = [(i, item) for i, item in batch if item is not None]
+    if not good:
+        return [], None, None
+    x = torch.stack([item[0] for _, item in good])
+    return [i for i, _ in good], x, torch.tensor([item[1] for _, item in good], dtype=torch.long)
+
+
+def loader(ds: torch.utils.data.Dataset, batch_size: int, shuffle: bool, num_workers: int, seed: int,
+           pin_memory: bool = False, collate_fn: Optional[Any] = None) -> torch.utils.data.DataLoader:
+    """A DataLoader with seeded shuffling and persistent workers; `collate_fn` defaults to collate()."""
     return torch.utils.data.DataLoader(
-        ds, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, collate_fn=collate,
+        ds, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, collate_fn=collate_fn or collate,
         persistent_workers=num_workers > 0, pin_memory=pin_memory, drop_last=False,
-        generator=torch.Generator().manual_seed(seed), worker_init_fn=_lower_priority,
+        generator=torch.Generator().manual_seed(seed), worker_init_fn=lower_priority,
     )
 
 
-def _lower_priority(worker_id: int) -> None:
+def lower_priority(worker_id: int) -> None:
     """Workers yield the CPU to the training process's compute threads. Where cores are few, a worker
     preempting one of them stalls all of them at their next barrier; at a lower priority it runs in the
     gaps instead, and its prefetched batches still arrive in time."""
@@ -181,6 +221,12 @@ def make_loader(split: Dataset, image_column: str, label_column: str, transform:
     ds = ImageDataset(split, image_column, label_column, transform, role, cfg.skip_bad_images,
                       augment_seed=seed if random_transform else None)
     return loader(ds, batch_size, shuffle, cfg.num_workers, seed, pin_memory)
+
+
+def eval_batch_size(requested: Optional[int], batch_size: int, device: torch.device) -> int:
+    """`train.eval_batch_size`, or by default 4x the training batch on a GPU (evaluation keeps no
+    activations for a backward pass, and larger batches keep the GPU busy) and 2x on the CPU."""
+    return requested or (4 if device.type == "cuda" else 2) * batch_size
 
 
 def train_loader(bundle: DataBundle, cfg: DataCfg, data_config: dict, batch_size: int, seed: int,

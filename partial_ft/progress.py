@@ -30,13 +30,24 @@ class Progress:
     epoch_seconds: float = 0.0
     loss_sum: float = 0.0  # this epoch's running loss (its train_loss is the mean)
     loss_count: int = 0
+    window_sum: float = 0.0  # loss since the last logged step: the training curve's and the trackers' loss
+    window_count: int = 0
+    losses: list = field(default_factory=list)  # this epoch's logged [step, loss] points (metrics' loss_curve)
     metrics: dict = field(default_factory=dict)  # the last epoch's metrics
     metrics_lines: int = 0  # lines of metrics.jsonl written (one per finished epoch)
     steady_images: int = 0  # images of steps timed for the steady throughput (see Meter)
     steady_seconds: float = 0.0
+    solver: dict = field(default_factory=lambda: {"solver": "loop"})  # or the exact solver's record (probe.py)
 
     def __post_init__(self) -> None:
         self.meter = Meter(self)  # not a field: not saved
+
+    def log_point(self) -> float:
+        """The mean loss since the previous logged step, recorded as a point of the training curve."""
+        loss = self.window_sum / max(self.window_count, 1)
+        self.losses.append([self.step, loss])
+        self.window_sum, self.window_count = 0.0, 0
+        return loss
 
     def close_epoch(self) -> None:
         """The epoch's batches are done: add its time and images to the run's."""
@@ -46,7 +57,7 @@ class Progress:
     def next_epoch(self) -> "Progress":
         """The position at the start of the next epoch: per-epoch counters reset, run counters kept."""
         return dataclasses.replace(self, epoch=self.epoch + 1, batches=0, epoch_images=0, epoch_seconds=0.0,
-                                   loss_sum=0.0, loss_count=0, metrics_lines=self.metrics_lines + 1)
+                                   loss_sum=0.0, loss_count=0, losses=[], metrics_lines=self.metrics_lines + 1)
 
 
 class Meter:
@@ -106,6 +117,7 @@ def summarize(recipe: Any, plan: Any, p: Progress, optimizer: torch.optim.Optimi
         "val_loss": metrics.get("val_loss"),
         "epochs": metrics.get("epoch", 0),
         "steps": p.step,
+        "solver": p.solver,
         "train_seconds": round(p.train_seconds + extract, 3),
         "train_images_per_second": (p.steady_images / p.steady_seconds if p.steady_seconds else
                                     p.images / p.train_seconds if p.train_seconds else 0.0),

@@ -40,6 +40,10 @@ class DataCfg:
     train_split: str = "train"
     val_split: Optional[str] = None  # None: validation, else test, else carved out of train
     val_fraction: float = 0.1  # used only when the dataset has no validation split
+    # tuning: validate on a stratified, seeded carve-out of train (and train on the rest) instead of the
+    # validation split, which is then never opened (tools/sweep.py's `tune:` sets these)
+    tune_fraction: Optional[float] = None
+    tune_seed: int = 0
     max_train_samples: Optional[int] = None
     max_val_samples: Optional[int] = None
     num_workers: int = 2
@@ -58,6 +62,8 @@ class DataCfg:
     auto_augment: Optional[str] = None
     re_prob: float = 0.0
     skip_bad_images: bool = False
+    # decode every image once into memory; batches augmented on the training device (see preload.py)
+    preload: Literal["auto", "true", "false"] = "auto"
 
 
 @dataclass
@@ -67,7 +73,7 @@ class TrainCfg:
     epochs: int = 1
     max_steps: Optional[int] = None  # optimizer updates; stops early when reached
     batch_size: int = 64  # per process
-    eval_batch_size: Optional[int] = None  # default: 2 x batch_size
+    eval_batch_size: Optional[int] = None  # default: 4 x batch_size on a GPU, 2 x on the CPU
     lr: float = 1e-3
     opt: str = "adamw"  # any timm optimizer name (create_optimizer_v2)
     weight_decay: float = 0.05
@@ -80,6 +86,9 @@ class TrainCfg:
     grad_accum_steps: int = 1
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     cache_features: Literal["auto", "on", "off"] = "auto"  # train from cached features of the fixed prefix
+    # exact: solve the classifier to convergence on cached features (L-BFGS, L2 strength chosen on a
+    # carve-out of train); loop: the epoch loop; auto: exact when only the classifier learns on cached features
+    solver: Literal["auto", "exact", "loop"] = "auto"
     channels_last: bool = False  # NHWC memory layout (faster convolutions on recent GPUs)
     compile: bool = False  # torch.compile the model (inductor) through Accelerate
     seed: int = 0
@@ -88,6 +97,7 @@ class TrainCfg:
     keep_checkpoints: Optional[int] = 2  # newest checkpoints kept while running (null: all); a finished run keeps none
     nan_policy: Literal["stop", "skip_batch"] = "stop"  # a NaN/inf loss: stop the run, or skip that batch
     progress: bool = True
+    log_with: list[str] = field(default_factory=list)  # Accelerate trackers: tensorboard, wandb, mlflow, ...
 
 
 @dataclass
@@ -176,13 +186,14 @@ def _build_section(section: str, cls: type, node: dict) -> Any:
     values = {}
     for key, value in node.items():
         if key not in names:
-            hint = did_you_mean(key, names) or did_you_mean(f"{section}.{key}", _all_keys())
+            hint = did_you_mean(key, names) or did_you_mean(f"{section}.{key}", all_keys())
             raise UserError(f"unknown key '{section}.{key}'{hint}")
         values[key] = coerce(value, hints[key], f"{section}.{key}")
     return cls(**values)
 
 
-def _all_keys() -> list[str]:
+def all_keys() -> list[str]:
+    """Every `section.key` of the recipe schema (the strategy section aside: the registry owns it)."""
     return [f"{s}.{f.name}" for s, c in SECTIONS.items() for f in dataclasses.fields(c)]
 
 
@@ -205,6 +216,7 @@ def _check_ranges(r: Recipe) -> None:
         (r.train.keep_checkpoints is None or r.train.keep_checkpoints >= 1,
          "train.keep_checkpoints must be >= 1 (null: keep all)"),
         (0 < r.data.val_fraction < 1, "data.val_fraction must be in (0, 1)"),
+        (r.data.tune_fraction is None or 0 < r.data.tune_fraction < 1, "data.tune_fraction must be in (0, 1)"),
         (r.data.num_workers >= 0, "data.num_workers must be >= 0"),
         (r.data.max_train_samples is None or r.data.max_train_samples >= 1, "data.max_train_samples must be >= 1"),
         (r.data.max_val_samples is None or r.data.max_val_samples >= 1, "data.max_val_samples must be >= 1"),

@@ -1,7 +1,8 @@
 """The run folder's single owner: everything partial_ft writes into a run folder goes through here.
 
 A run folder holds recipe.yaml, plan.txt, data.json, metrics.jsonl, summary.json, delta.safetensors,
-eval.json and checkpoints/ (see the README's outputs section), a marker file saying partial_ft made it,
+README.md (the model card), training_curve.png, logs/ (trackers), eval.json and checkpoints/ (see the
+README's outputs section), a marker file saying partial_ft made it,
 and while a process uses it, a lock file naming that process. Every file that is read back later is
 written atomically (temporary file + rename). Only folders that partial_ft made are ever replaced, and
 then only partial_ft's own files.
@@ -18,21 +19,22 @@ from typing import Any, Optional
 
 import yaml
 
-from . import checkpoints, delta
-from .atomic import probe_writable, write_text
+from . import checkpoints, curves, delta, modelcard
+from .atomic import probe_writable, write_atomic, write_text
 from .errors import UserError, first_line
 from .recipe import Recipe, from_dict
 
 MARKER = ".partial_ft-run"
 LOCK = ".partial_ft.lock"
 RECIPE, PLAN, DATA, METRICS, SUMMARY, EVAL = "recipe.yaml", "plan.txt", "data.json", "metrics.jsonl", "summary.json", "eval.json"
+CARD, CURVE, LOGS = "README.md", "training_curve.png", "logs"  # the model card; loss and val top-1 vs step; trackers
 STRATEGY = "strategy.json"  # the strategy with data-driven choices resolved (what --resume rebuilds)
 # what a run writes, and so what --overwrite may remove (anything else in the folder is left alone)
 OWN = {MARKER, RECIPE, PLAN, DATA, METRICS, SUMMARY, EVAL, STRATEGY, delta.DELTA_NAME, checkpoints.CHECKPOINTS,
-       "README.md", "logs", "training_curve.png"}
+       CARD, LOGS, CURVE}
 # keys that may change between a run and its resumption: they do not change the numbers
 RESUME_MAY_DIFFER = {"train.progress", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
-                     "train.nan_policy"}
+                     "train.nan_policy", "train.log_with"}
 
 
 def is_ours(path: Path) -> bool:
@@ -208,10 +210,29 @@ class RunFolder:
         """What the run learned, as RUN_DIR/delta.safetensors."""
         return delta.save_delta(self.path / delta.DELTA_NAME, model, recipe, class_names, data_config, base, extra)
 
-    def finish(self, summary: dict[str, Any]) -> None:
-        """The run is done: its summary, and no more whole-model checkpoints (the delta is what it keeps)."""
+    def finish(self, summary: dict[str, Any], title: str = "") -> None:
+        """The run is done: its summary, model card and training curve, and no more whole-model checkpoints
+        (the delta is what it keeps)."""
         self.write_json(SUMMARY, summary)
+        write_text(self.path / CARD, card(self.path))
+        evals = [json.loads(line) for line in self.metrics_lines()]
+        losses = [(step, loss) for e in evals for step, loss in e.get("loss_curve", [])]
+        write_atomic(self.path / CURVE, lambda tmp: curves.plot(losses, evals, tmp, title))
         checkpoints.remove(self.path)
+
+
+def card(folder: Path, repo_id: Optional[str] = None) -> str:
+    """The model card of the finished run in `folder` (a run folder, or a pushed one: plan.txt and the
+    validation split are optional there); `repo_id` names the Hub repo in its loading instructions."""
+    folder = Path(folder)
+    try:
+        summary = json.loads((folder / SUMMARY).read_text())
+        data = json.loads((folder / DATA).read_text())
+        plan = (folder / PLAN).read_text() if (folder / PLAN).is_file() else None
+        return modelcard.render(read_recipe(folder).to_dict(), summary, data["class_names"], plan,
+                                data.get("val_split"), repo_id)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"cannot describe the run in {folder}: {first_line(e)}") from None
 
 
 def read_recipe(run_dir: Path) -> Recipe:

@@ -19,7 +19,7 @@ from timm.scheduler import create_scheduler_v2
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import cache, collective, data, delta, gradients, loaders, models, signals, validate
+from . import cache, collective, data, delta, gradients, loaders, models, preload, probe, signals, tracking, validate
 from .errors import NonFiniteLoss
 from .evaluation import evaluate
 from .partial import partial_buffer_names
@@ -44,16 +44,22 @@ class Setup:
     val_loader: torch.utils.data.DataLoader
     base: dict[str, str]  # fingerprint parts of the fixed values, taken before any training (they never change)
     cache: cache.Decision  # train from cached features of the fixed prefix, or from images
+    preload: str  # what data.preload decided (preload.decide's note)
+    preload_seconds: float  # decoding every image (preloaded data)
+    solver: str  # 'exact' (a cached linear head solved to convergence, probe.py) or 'loop'
 
 
 def prepare(recipe: Recipe, strategy: Any = None) -> Setup:
     """Build data, model and plan; any user mistake surfaces here as a UserError, before any writing.
     `strategy`, when given, replaces the recipe's: the resolved one a run folder recorded."""
     t = recipe.train
+    tracking.check(t.log_with)  # a tracker that is not installed fails before any work
     accelerator = Accelerator(
+        **tracking.accelerator_kwargs(t.log_with, recipe.run_dir),
         mixed_precision=t.mixed_precision,
         gradient_accumulation_steps=t.grad_accum_steps,
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        # batches come pinned on a GPU (loaders), so their copies to it need not block
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, non_blocking=True),
         step_scheduler_with_optimizer=False,
     )
     set_seed(t.seed)
@@ -65,24 +71,28 @@ def prepare(recipe: Recipe, strategy: Any = None) -> Setup:
     data_config = models.data_config(model, recipe.data)
     validate.build_transforms(recipe.data, data_config)
     validate.probe_forward(model, recipe.model.name, tuple(data_config["input_size"]))
-    pin = accelerator.device.type == "cuda"
-    train_loader, deterministic = loaders.train_loader(bundle, recipe.data, data_config, t.batch_size, t.seed, pin)
-    val_loader = loaders.eval_loader(bundle, recipe.data, data_config, t.eval_batch_size or 2 * t.batch_size,
-                                     t.seed, pin)
-    signals.shield_workers(train_loader, val_loader)  # SIGTERM / Ctrl-C: the loop checkpoints first
-    # strategies that choose from the gradient signal draw it here, before any optimizer exists; a resumed
-    # run (`strategy` recorded in its folder) rebuilds their choice without drawing anything
-    source = gradients.from_loader(train_loader, accelerator, nn.CrossEntropyLoss(label_smoothing=t.label_smoothing),
+    deterministic = loaders.transforms(recipe.data, data_config)[2]
+    # strategies that choose from the gradient signal draw it here, before any optimizer exists, through a
+    # plain loader of their own; a resumed run (`strategy` recorded in its folder) rebuilds their choice
+    # without drawing anything
+    scoring_loader, _ = loaders.train_loader(bundle, recipe.data, data_config, t.batch_size, t.seed,
+                                             accelerator.device.type == "cuda")
+    source = gradients.from_loader(scoring_loader, accelerator, nn.CrossEntropyLoss(label_smoothing=t.label_smoothing),
                                    t.seed, t.channels_last)
     with signals.stop_on_signals():
         plan = apply_strategy(model, recipe.strategy if strategy is None else strategy, seed=t.seed,
                               init_model=init_model, gradients=source)
     decision = cache.decide(model, t.cache_features, deterministic, tuple(data_config["input_size"]),
                             len(bundle.train) + len(bundle.val))
+    batches = (t.batch_size, loaders.eval_batch_size(t.eval_batch_size, t.batch_size, accelerator.device))
+    made = preload.make_loaders(bundle, recipe.data, data_config, batches, t.seed, accelerator.device,
+                                decision.cut is not None)  # auto: not for what the cache reads once anyway
+    signals.shield_workers(made.train, made.val)  # SIGTERM / Ctrl-C: the loop checkpoints first
     if t.channels_last:
         model.to(memory_format=torch.channels_last)
     base = delta.fingerprint_parts(model) if accelerator.is_main_process else {}  # the main process saves deltas
-    return Setup(recipe, accelerator, bundle, model, plan, data_config, train_loader, val_loader, base, decision)
+    return Setup(recipe, accelerator, bundle, model, plan, data_config, made.train, made.val, base, decision,
+                 made.note, made.seconds, probe.choose(t.solver, decision.cut))
 
 
 def run(recipe: Recipe, overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
@@ -101,15 +111,16 @@ def run(recipe: Recipe, overwrite: bool = False, resume: bool = False) -> dict[s
         if acc.is_main_process:
             if resume_from is None:  # a fresh start (or a resume with nothing saved yet)
                 folder.write_start(recipe, s.plan.table(), s.bundle.info, s.plan.spec, s.plan.scoring_seconds)
-            _print_plan(s.plan, resume_from)
+            _print_plan(s, resume_from)
         acc.wait_for_everyone()
+        tracking.start(acc, recipe.name, recipe.to_dict())  # inside the run folder: it exists now
         with signals.stop_on_signals() as stop:
             summary, model = train(s, folder, resume_from, stop)
         if acc.is_main_process:
             path = folder.save_delta(model, recipe, s.bundle.class_names, s.data_config, s.base,
                                      {"strategy": s.plan.spec})  # data-driven choices resolved: no data to load
             summary["delta_bytes"] = path.stat().st_size
-            folder.finish(summary)
+            folder.finish(summary, f"{recipe.model.name}, {s.plan.label}")
             _print_summary(folder.path, summary)
     finally:
         folder.release()
@@ -117,11 +128,15 @@ def run(recipe: Recipe, overwrite: bool = False, resume: bool = False) -> dict[s
     return summary
 
 
-def _print_plan(plan: Plan, resume_from: Optional[Path]) -> None:
+def _print_plan(s: Setup, resume_from: Optional[Path]) -> None:
+    plan = s.plan
     print(plan.table(), flush=True)
     scoring = f"; scoring pass {plan.scoring_seconds:.1f} s" if plan.scoring_seconds else ""
     print(f"strategy {plan.label}: learning {plan.learned:,} of {plan.total:,} parameters "
           f"({100 * plan.fraction:.3g}%){scoring}", flush=True)
+    if s.recipe.data.preload != "false":
+        took = f", decoded in {s.preload_seconds:.1f} s" if s.preload_seconds else ""
+        print(f"preload: {s.preload}{took}", flush=True)
     if resume_from is not None:
         print(f"resuming from {resume_from}", flush=True)
 
@@ -209,7 +224,12 @@ def train(s: Setup, folder: RunFolder, resume_from: Optional[Path], stop: StopFl
             folder.keep_metrics(p.metrics_lines)
     batches = loop.train_loader
     try:
-        while not loop.finished(p):
+        if s.solver == "exact":  # a convex problem: solved to convergence on the cached features, no epochs
+            p.solver = probe.train_exact(cached, len(s.bundle.class_names), s.recipe.train.seed, s.accelerator)
+            p.loss_sum, p.loss_count = p.solver["train_loss"], 1  # (its time: the epoch meter's)
+            loop.epochs = 1
+            end_of_epoch(loop, p)
+        while s.solver == "loop" and not loop.finished(p):
             batches = train_one_epoch(loop, p)
             end_of_epoch(loop, p)
             p = p.next_epoch()
@@ -221,6 +241,7 @@ def train(s: Setup, folder: RunFolder, resume_from: Optional[Path], stop: StopFl
         loaders.shutdown_workers(loop.train_loader, loop.val_loader, batches)
     summary = summarize(s.recipe, s.plan, p, loop.optimizer, s.accelerator.device, s.accelerator.num_processes,
                         s.bundle.class_names, s.data_config, s.cache.note, cached.info if cached else None)
+    summary["preload"] = s.preload
     return summary, s.model
 
 
@@ -249,8 +270,9 @@ def train_one_epoch(loop: Loop, p: Progress) -> Any:
         if not train_step(loop, p, x, y):
             continue  # a skipped non-finite batch, or inside an accumulation
         if p.step % t.log_every == 0:
-            bar.set_postfix(loss=f"{p.loss_sum / p.loss_count:.4f}", img_s=f"{p.meter.epoch_rate():.0f}",
-                            lr=f"{loop.optimizer.param_groups[0]['lr']:.2e}")
+            lr = loop.optimizer.param_groups[0]["lr"]
+            bar.set_postfix(loss=f"{p.loss_sum / p.loss_count:.4f}", img_s=f"{p.meter.epoch_rate():.0f}", lr=f"{lr:.2e}")
+            tracking.log(acc, {"loss": p.log_point(), "lr": lr, "images_per_second": p.meter.epoch_rate()}, p.step)
         if t.max_steps and p.step >= t.max_steps:
             break
         stopping = collective.stop_requested(acc, loop.stop)
@@ -286,8 +308,9 @@ def train_step(loop: Loop, p: Progress, x: torch.Tensor, y: torch.Tensor) -> boo
         loop.optimizer.zero_grad(set_to_none=True)
     images = x.shape[0] * acc.num_processes
     p.epoch_images += images
-    p.loss_sum += loss.item()
-    p.loss_count += 1
+    value = loss.item()
+    p.loss_sum, p.loss_count = p.loss_sum + value, p.loss_count + 1
+    p.window_sum, p.window_count = p.window_sum + value, p.window_count + 1
     p.meter.add(images)
     if not acc.sync_gradients:
         return False  # checkpoints and stops only fall between whole (accumulated) steps
@@ -303,7 +326,9 @@ def end_of_epoch(loop: Loop, p: Progress) -> None:
     p.close_epoch()
     p.metrics = evaluate(loop.forward, loop.val_loader, acc, len(s.bundle.class_names))
     p.metrics.update(epoch=p.epoch + 1, step=p.step, train_loss=p.loss_sum / max(p.loss_count, 1),
-                     lr=loop.optimizer.param_groups[0]["lr"], train_seconds=round(p.train_seconds, 3))
+                     lr=loop.optimizer.param_groups[0]["lr"], train_seconds=round(p.train_seconds, 3),
+                     loss_curve=p.losses)
+    tracking.log(acc, {k: v for k, v in p.metrics.items() if k != "per_class_top1"}, p.step)
     if acc.is_main_process:
         loop.folder.append_metrics(p.metrics)
         m = p.metrics

@@ -15,7 +15,7 @@ from partial_ft import recipe as recipes
 
 TIMING_KEYS = {"train_seconds", "feature_extract_seconds", "train_images_per_second", "peak_memory_bytes"}
 RUN_FILES = {".partial_ft-run", "recipe.yaml", "plan.txt", "strategy.json", "data.json", "metrics.jsonl", "summary.json",
-             "delta.safetensors"}
+             "delta.safetensors", "README.md", "training_curve.png"}
 
 
 def _summary(run_dir: Path) -> dict:
@@ -26,12 +26,16 @@ def _metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_quickstart_reaches_its_accuracy_floor(tmp_path):
-    """The README's main job, as shipped: >= 0.95 top-1 on digits learning ~10% of the weights."""
+@pytest.mark.parametrize("preload", ["auto", "true"])
+def test_quickstart_reaches_its_accuracy_floor(tmp_path, preload):
+    """The README's main job, as shipped: >= 0.95 top-1 on digits learning ~10% of the weights; also
+    with the images preloaded and augmented in batches (on the CPU here)."""
     out = tmp_path / "quickstart"
-    p = run_cli("--recipe", str(ROOT / "recipes" / "quickstart.yaml"), f"output.dir={out}", "train.progress=false")
+    p = run_cli("--recipe", str(ROOT / "recipes" / "quickstart.yaml"), f"output.dir={out}", "train.progress=false",
+                f"data.preload={preload}")
     assert p.returncode == 0, p.stderr[-3000:]
     s = _summary(out)
+    assert s["preload"].startswith("on: " if preload == "true" else "not used: training on CPU")
     assert s["val_top1"] >= 0.95
     assert 0.05 < s["learned_fraction"] < 0.15
     assert p.stdout.strip().splitlines()[-1].startswith(f"run folder {out}")
@@ -141,6 +145,12 @@ def test_torchrun_two_processes_count_every_validation_sample_once(tiny_recipe, 
     assert list(single["per_class_top1"].values()) == metrics[0]["per_class_top1"]
     # the loss is summed in another order (batches gathered from two ranks), so equal up to rounding
     assert single["val_loss"] == pytest.approx(metrics[0]["val_loss"], rel=1e-6)
+    if strategy:  # the cached head is solved exactly: the same answer as in one process
+        assert s["solver"]["solver"] == "exact"
+        alone = run_cli("--recipe", str(recipe), f"output.dir={tmp_path / 'alone'}")
+        assert alone.returncode == 0, alone.stderr[-2000:]
+        one = _summary(tmp_path / "alone")
+        assert one["solver"]["strength"] == s["solver"]["strength"] and one["val_top1"] == s["val_top1"]
 
 
 def test_torchrun_a_collective_error_is_said_once(tiny_recipe, tmp_path):

@@ -355,11 +355,12 @@ def test_cli_save_to_disk_with_checkpoint(tmp_path, forms, tiny_recipe):
     assert summary["num_classes"] == 10
 
 
-def test_cli_parquet_string_labels_skipping_bad_images(tmp_path, forms, tiny_recipe):
+@pytest.mark.parametrize("preload", [False, True])
+def test_cli_parquet_string_labels_skipping_bad_images(tmp_path, forms, tiny_recipe, preload):
     """Non-standard column names, string labels (their mapping saved), one unreadable image skipped and
-    counted (workers on, one full epoch so every training image is read)."""
+    counted (workers on, one full epoch so every training image is read); preloaded too."""
     recipe = tiny_recipe("parquet", data={"dataset": str(forms["parquet"]), "skip_bad_images": True,
-                                          "num_workers": 1},
+                                          "num_workers": 1, "preload": preload},
                          train={"batch_size": 60, "max_steps": 3, "epochs": 1})
     result = run_cli("--recipe", str(recipe), env=_cli_env(tmp_path))
     run_dir = tmp_path / "runs" / "parquet"
@@ -371,16 +372,19 @@ def test_cli_parquet_string_labels_skipping_bad_images(tmp_path, forms, tiny_rec
     assert summary["skipped_images"] == 1
 
 
-def test_cli_unreadable_image_error(tmp_path, forms, tiny_recipe):
+@pytest.mark.parametrize("preload", [False, True])
+def test_cli_unreadable_image_error(tmp_path, forms, tiny_recipe, preload):
     """Without skip_bad_images an unreadable image met in a DataLoader worker stops the run with one line
-    naming its index and split. (It is met while training, so the run folder exists by then.)"""
-    recipe = tiny_recipe("bad", data={"dataset": str(forms["parquet"]), "num_workers": 1},
+    naming its index and split. (It is met while training, so the run folder exists by then; preloaded,
+    it is met while decoding, before the run folder is written.)"""
+    recipe = tiny_recipe("bad", data={"dataset": str(forms["parquet"]), "num_workers": 1, "preload": preload},
                          train={"batch_size": 60, "max_steps": 3, "epochs": 1})
     result = run_cli("--recipe", str(recipe), env=_cli_env(tmp_path))
     assert result.returncode == 2, result.stderr[-3000:]
     lines = result.stderr.strip().splitlines()
     assert "Traceback" not in result.stderr and [ln for ln in lines if ln.startswith("error:")] == lines[-1:]
     assert lines[-1].startswith(f"error: cannot read image at index {BAD_ROW} of split 'train'")
+    assert (tmp_path / "runs" / "bad").exists() != preload
 
 
 def _bad_checkpoint(tmp_path: Path) -> str:

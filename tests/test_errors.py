@@ -17,7 +17,7 @@ from partial_ft.__main__ import main
 from partial_ft.rundir import LOCK, MARKER
 from test_data import _labels, _no_label_parquet, _out_of_range
 
-STRATEGIES = "known: bias, block, filters, full, head, lora, norm"
+STRATEGIES = "known: auto, bias, block, filters, full, head, lora, norm"
 
 # id: (how the recipe is set up, argv after the recipe, what the error line must contain, via subprocess)
 CASES = {
@@ -41,6 +41,8 @@ CASES = {
     "unknown-optimizer": ("tiny", ["train.opt=adamz"], "train.opt 'adamz': Optimizer adamz not found", False),
     "unknown-scheduler": ("tiny", ["train.sched=cosin"], "train.sched 'cosin': Unknown scheduler", False),
     "keep-checkpoints-0": ("tiny", ["train.keep_checkpoints=0"], "train.keep_checkpoints must be >= 1", False),
+    "unknown-tracker": ("tiny", ["train.log_with=[tensorbord]"], "unknown tracker 'tensorbord' (did you mean", False),
+    "tracker-not-a-list": ("tiny", ["train.log_with=tensorboard"], "train.log_with: expected a list", False),
     "override-without-equals": ("tiny", ["train.lr"], "must look like section.key=value", False),
     "override-without-section": ("tiny", ["epochs=3"], "must name section.key", False),
     # strategies

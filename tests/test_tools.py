@@ -4,6 +4,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT
 
 
@@ -28,7 +30,8 @@ def test_bench_runs_and_reports_optimizer_state_of_the_learned_part(tmp_path):
         speed, ratio = float(row[3]), float(row[4])
         assert (speed - 0.5) / (full + 0.5) - 0.005 <= ratio <= (speed + 0.5) / (full - 0.5) + 0.005, row
     assert rows["full"][8].strip() == "–" and rows["head_cached"][8].strip().startswith("pre-logits, extracted")
-    assert "Data pipeline (recipes/quickstart.yaml, 2 workers): the loader alone delivers" in text
+    assert "Data pipeline (recipes/quickstart.yaml, 0 workers): the loader alone delivers" in text
+    assert "preload: not used: training on CPU" in text and "batches on cpu" in text and float(rows["full"][9]) > 0
 
 
 def _tool(name: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -49,46 +52,48 @@ def test_log_fit_recovers_known_coefficients():
     assert abs(fit["a"] - 0.12) < 1e-9 and abs(fit["b"] - 0.055) < 1e-9 and fit["r2"] > 0.999999
 
 
-def test_plot_gives_every_family_its_own_look_past_ten_families(tmp_path):
-    """matplotlib's colour cycle has 10 colours: an 11th family used to share the first one's colour,
-    marker and fit line. Every family's points (colour, marker) and fit (colour, line style) differ."""
+def test_plot_gives_every_series_its_own_look_and_names_its_differing_options(tmp_path):
+    """Series used to share colours past 10 families, `filters(count=1)` was labelled plain `filters`, and
+    a fit spanned a merged family's range. Now: 20 colours before any repeats, every series' points and fit
+    distinct, a one-size setting keeps its full label, each fit holds over its own points' x range only."""
     sys.path.insert(0, str(ROOT / "tools"))
     import matplotlib.pyplot as plt
     from matplotlib.colors import to_hex
-    from plot import figure, read_results, styles
+    from plot import figure, read_rows, styles
 
     results = tmp_path / "results.csv"
     rows = ["strategy,options,learned_params,val_top1_mean,val_top1_std"]
-    for i in range(23):  # 23 families of two sizes each: the fraction is not part of a family
+    for i in range(23):  # 23 settings of two sizes each: the fraction is not part of a series
         rows += [f"s{i},s{i}(fraction=0.1),{1000 + i},{0.5 + i / 100},0.01",
                  f"s{i},s{i}(fraction=0.5),{9000 + i},{0.6 + i / 100},0.02"]
+    rows += ["filters,filters(count=1),300,0.4,0.0", "filters,filters(fraction=0.1),5000,0.6,0.0",
+             "filters,filters(fraction=0.5),20000,0.7,0.0"]
     results.write_text("\n".join(rows) + "\n")
-    families = read_results(results)
-    assert len(families) == 23 and all(len(points) == 2 for points in families.values())
-
-    fig, fits = figure(families)
+    fig, fits = figure(read_rows(results))
     ax = fig.axes[0]
     points = {c.get_label(): c.lines[0] for c in ax.containers}  # errorbar: (data line, caps, bars)
     fit_lines = {line.get_label().split(": ")[0]: line for line in ax.get_lines() if ": " in line.get_label()}
-    assert set(points) == set(fit_lines) == set(fits) == set(families)
-    point_looks = {(to_hex(line.get_color()), line.get_marker()) for line in points.values()}
-    assert len(point_looks) == 23
-    look = styles(sorted(families))
-    for family, line in fit_lines.items():
-        assert to_hex(line.get_color()) == to_hex(points[family].get_color()) == look[family]["color"]
-        assert points[family].get_marker() == look[family]["marker"]
-        assert line.get_linestyle() == look[family]["linestyle"]  # 23 families: named styles only
-    fit_looks = {(s["color"], str(s["linestyle"])) for s in look.values()}
-    assert len(fit_looks) == 23
+    assert "filters(count=1)" in points and "filters(fraction=…)" in points and "filters" not in points
+    assert len(points) == 25 and set(fit_lines) == set(fits["all"]) == set(points) - {"filters(count=1)"}
+    assert len({(to_hex(line.get_color()), line.get_marker()) for line in points.values()}) == 25
+    assert len({to_hex(line.get_color()) for line in list(points.values())}) == 20
+    assert fits["all"]["filters(fraction=…)"]["x_min"] == 5000 and fits["all"]["filters(fraction=…)"]["x_max"] == 20000
+    xs = fit_lines["filters(fraction=…)"].get_xdata()
+    assert min(xs) == pytest.approx(5000) and max(xs) == pytest.approx(20000)
+    assert all("r² " in line.get_label() for line in fit_lines.values())
     plt.close(fig)
-
-    # the first ten keep the old look (tab10 circles, solid fits); distinct well past that
     many = styles([f"f{i}" for i in range(80)])
-    assert [s["color"] for s in list(many.values())[:10]] == \
-        [to_hex(c) for c in plt.rcParams["axes.prop_cycle"].by_key()["color"]]
-    assert all(s["marker"] == "o" and s["linestyle"] == "-" for s in list(many.values())[:10])
+    assert len({s["color"] for s in list(many.values())[:20]}) == 20
     assert len({(s["color"], s["marker"]) for s in many.values()}) == 80
     assert len({(s["color"], str(s["linestyle"])) for s in many.values()}) == 80
+
+
+def test_pareto_front_keeps_only_unbeaten_points():
+    sys.path.insert(0, str(ROOT / "tools"))
+    from plot import pareto
+
+    points = [(10, 0.5), (20, 0.4), (30, 0.7), (30, 0.6), (40, 0.7), (50, 0.9)]
+    assert pareto(points) == [(10, 0.5), (30, 0.7), (50, 0.9)]
 
 
 def test_budget_matching_lands_within_ten_percent(tiny_recipe):
@@ -107,19 +112,15 @@ def test_budget_matching_lands_within_ten_percent(tiny_recipe):
         assert 0 < matched["fraction"] <= 1
 
 
-def test_every_shipped_sweep_grid_expands_to_valid_strategies():
-    import yaml
+def test_every_shipped_sweep_grid_is_valid():
+    """Each grid in recipes/sweeps/ passes the sweep's validation (keys, strategies, overrides, tune keys)."""
     sys.path.insert(0, str(ROOT / "tools"))
-    from sweep import expand
+    import grid
 
-    from partial_ft.strategies.registry import parse_spec
-
-    for path in sorted((ROOT / "recipes" / "sweeps").glob("*.yaml")):
-        grid = yaml.safe_load(path.read_text())
-        specs = expand(grid["strategies"])
-        assert len(specs) >= 8, path
-        for spec in specs:
-            parse_spec(spec)
+    paths = sorted((ROOT / "recipes" / "sweeps").glob("*.yaml"))
+    assert {p.stem for p in paths} >= {"suite_offline", "suite_hub", "suite_vtab1k"}
+    for path in paths:
+        assert grid.load(path).strategies, path
 
 
 def test_tiny_sweep_end_to_end_writes_tables_and_plot(tiny_recipe, tmp_path):
@@ -144,8 +145,8 @@ def test_tiny_sweep_end_to_end_writes_tables_and_plot(tiny_recipe, tmp_path):
 
     p = _tool("plot.py", str(out / "results.csv"))
     assert p.returncode == 0, p.stderr[-2000:]
-    assert (out / "accuracy_vs_params.png").stat().st_size > 1000
-    assert (out / "accuracy_vs_params.svg").is_file()
+    assert (out / "accuracy_vs_learned_params.png").stat().st_size > 1000
+    assert (out / "accuracy_vs_learned_params.svg").is_file()
     assert "filters" in (out / "fits.json").read_text()
 
 
@@ -235,3 +236,28 @@ def test_two_member_ensemble_and_weight_stats_on_trained_runs(tiny_recipe, tmp_p
     rows = (out / "member0" / "weight_stats.csv").read_text().splitlines()
     assert rows[0].startswith("layer,entries,learned") and len(rows) > 5
     assert (out / "member0" / "weight_stats.png").stat().st_size > 1000
+
+
+def test_make_transfer_writes_a_loadable_backbone_and_the_target_imagefolder(tmp_path):
+    """The offline transfer task: a source checkpoint without a classifier that loads as model.checkpoint,
+    and digits 5-9 as train/validation folders (labels '5'..'9')."""
+    import json
+
+    from partial_ft import recipe as recipes
+    from partial_ft.data import load
+    from partial_ft.models import build
+
+    out = tmp_path / "transfer"
+    p = _tool("make_transfer.py", "--out", str(out), "--model", "test_resnet", "--epochs", "1")
+    assert p.returncode == 0, p.stderr[-2000:]
+    record = json.loads((out / "source.json").read_text())
+    assert record["classes"] == [0, 1, 2, 3, 4] and record["target"]["classes"] == [5, 6, 7, 8, 9]
+    assert sorted(d.name for d in (out / "digits59" / "train").iterdir()) == ["5", "6", "7", "8", "9"]
+    recipe = recipes.load(ROOT / "recipes" / "transfer_digits.yaml", [
+        f"data.dataset={out / 'digits59'}", f"model.checkpoint={out / 'source.safetensors'}",
+        "model.name=test_resnet"])
+    bundle = load(recipe.data)
+    assert bundle.class_names == ["5", "6", "7", "8", "9"] and bundle.info["val_split"] == "validation"
+    assert len(bundle.train) == record["target"]["train_images"]
+    model, _ = build(recipe.model, bundle.num_classes)  # the backbone loads; the classifier is new
+    assert model.get_classifier().out_features == 5

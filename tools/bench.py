@@ -5,12 +5,14 @@ the built-in digits data resized to --size; the reference is a minimal hand-writ
 tensors with the same model, batch size and optimizer. Ratios are what matter: they compare runs made
 one after the other on the same machine. `*_cached` rows freeze BatchNorm statistics so that the fixed
 prefix's features are cached (train.cache_features: auto): their images/s are those of the epochs after
-the first, and the table gives the one-off extraction time. The loader row checks that the data pipeline
-of the quickstart recipe delivers at least twice what its training consumes.
+the first, and the table gives the one-off extraction time. The loader check times the data pipeline of
+the quickstart recipe (random augmentation on) at the bench's size and batch, alone, against what its
+training and every row consume: it should deliver at least twice as much.
 
-    python tools/bench.py                       # resnet18, 64x64, batch 64, AdamW
+    python tools/bench.py                       # resnet18, 64x64, batch 64, AdamW, on the GPU if there is one
     python tools/bench.py --size 32 --strategies full,head,filters_out --out bench.md
-    python tools/bench.py --set train.mixed_precision=bf16 --set train.channels_last=true   # on a GPU
+    python tools/bench.py --device cuda --set train.mixed_precision=bf16 --set train.channels_last=true
+    python tools/bench.py --device cpu --set data.preload=true   # the preloaded pipeline on the CPU
 """
 from __future__ import annotations
 
@@ -38,28 +40,59 @@ STRATEGIES = {
     "filters_spatial": {"name": "filters", "fraction": 0.1, "dim": "spatial"},
     "norm": {"name": "norm"},
     "bias": {"name": "bias"},
+    "lora": {"name": "lora", "rank": 8},
 }
 
 
-def plain_loop(model_name: str, size: int, batch: int, steps: int, warmup: int, lr: float) -> float:
+def plain_loop(args: argparse.Namespace, warmup: int) -> float:
     """Images/s of the simplest correct training loop: model, AdamW, cross-entropy, in-memory batches
-    (a few distinct ones, cycled, so that each step reads fresh inputs as a real loop does)."""
+    (a few distinct ones, cycled, so that each step reads fresh inputs as a real loop does), on the
+    bench's device, with the mixed precision and memory layout that --set gives the runs."""
     import timm
     import torch
 
+    overrides = dict(item.split("=", 1) for item in args.set)
+    precision = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(overrides.get("train.mixed_precision", "no"))
+    layout = torch.channels_last if overrides.get("train.channels_last", "false").lower() in ("true", "1", "yes", "on") \
+        else torch.contiguous_format
+    device = torch.device(args.device)
     torch.manual_seed(0)
-    model = timm.create_model(model_name, num_classes=10).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
-    batches = [(torch.randn(batch, 3, size, size), torch.randint(0, 10, (batch,))) for _ in range(4)]
-    for i in range(warmup + steps):
+    model = timm.create_model(args.model, num_classes=10).train().to(device, memory_format=layout)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.05)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision is torch.float16)
+    batches = [(torch.randn(args.batch, 3, args.size, args.size, device=device).contiguous(memory_format=layout),
+                torch.randint(0, 10, (args.batch,), device=device)) for _ in range(4)]
+    for i in range(warmup + args.steps):
         if i == warmup:
+            _sync(device)
             start = time.perf_counter()
         x, y = batches[i % len(batches)]
-        loss = torch.nn.functional.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
+        with torch.autocast(device.type, dtype=precision, enabled=precision is not None):
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
         opt.zero_grad(set_to_none=True)
-    return steps * batch / (time.perf_counter() - start)
+    _sync(device)
+    seconds = time.perf_counter() - start
+    del model, opt, batches
+    if device.type == "cuda":
+        torch.cuda.empty_cache()  # the strategy runs are other processes: leave them the GPU's memory
+    return args.steps * args.batch / seconds
+
+
+def _sync(device) -> None:
+    """Wait for the GPU's queued work (timings must include it)."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _env(args: argparse.Namespace) -> dict:
+    """Offline, and on the bench's device."""
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+            "ACCELERATE_USE_CPU": "true" if args.device == "cpu" else "false"}
 
 
 def run_strategy(name: str, spec: dict, args: argparse.Namespace, workdir: Path) -> dict:
@@ -75,52 +108,72 @@ def run_strategy(name: str, spec: dict, args: argparse.Namespace, workdir: Path)
     }
     path = workdir / f"{name}.yaml"
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     p = subprocess.run([sys.executable, "-m", "partial_ft", "--recipe", str(path), "--overwrite", *args.set],
-                       capture_output=True, text=True, env=env)
+                       capture_output=True, text=True, env=_env(args))
     if p.returncode != 0:
         raise SystemExit(f"{name} failed:\n{p.stderr[-2000:]}")
     return json.loads((workdir / name / "summary.json").read_text())
 
 
 def loader_check(args: argparse.Namespace, workdir: Path) -> dict:
-    """The quickstart recipe's train loader alone (one epoch, its own workers) against its training."""
+    """The quickstart recipe (random augmentation on) at the bench's size and batch: its train loader
+    alone (whole epochs, for at least two seconds) against its training."""
+
     from partial_ft import recipe as recipes
     from partial_ft import train
     from partial_ft.loaders import shutdown_workers
 
     recipe_path = Path(__file__).resolve().parents[1] / "recipes" / "quickstart.yaml"
     out = workdir / "quickstart"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    overrides = [f"output.dir={out}", f"data.input_size={args.size}", f"train.batch_size={args.batch}",
+                 f"data.num_workers={args.workers}", *args.set]
     p = subprocess.run([sys.executable, "-m", "partial_ft", "--recipe", str(recipe_path), "--overwrite",
-                        f"output.dir={out}", f"train.max_steps={args.steps}", "train.progress=false", *args.set],
-                       capture_output=True, text=True, env=env)
+                        f"train.max_steps={args.steps}", "train.progress=false", *overrides],
+                       capture_output=True, text=True, env=_env(args))
     if p.returncode != 0:
         raise SystemExit(f"quickstart failed:\n{p.stderr[-2000:]}")
-    trained = json.loads((out / "summary.json").read_text())["train_images_per_second"]
-    setup = train.prepare(recipes.load(recipe_path, [f"output.dir={out}"]))
+    summary = json.loads((out / "summary.json").read_text())
+    os.environ["ACCELERATE_USE_CPU"] = _env(args)["ACCELERATE_USE_CPU"]
+    setup = train.prepare(recipes.load(recipe_path, overrides))
     dl = setup.train_loader
     for i, _ in enumerate(dl):  # first pass starts the workers; not timed
         if i == 2:
             break
-    start, images = time.perf_counter(), 0
-    for x, _, _ in dl:
-        images += x.shape[0]
+    start, images, epoch = time.perf_counter(), 0, 0
+    while time.perf_counter() - start < 2.0 and epoch < 50:
+        epoch += 1
+        dl.dataset.set_epoch(epoch)
+        for x, _, _ in dl:
+            images += x.shape[0]
+        _sync(x.device)
     seconds = time.perf_counter() - start
     shutdown_workers(dl)
-    return {"loader": images / seconds, "training": trained, "workers": setup.recipe.data.num_workers}
+    return {"loader": images / seconds, "training": summary["train_images_per_second"],
+            "workers": setup.recipe.data.num_workers, "preload": summary.get("preload", "off"),
+            "device": str(x.device)}
+
+
+def _machine(args: argparse.Namespace) -> str:
+    import torch
+
+    where = f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.platform()}"
+    if args.device == "cuda":
+        where = f"{torch.cuda.get_device_name()} ({where})"
+    return f"{where}, torch {torch.__version__}"
 
 
 def markdown(rows: list[dict], args: argparse.Namespace, plain: float, loader: dict | None = None) -> str:
+    """The table: each row against full and the plain loop, and (with the loader check) against the
+    loader alone."""
     full = next((r["images_per_second"] for r in rows if r["strategy"] == "full"), None)
     lines = [
-        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, {platform.platform()}, "
-        f"torch {__import__('torch').__version__}; {args.model}, {args.size}x{args.size}, batch {args.batch}, "
+        f"Machine: {_machine(args)}; {args.model}, {args.size}x{args.size}, batch {args.batch}, "
         f"AdamW, {args.steps} steps{'; ' + ' '.join(args.set) if args.set else ''}. "
         f"Plain PyTorch loop: {plain:.0f} images/s (mean of a measurement before and one after the runs).",
         "",
-        "| strategy | learned params | images/s | × full | × plain loop | optimizer state | peak memory | feature cache |",
-        "|---|---:|---:|---:|---:|---:|---:|---|",
+        "| strategy | learned params | images/s | × full | × plain loop | optimizer state | peak memory | feature cache |"
+        + (" loader ÷ training |" if loader else ""),
+        "|---|---:|---:|---:|---:|---:|---:|---|" + ("---:|" if loader else ""),
     ]
     for r in rows:
         vs_full = f"{r['images_per_second'] / full:.2f}" if full else "–"
@@ -129,11 +182,13 @@ def markdown(rows: list[dict], args: argparse.Namespace, plain: float, loader: d
         lines.append(f"| {r['strategy']} | {r['learned_params']:,} ({100 * r['learned_fraction']:.1f}%) | "
                      f"{r['images_per_second']:.0f} | {vs_full} | {r['images_per_second'] / plain:.2f} | "
                      f"{r['optimizer_state_bytes'] / 2**20:.1f} MiB | {r['peak_memory_bytes'] / 2**30:.2f} GiB | "
-                     f"{cached} |")
+                     f"{cached} |" + (f" {loader['loader'] / r['images_per_second']:.1f} |" if loader else ""))
     if loader:
         lines += ["", f"Data pipeline (recipes/quickstart.yaml, {loader['workers']} workers): the loader alone "
                       f"delivers {loader['loader']:.0f} images/s, training consumes {loader['training']:.0f} images/s "
-                      f"({loader['loader'] / loader['training']:.1f}×)."]
+                      f"({loader['loader'] / loader['training']:.1f}×); at {args.size}x{args.size}, batch "
+                      f"{args.batch}, random augmentation on, preload: {loader['preload']}; batches on "
+                      f"{loader['device']}. The last column compares the loader alone with each row."]
     return "\n".join(lines) + "\n"
 
 
@@ -149,16 +204,22 @@ def main() -> None:
     p.add_argument("--strategies", default=",".join(STRATEGIES), help=f"comma list of {', '.join(STRATEGIES)}")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a recipe override for every run, e.g. train.mixed_precision=bf16 (repeatable)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="where everything trains (auto: the GPU if there is one)")
     p.add_argument("--no-loader", action="store_true", help="skip the data pipeline check")
     p.add_argument("--out", default="bench.md", help="markdown table to write")
     args = p.parse_args()
+    if args.device == "auto":
+        import torch
+
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
     names = [s.strip() for s in args.strategies.split(",") if s.strip()]
     unknown = [n for n in names if n not in STRATEGIES]
     if unknown:
         raise SystemExit(f"error: unknown bench strategies {unknown}; known: {', '.join(STRATEGIES)}")
 
     # the reference is measured before and after the runs: CPU speed drifts, and ratios near 1 matter
-    before = plain_loop(args.model, args.size, args.batch, args.steps, args.warmup, args.lr)
+    before = plain_loop(args, args.warmup)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
@@ -168,7 +229,7 @@ def main() -> None:
                                       "peak_memory_bytes", "feature_cache", "feature_extract_seconds")}})
             print(f"{name:20s} {s['train_images_per_second']:8.0f} img/s", flush=True)
         loader = None if args.no_loader else loader_check(args, Path(tmp))
-    after = plain_loop(args.model, args.size, args.batch, args.steps, args.warmup, args.lr)
+    after = plain_loop(args, args.warmup)
     print(f"plain loop: {before:.0f} images/s before the runs, {after:.0f} after", flush=True)
     plain = (before + after) / 2
     table = markdown(rows, args, plain, loader)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+from typing import Optional
 
 import datasets
 import yaml
@@ -65,6 +66,24 @@ def match_all(recipe: recipes.Recipe, specs: list[dict], target: float) -> list[
         off = learned / goal - 1
         print(f"budget {goal:,.0f}: {matched} learns {learned:,} ({off:+.1%})", flush=True)
         out.append(matched)
+    return out
+
+
+def controls(recipe: recipes.Recipe, specs: list[dict], control: dict,
+             tolerance: float = 0.1) -> list[tuple[dict, Optional[dict]]]:
+    """Each spec with its equal-budget control: `control` (a random selection, e.g. filters with
+    select: random) sized to the spec's learned count. None where the spec learns everything, or the
+    control cannot come within `tolerance` of its count (e.g. below the control's smallest size)."""
+    bundle = load_data(recipe.data, seed=recipe.train.seed)
+    model, init_model = build(recipe.model, bundle.num_classes, seed=recipe.train.seed)
+    out = []
+    for spec in specs:
+        learned, total = learned_count(model, init_model, spec, recipe.train.seed)
+        matched, got = match(model, init_model, control, learned, recipe.train.seed)
+        fits = learned < total and abs(got / learned - 1) <= tolerance and matched != spec
+        print(f"control for {spec}: {matched} learns {got:,} of {learned:,}"
+              f"{'' if fits else ' (not within ' + format(tolerance, '.0%') + ': no control)'}", flush=True)
+        out.append((spec, matched if fits else None))
     return out
 
 

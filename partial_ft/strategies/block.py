@@ -29,8 +29,6 @@ class BlockOptions(Options):
             raise UserError(f"strategy.batches must be >= 1, got {self.batches}")
         if self.chosen is not None and self.index != "auto":
             raise UserError("strategy.chosen records what index: auto chose; it goes with index: auto only")
-
-    def validate(self) -> None:
         if isinstance(self.index, list) and not self.index:
             raise UserError("strategy.index: an empty list selects no block; give one or more block indices")
 

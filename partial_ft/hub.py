@@ -1,0 +1,117 @@
+"""Sharing a run through the Hugging Face Hub, and finding a delta wherever it lives.
+
+A pushed repo (or a `push --local-dir` folder) holds exactly what a delta needs: `delta.safetensors`,
+the resolved `recipe.yaml`, `data.json` (the class names), `summary.json` and the model card
+(`README.md`). A SOURCE, for `load_delta`, `eval`, `predict` and `export`, is a run folder, a folder with
+that layout, a delta file, or a Hub repo id (`owner/name`), downloaded through
+huggingface_hub's cache (so it works offline once cached). Only those files are ever downloaded, and
+none of them is unpickled: safetensors, YAML read with safe_load, JSON.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+from .delta import DELTA_NAME
+from .errors import UserError, first_line
+from .rundir import CARD, DATA, RECIPE, SUMMARY, card
+
+HUB_FILES = (DELTA_NAME, RECIPE, DATA, SUMMARY, CARD)
+
+
+def resolve(source: str | Path) -> Path:
+    """A local path for SOURCE: the path itself when it exists, else the Hub repo's cached snapshot
+    (downloaded when online). Raises UserError naming what was tried."""
+    path = Path(source).expanduser()
+    if path.exists():
+        return path
+    text = str(source)
+    if text.count("/") > 1 or text.startswith((".", "/", "~")) or text.endswith(".safetensors"):
+        raise UserError(f"no delta at {source}: no such run folder or file")
+    try:
+        check_repo_id(text)
+    except UserError:
+        raise UserError(f"no delta at {source}: no such run folder or file, nor a Hub repo id") from None
+    return download(text)
+
+
+def download(repo_id: str) -> Path:
+    """The files of a pushed run (HUB_FILES only), through huggingface_hub's cache."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError
+
+    try:
+        folder = Path(snapshot_download(repo_id, allow_patterns=list(HUB_FILES)))
+    except LocalEntryNotFoundError:
+        raise UserError(f"{repo_id} is neither a local path nor a Hub repo in the local cache, and the Hub "
+                        "cannot be reached (offline mode, HF_HUB_OFFLINE=1, or no connection)") from None
+    except RepositoryNotFoundError:
+        raise UserError(f"{repo_id} is neither a local path nor a Hub repo you can access") from None
+    except Exception as e:  # network, permissions, invalid ids: one line, not a traceback
+        raise UserError(f"cannot download {repo_id} from the Hub: {first_line(e)}") from None
+    if not (folder / DELTA_NAME).is_file():
+        raise UserError(f"Hub repo {repo_id} holds no {DELTA_NAME}: not a model pushed by partial_ft")
+    return folder
+
+
+def check_repo_id(repo_id: str) -> None:
+    """A repo id the Hub accepts (owner/name), before anything is written or uploaded."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as e:
+        raise UserError(f"repo id '{repo_id}': {first_line(e)}") from None
+
+
+def stage(run_dir: str | Path, out: Path, repo_id: Optional[str] = None) -> list[Path]:
+    """Write HUB_FILES for the run in `run_dir` (a finished run folder or a pushed layout) into the
+    existing folder `out`: copies of the delta, recipe and summary, the class names as data.json, and a
+    model card whose loading instructions name `repo_id`. Returns the paths written."""
+    run_dir = Path(run_dir)
+    needed = [DELTA_NAME, RECIPE, SUMMARY, DATA]
+    missing = [name for name in needed if not (run_dir / name).is_file()]
+    if not run_dir.is_dir() or missing:
+        raise UserError(f"{run_dir} is not a finished run folder (missing {', '.join(missing) or 'the folder'})")
+    text = card(run_dir, repo_id)  # reads (and so checks) recipe, summary and class names
+    for name in (DELTA_NAME, RECIPE, SUMMARY):
+        shutil.copyfile(run_dir / name, out / name)
+    # class names only: the run's data.json may name local paths and the carved split's row indices
+    class_names = json.loads((run_dir / DATA).read_text())["class_names"]
+    (out / DATA).write_text(json.dumps({"class_names": class_names}, indent=2) + "\n")
+    (out / CARD).write_text(text)
+    return [out / name for name in HUB_FILES]
+
+
+def push(run_dir: str | Path, repo_id: str, private: bool = False, local_dir: Optional[str | Path] = None) -> str:
+    """Upload a run's delta, recipe, class names, summary and model card to the Hub repo `repo_id`
+    (created when missing, private with `private`); with `local_dir`, write exactly those files there
+    instead (a new or empty folder). Returns the repo's URL or the folder."""
+    check_repo_id(repo_id)
+    if local_dir is not None:
+        if private:
+            raise UserError("--private applies to uploads; it means nothing with --local-dir")
+        target = Path(local_dir)
+        if target.exists() and not (target.is_dir() and not any(target.iterdir())):
+            raise UserError(f"--local-dir {target} must be a new or empty folder")
+        with tempfile.TemporaryDirectory() as tmp:
+            stage(run_dir, Path(tmp), repo_id)  # every check passes before the target is touched
+            target.mkdir(parents=True, exist_ok=True)
+            for name in HUB_FILES:
+                shutil.copyfile(Path(tmp) / name, target / name)
+        return str(target)
+    from huggingface_hub import HfApi
+
+    with tempfile.TemporaryDirectory() as tmp:
+        stage(run_dir, Path(tmp), repo_id)
+        api = HfApi()
+        try:
+            url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+            api.upload_folder(folder_path=tmp, repo_id=repo_id, repo_type="model",
+                              commit_message=f"partial_ft: upload {Path(run_dir).name}")
+        except Exception as e:  # offline mode, no token, no permission: one line
+            raise UserError(f"cannot push to {repo_id}: {first_line(e)}") from None
+    return str(url)

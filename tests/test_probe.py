@@ -1,0 +1,97 @@
+"""The exact linear probe against scikit-learn's LogisticRegression on synthetic features."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from partial_ft import probe
+
+
+def blobs(seed: int, n: int, k: int = 5, d: int = 40, spread: float = 0.6):
+    """Overlapping Gaussian classes (so that the L2 strength matters); the centers depend on `seed` only."""
+    centers = np.random.default_rng(seed).normal(size=(k, d)) * spread
+    rng = np.random.default_rng(seed + 1000 + n)
+    y = rng.integers(0, k, n)
+    return centers[y] + rng.normal(size=(n, d)), y
+
+
+@pytest.mark.parametrize("C", [0.05, 0.5, 5.0])
+def test_fixed_strength_solution_equals_sklearn(C):
+    """strength = 1 / (C n): the same convex problem as sklearn's (unpenalised intercept), so the same
+    minimiser, to solver tolerance."""
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = blobs(0, 400)
+    sk = LogisticRegression(C=C, max_iter=10000, tol=1e-10).fit(x, y)
+    w, iterations = probe.solve(torch.tensor(x), torch.tensor(y), 5, 1 / (C * len(x)))
+    assert iterations > 0
+    assert np.abs(w[:, :-1].numpy() - sk.coef_).max() < 5e-4  # coefficients are O(1)
+    assert np.abs(w[:, -1].numpy() - sk.intercept_).max() < 5e-4
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_chosen_strength_matches_sklearn_cross_validation_accuracy(seed):
+    """Strength chosen on a carve-out of train, refit on all of train: held-out accuracy within 0.01 of
+    LogisticRegressionCV (C by 5-fold cross-validation) on the same features."""
+    from sklearn.linear_model import LogisticRegressionCV
+
+    x, y = blobs(seed, 400)
+    xt, yt = blobs(seed, 5000)
+    result = probe.fit(torch.tensor(x, dtype=torch.float32), torch.tensor(y), 5, seed=seed)
+    accuracy = ((xt @ result.weight.numpy().T + result.bias.numpy()).argmax(1) == yt).mean()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reference = LogisticRegressionCV(Cs=10, cv=5, max_iter=5000).fit(x, y).score(xt, yt)
+    assert abs(accuracy - reference) <= 0.01, (accuracy, reference, result.strength)
+    assert result.strength in result.carve_top1 and set(probe.STRENGTHS) < set(result.carve_top1)
+
+
+def test_choice_uses_the_carve_out_only_and_is_seeded():
+    """The strength comes from the training features alone (same seed: same choice, same weights), and
+    the solution lands in the classifier."""
+    x, y = blobs(2, 300)
+    a = probe.fit(torch.tensor(x), torch.tensor(y), 5, seed=3)
+    b = probe.fit(torch.tensor(x), torch.tensor(y), 5, seed=3)
+    assert a.strength == b.strength and torch.equal(a.weight, b.weight)
+    head = nn.Linear(40, 5)
+    probe.write_into(head, a)
+    assert torch.allclose(head.weight.double(), a.weight, atol=1e-6)
+    assert torch.allclose(head.bias.double(), a.bias, atol=1e-6)
+    assert a.info()["solver"] == "exact" and a.info()["strength"] == a.strength
+
+
+PROBE = {"strategy": {"name": "head", "norm_stats": "freeze"}, "data": {"augment": False}}
+
+
+@pytest.mark.parametrize("solver,expected", [("auto", "exact"), ("exact", "exact"), ("loop", "loop")])
+def test_cached_head_run_uses_the_solver_asked_for(tiny_recipe, solver, expected):
+    """A head on cached features: auto and exact solve it (summary.json says so, with the chosen strength);
+    loop trains it for epochs."""
+    import json
+
+    from conftest import run_cli
+
+    recipe = tiny_recipe(f"probe_{solver}", **PROBE, train={"solver": solver, "max_steps": 2})
+    p = run_cli("--recipe", str(recipe))
+    assert p.returncode == 0, p.stderr[-2000:]
+    run_dir = recipe.parent / "runs" / f"probe_{solver}"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["solver"]["solver"] == expected
+    if expected == "exact":
+        assert summary["steps"] == 0 and summary["solver"]["strength"] > 0 and summary["solver"]["iterations"] > 0
+        assert "exact solver: L2 strength" in p.stdout
+    else:
+        assert summary["steps"] == 2 and "exact solver" not in p.stdout
+
+
+def test_exact_solver_refused_where_more_than_the_head_learns(tiny_recipe):
+    from conftest import run_cli
+
+    recipe = tiny_recipe("probe_bad", data={"augment": False}, train={"solver": "exact"})  # filters learn
+    p = run_cli("--recipe", str(recipe))
+    assert p.returncode == 2 and p.stderr.startswith("error: train.solver: exact needs only the classifier")
+    assert not (recipe.parent / "runs" / "probe_bad").exists()
