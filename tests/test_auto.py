@@ -255,3 +255,24 @@ def test_the_plan_says_when_layers_get_no_gradient():
     assert "auto: 1 of 2 layers got no gradient at all (e.g. conv2)" in plan.table()
     _, plan = _plan({"name": "auto", "budget": 40})
     assert "got no gradient" not in plan.table()
+
+
+def test_random_score_is_uniform_over_units_of_different_sizes():
+    """Layer a: 4 filters of 4 parameters; layer b: 4 filters of 36. With room for one b filter (36), a b
+    filter comes first in half of the random orders (then nothing else fits), an a filter in the other half
+    (then only a filters fit): b learns in about half of the seeds. Scored per parameter, b never would."""
+    class Mixed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(4, 4, 1, bias=False)
+            self.b = nn.Conv2d(4, 4, 3, bias=False, padding=1)
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.fc(self.b(self.a(x)).mean(dim=(2, 3)))
+
+    seeds, with_b = 300, 0
+    for seed in range(seeds):
+        plan = apply_strategy(Mixed(), {"name": "auto", "budget": 10 + 36, "score": "random"}, seed=seed)
+        with_b += "b" in plan.spec["selected"]
+    assert 0.38 < with_b / seeds < 0.62, with_b

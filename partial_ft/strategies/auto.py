@@ -81,11 +81,13 @@ def unit_scores(model: nn.Module, layers: dict[str, nn.Module], opts: AutoOption
     return out
 
 
-def select_units(sizes: dict[str, int], scores: dict[str, torch.Tensor], budget: int) -> dict[str, list[int]]:
-    """Global top units by score per parameter, taken greedily while they fit `budget` (a unit that does not
-    fit is passed over for smaller ones after it). Ties go to the earlier layer, then the lower index."""
+def select_units(sizes: dict[str, int], scores: dict[str, torch.Tensor], budget: int,
+                 per_parameter: bool = True) -> dict[str, list[int]]:
+    """Global top units by score (per parameter, or per unit: random draws), taken greedily while they fit
+    `budget` (a unit that does not fit is passed over for smaller ones after it). Ties go to the earlier
+    layer, then the lower index."""
     names = list(scores)
-    density = torch.cat([scores[n] / sizes[n] for n in names])
+    density = torch.cat([scores[n] / sizes[n] if per_parameter else scores[n] for n in names])
     units = [(n, i) for n in names for i in range(len(scores[n]))]
     smallest = min(sizes[n] for n in names) if names else 0
     chosen: dict[str, list[int]] = {}
@@ -137,7 +139,8 @@ def auto(model: nn.Module, opts: AutoOptions, ctx: Context) -> Selection:
         chosen = opts.selected
     else:
         scores = unit_scores(model, layers, opts, ctx, batches)
-        chosen = select_units(sizes, scores, budget - need)
+        # random draws are ranked as drawn (uniform over units); per parameter they would favour small units
+        chosen = select_units(sizes, scores, budget - need, per_parameter=opts.score != "random")
         sel.resolved = {"selected": chosen}
         how = "" if opts.score == "random" else f"; scoring pass over {batches} batches in {ctx.scoring_seconds:.1f} s"
         sel.notes, sel.remarks = _describe(layers, sizes, scores, chosen, budget, need, opts, how)
