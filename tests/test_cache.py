@@ -9,7 +9,7 @@ import pytest
 import timm
 import torch
 
-from partial_ft import apply_strategy, cache, load_delta, train
+from partial_ft import apply_strategy, cache, collective, load_delta, train
 from partial_ft import recipe as recipes
 from partial_ft.cuts import eval_mode, find_cut
 from partial_ft.evaluation import evaluate_run
@@ -181,7 +181,7 @@ def test_channels_last_and_compile_run_on_cpu(tiny_recipe):
     # seconds and exercises the same path: compiled training and evaluation, checkpoint, delta
     counters.clear()
     _, s = _run(tiny_recipe, "compiled", "auto", {"name": "head", **FROZEN}, compile=True, max_steps=2,
-                checkpoint_every=1)
+                checkpoint_every=1, solver="loop")
     assert s["steps"] == 2 and s["val_top1"] is not None and s["feature_cache"] is not None
     assert counters["stats"]["unique_graphs"] >= 1  # torch.compile really ran
 
@@ -205,7 +205,7 @@ def test_cached_run_stopped_mid_epoch_resumes_to_the_same_result(tiny_recipe, mo
             stop.signum = signal.SIGTERM
         return stop.signum is not None
 
-    monkeypatch.setattr(train, "_stop_requested", stop_at_step_5)
+    monkeypatch.setattr(collective, "stop_requested", stop_at_step_5)
     with pytest.raises(Interrupted):
         train.run(recipe)
     monkeypatch.undo()

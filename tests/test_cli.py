@@ -145,7 +145,7 @@ def test_torchrun_two_processes_count_every_validation_sample_once(tiny_recipe, 
     assert list(single["per_class_top1"].values()) == metrics[0]["per_class_top1"]
     # the loss is summed in another order (batches gathered from two ranks), so equal up to rounding
     assert single["val_loss"] == pytest.approx(metrics[0]["val_loss"], rel=1e-6)
-    if strategy:  # the cached head is solved exactly: the same answer as in one process
+    if strategy and strategy["name"] == "head":  # the cached head is solved exactly: as in one process
         assert s["solver"]["solver"] == "exact"
         alone = run_cli("--recipe", str(recipe), f"output.dir={tmp_path / 'alone'}")
         assert alone.returncode == 0, alone.stderr[-2000:]

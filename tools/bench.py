@@ -102,8 +102,9 @@ def run_strategy(name: str, spec: dict, args: argparse.Namespace, workdir: Path)
         "data": {"dataset": "digits", "input_size": args.size, "crop_pct": 1.0, "augment": False,
                  "num_workers": args.workers, "max_val_samples": 64},
         "strategy": spec,
+        # the epoch loop's throughput: a cached head would otherwise be solved exactly (no steps to time)
         "train": {"max_steps": args.steps, "batch_size": args.batch, "lr": args.lr, "opt": "adamw",
-                  "progress": False, "seed": 0},
+                  "progress": False, "seed": 0, "solver": "loop"},
         "output": {"dir": str(workdir / name)},
     }
     path = workdir / f"{name}.yaml"

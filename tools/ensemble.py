@@ -18,9 +18,10 @@ from pathlib import Path
 
 import datasets
 import torch
+import yaml
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from sweep import run_one  # noqa: E402
+from sweep import Job, make_raw, run_one  # noqa: E402
 
 from partial_ft import data, load_delta, loaders  # noqa: E402
 from partial_ft import recipe as recipes  # noqa: E402
@@ -38,6 +39,14 @@ def member_logits(run_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
         logits.append(model(x).float())
         labels.append(y)
     return torch.cat(logits), torch.cat(labels)
+
+
+def train_member(args: argparse.Namespace, spec: dict, seed: int, run_dir: Path) -> None:
+    """One member through the sweep's runner (a finished member is kept, not trained again)."""
+    raw = make_raw(yaml.safe_load(Path(args.recipe).read_text()), args.overrides, spec, seed, run_dir)
+    job = run_one(Job(run_dir, raw, where=str(run_dir)), args.launcher)
+    if job.error:
+        raise SystemExit(f"error: {job.where}: {job.error}")
 
 
 def report(run_dirs: list[Path]) -> dict:
@@ -76,10 +85,10 @@ def main() -> None:
     groups = {"shared_backbone": [], "independent_full": []}
     for i in range(args.members):
         member = {**spec, "seed": i, "select": "random"}  # a different subset learns in each member
-        run_one(Path(args.recipe), args.overrides, member, base.train.seed, out / f"member{i}", args.launcher)
+        train_member(args, member, base.train.seed, out / f"member{i}")
         groups["shared_backbone"].append(out / f"member{i}")
         if args.full:
-            run_one(Path(args.recipe), args.overrides, {"name": "full"}, i, out / f"full{i}", args.launcher)
+            train_member(args, {"name": "full"}, i, out / f"full{i}")
             groups["independent_full"].append(out / f"full{i}")
     results = {name: report(dirs) for name, dirs in groups.items() if dirs}
     (out / "ensemble.json").write_text(json.dumps(results, indent=2) + "\n")
