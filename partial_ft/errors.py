@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 import math
 from collections.abc import Iterable
 
@@ -39,9 +40,11 @@ def first_line(e: BaseException) -> str:
 
 
 def load_reason(e: BaseException) -> str:
-    """Why a file could not be loaded, in one line. torch's refusal to unpickle comes with advice to load
-    with weights_only=False, which partial_ft never does and never repeats."""
-    reason = first_line(e)
-    if "weights only load failed" in reason.lower():
+    """Why a file could not be loaded, in one line. torch (and libraries wrapping torch.load) answer a
+    refused unpickle with advice to retry with weights_only=False, which partial_ft never does and never
+    repeats."""
+    whole = " ".join(str(e).split()).lower()
+    if any(sign in whole for sign in ("weights only load failed", "weights_only=true blocked", "unsupported global")):
         return "the file holds more than plain tensors (objects that would have to be unpickled, which partial_ft never does)"
-    return reason
+    kept = [part for part in re.split(r"(?<=[.!?])\s+", first_line(e)) if "weights_only" not in part]
+    return " ".join(kept) or "not a readable tensor file"
