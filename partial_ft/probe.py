@@ -18,6 +18,7 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
+from accelerate.utils import broadcast, broadcast_object_list
 from torch import nn
 
 from .cache import Cached
@@ -118,6 +119,10 @@ def _fit(features: torch.Tensor, labels: torch.Tensor, num_classes: int, seed: i
          fraction: float, repeats: int) -> ProbeResult:
     start_time = time.perf_counter()
     x = features.reshape(len(features), -1).to(torch.float64)
+    # centred features: the same problem (the bias is not penalised, so it absorbs the shift), but the
+    # weight/bias coupling of non-negative post-ReLU features is gone and L-BFGS needs 3-4x fewer steps
+    mean = x.mean(0)
+    x = x - mean
     y = labels.to(device=x.device, dtype=torch.long)
     splits = [carve(y.cpu().numpy(), fraction, seed + r) for r in range(repeats if len(strengths) > 1 else 0)]
     splits = [tuple(torch.as_tensor(i, device=x.device) for i in split) for split in splits if len(split[1])]
@@ -138,7 +143,8 @@ def _fit(features: torch.Tensor, labels: torch.Tensor, num_classes: int, seed: i
         score([best * 10 ** -0.5, best * 10 ** 0.5])
     chosen = _middle_of_best(scores) if scores else strengths[0]
     w, iterations = solve(x, y, num_classes, chosen)
-    return ProbeResult(w[:, :-1].contiguous(), w[:, -1].contiguous(), chosen,
+    weight = w[:, :-1].contiguous()
+    return ProbeResult(weight, w[:, -1] - weight @ mean, chosen,
                        {s: a for s, (a, _) in sorted(scores.items())}, iterations, time.perf_counter() - start_time,
                        _score(x, y, w)[1])
 
@@ -167,8 +173,6 @@ def choose(mode: str, cut: Optional[Cut]) -> str:
 def train_exact(cached: Cached, num_classes: int, seed: int, acc: Any) -> dict:
     """Solve the classifier on the whole cached training set and write it into the model. The main process
     solves and broadcasts (every process holds the whole cache; one solve, one answer). Returns the record."""
-    from accelerate.utils import broadcast, broadcast_object_list
-
     head = cached.suffix
     weight = torch.zeros_like(head.weight, device=acc.device)
     bias = torch.zeros_like(head.bias, device=acc.device)
