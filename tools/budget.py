@@ -79,10 +79,14 @@ def controls(recipe: recipes.Recipe, specs: list[dict], control: dict,
     out = []
     for spec in specs:
         learned, total = learned_count(model, init_model, spec, recipe.train.seed)
+        if learned >= total:  # learning everything has no random subset to compare with
+            print(f"control for {spec}: none (it learns every parameter)", flush=True)
+            out.append((spec, None))
+            continue
         matched, got = match(model, init_model, control, learned, recipe.train.seed)
-        fits = learned < total and abs(got / learned - 1) <= tolerance and matched != spec
-        print(f"control for {spec}: {matched} learns {got:,} of {learned:,}"
-              f"{'' if fits else ' (not within ' + format(tolerance, '.0%') + ': no control)'}", flush=True)
+        fits = abs(got / learned - 1) <= tolerance and matched != spec
+        why = "" if fits else f" (not within {tolerance:.0%} of it: no control)"
+        print(f"control for {spec}: {matched} learns {got:,} of {learned:,}{why}", flush=True)
         out.append((spec, matched if fits else None))
     return out
 
