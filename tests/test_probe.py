@@ -35,7 +35,7 @@ def test_fixed_strength_solution_equals_sklearn(C):
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_chosen_strength_matches_sklearn_cross_validation_accuracy(seed):
-    """Strength chosen on a carve-out of train, refit on all of train: held-out accuracy within 0.01 of
+    """Strength chosen by cross-validation on train, refit on all of train: held-out accuracy within 0.01 of
     LogisticRegressionCV (C by 5-fold cross-validation) on the same features."""
     from sklearn.linear_model import LogisticRegressionCV
 
@@ -47,7 +47,7 @@ def test_chosen_strength_matches_sklearn_cross_validation_accuracy(seed):
         warnings.simplefilter("ignore")
         reference = LogisticRegressionCV(Cs=10, cv=5, max_iter=5000).fit(x, y).score(xt, yt)
     assert abs(accuracy - reference) <= 0.01, (accuracy, reference, result.strength)
-    assert result.strength in result.carve_top1 and set(probe.STRENGTHS) < set(result.carve_top1)
+    assert result.strength in result.cv_top1 and set(probe.STRENGTHS) < set(result.cv_top1)
 
 
 def test_choice_uses_the_carve_out_only_and_is_seeded():
