@@ -52,6 +52,26 @@ def test_log_fit_recovers_known_coefficients():
     assert abs(fit["a"] - 0.12) < 1e-9 and abs(fit["b"] - 0.055) < 1e-9 and fit["r2"] > 0.999999
 
 
+@pytest.mark.parametrize("options,series", [
+    ("auto(budget=33545, score=fisher)", "auto(budget=…, score=fisher)"),
+    ("auto(budget=339120, score=fisher)", "auto(budget=…, score=fisher)"),
+    ("auto(budget=33545, score=random)", "auto(budget=…, score=random)"),
+    ("filters(fraction=0.001)", "filters(fraction=…)"),
+    ("filters(fraction=0.029)", "filters(fraction=…)"),
+    ("block(index=middle)", "block(index=middle)"),
+])
+def test_plot_series_join_the_sizes_of_one_setting(options, series):
+    """auto's budget is a size like filters' fraction: one series per score, across its budgets."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    from plot import series_names
+
+    all_options = ["auto(budget=33545, score=fisher)", "auto(budget=339120, score=fisher)",
+                   "auto(budget=33545, score=random)", "auto(budget=339120, score=random)",
+                   "filters(fraction=0.001)", "filters(fraction=0.029)", "block(index=middle)"]
+    names = series_names([{"model": "", "options": o} for o in all_options])
+    assert names[("", options)] == series
+
+
 def test_plot_gives_every_series_its_own_look_and_names_its_differing_options(tmp_path):
     """Series used to share colours past 10 families, `filters(count=1)` was labelled plain `filters`, and
     a fit spanned a merged family's range. Now: 20 colours before any repeats, every series' points and fit

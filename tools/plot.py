@@ -27,7 +27,7 @@ COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e3
           "#756bb1", "#636363"]  # tab10, then tab20b/c's dark shades: no colour repeats within 20 series
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
 LINESTYLES = ["-", "--", "-.", ":", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1)), (0, (1, 3)), (0, (8, 2, 2, 2))]
-SIZE_OPTION = re.compile(r"(fraction|count)=[^,)]*")
+SIZE_OPTION = re.compile(r"(fraction|count|budget)=[^,)]*")  # a strategy's size: fraction, count or auto's budget
 AXIS_NAMES = {"learned_params": "learned parameters", "delta_bytes": "delta on disk (bytes)",
               "train_seconds": "train seconds", "peak_memory_mib": "peak memory (MiB)"}
 
