@@ -50,7 +50,7 @@ def test_chosen_strength_matches_sklearn_cross_validation_accuracy(seed):
     assert result.strength in result.cv_top1 and set(probe.STRENGTHS) < set(result.cv_top1)
 
 
-def test_choice_uses_the_carve_out_only_and_is_seeded():
+def test_choice_uses_the_training_features_only_and_is_seeded():
     """The strength comes from the training features alone (same seed: same choice, same weights), and
     the solution lands in the classifier."""
     x, y = blobs(2, 300)
