@@ -281,3 +281,30 @@ def test_make_transfer_writes_a_loadable_backbone_and_the_target_imagefolder(tmp
     assert len(bundle.train) == record["target"]["train_images"]
     model, _ = build(recipe.model, bundle.num_classes)  # the backbone loads; the classifier is new
     assert model.get_classifier().out_features == 5
+
+
+def _suite_row(dataset: str, mean: float, std: float, seeds: int, lr) -> dict:
+    return {"model": "m", "dataset": dataset, "strategy": "head", "options": "head", "control_for": "",
+            "learned_params": 5130, "val_top1_mean": mean, "val_top1_std": std, "seeds": seeds, "train.lr": lr}
+
+
+@pytest.mark.parametrize("rows,tuned,expected", [
+    ([_suite_row("a", 0.9, 0.01, 3, 0.003), _suite_row("b", 0.8, 0.02, 3, 0.01)], ["train.lr"],
+     "| head | 5,130 | 0.9000 ± 0.0100 (lr 0.003) | 0.8000 ± 0.0200 (lr 0.01) | 0.8500 |"),
+    ([_suite_row("a", 0.9, 0.0, 1, ""), _suite_row("b", 0.7, 0.0, 1, "")], [],
+     "| head | 5,130 | 0.9000 | 0.7000 | 0.8000 |"),
+    ([_suite_row("a", 0.9, 0.0, 1, "")], [], None),  # one dataset: the single-dataset table instead
+])
+def test_suite_table_cells_say_spread_and_chosen_values(rows, tuned, expected):
+    """A suite's cell is mean top-1, ± std when several seeds, and the tuned values chosen on that dataset."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    import results
+
+    if expected is None:
+        rows[0].update(learned_pct=0.05, tune_top1="", delta_bytes=0, train_seconds=1.0, peak_memory_mib=1.0,
+                       images_per_second=1.0)
+    lines = results.markdown(rows, tuned).splitlines()
+    if expected is None:
+        assert lines[0].startswith("| strategy | learned params | % of total |")
+    else:
+        assert lines[0] == "| strategy | learned params | a | b | mean |" and lines[2] == expected

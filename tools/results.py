@@ -8,13 +8,14 @@ results.csv: one row per (dataset, model, strategy setting), with
 `control_for` names the strategy setting a random control matches in learned parameters (empty
 otherwise); the tuned-key columns hold the chosen values; tune_top1 the carve-out accuracy they reached.
 results.md: per model, strategies as rows; one dataset: accuracy and every cost column; several:
-one column per dataset and their mean.
+one column per dataset (mean ± std over seeds, and the tuned values chosen there) and their mean.
 """
 from __future__ import annotations
 
 import csv
 import statistics
 from pathlib import Path
+from typing import Optional
 
 HEAD = ["dataset", "model", "strategy", "options", "control_for", "learned_params", "learned_pct"]
 TAIL = ["tune_top1", "val_top1_mean", "val_top1_std", "seeds", "delta_bytes", "train_seconds", "peak_memory_mib",
@@ -105,7 +106,7 @@ def markdown(rows: list[dict], tuned: list[str]) -> str:
         if len(datasets) == 1:
             lines += _single(mine, tuned)
         else:
-            lines += _suite(mine, datasets)
+            lines += _suite(mine, datasets, tuned)
         lines.append("")
     return "\n".join(lines)
 
@@ -124,7 +125,16 @@ def _single(rows: list[dict], tuned: list[str]) -> list[str]:
     return lines
 
 
-def _suite(rows: list[dict], datasets: list[str]) -> list[str]:
+def _cell(r: Optional[dict], tuned: list[str]) -> str:
+    """A dataset's cell: mean top-1, ± std over seeds when several, and the tuned values chosen there."""
+    if r is None:
+        return "–"
+    text = f"{r['val_top1_mean']:.4f}" + (f" ± {r['val_top1_std']:.4f}" if int(r["seeds"]) > 1 else "")
+    chosen = [f"{key.split('.')[-1]} {r[key]}" for key in tuned if r.get(key, "") != ""]
+    return text + (f" ({', '.join(chosen)})" if chosen else "")
+
+
+def _suite(rows: list[dict], datasets: list[str], tuned: list[str]) -> list[str]:
     head = ["strategy", "learned params", *datasets, "mean"]
     lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
     by_setting: dict[tuple, dict[str, dict]] = {}
@@ -136,7 +146,7 @@ def _suite(rows: list[dict], datasets: list[str]) -> list[str]:
         accs = [cells[d]["val_top1_mean"] if d in cells else None for d in datasets]
         mean = f"{statistics.fmean(accs):.4f}" if None not in accs else "–"
         lines.append("| " + " | ".join([_name(first), "–".join(f"{c:,}" for c in counts),
-                                        *("–" if a is None else f"{a:.4f}" for a in accs), mean]) + " |")
+                                        *(_cell(cells.get(d), tuned) for d in datasets), mean]) + " |")
     return lines
 
 
