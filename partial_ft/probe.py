@@ -13,6 +13,7 @@ over the folds); the winner is refitted on all of train. The validation split is
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -103,7 +104,7 @@ def _middle_of_best(scores: dict[float, tuple[float, float]]) -> float:
 def fit(features: torch.Tensor, labels: torch.Tensor, num_classes: int, seed: int = 0,
         strengths: tuple[float, ...] = STRENGTHS, folds: int = FOLDS) -> ProbeResult:
     """Choose the L2 strength by stratified `folds`-fold cross-validation on these (training) features,
-    shuffled with `seed` (fewer folds when a class has fewer images), then refit on all of them. Runs on
+    shuffled with `seed` (fewer folds when no class has that many images), then refit on all of them. Runs on
     the features' device, in float64."""
     threads = torch.get_num_threads()
     if features.device.type == "cpu" and features.numel() < SMALL:
@@ -115,11 +116,14 @@ def fit(features: torch.Tensor, labels: torch.Tensor, num_classes: int, seed: in
 
 
 def _folds(y: np.ndarray, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Stratified (fit, held-out) index pairs; none when a class has a single image or one candidate."""
-    folds = min(folds, int(np.unique(y, return_counts=True)[1].min()))
+    """Stratified (fit, held-out) index pairs; none when no class has two images. A class with fewer images
+    than folds is held out in some folds only (sklearn warns of that; it is expected on small data)."""
+    folds = min(folds, int(np.unique(y, return_counts=True)[1].max()))
     if folds < 2:
         return []
-    return list(StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(y)), y))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return list(StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(y)), y))
 
 
 def _fit(features: torch.Tensor, labels: torch.Tensor, num_classes: int, seed: int, strengths: tuple[float, ...],

@@ -95,3 +95,19 @@ def test_exact_solver_refused_where_more_than_the_head_learns(tiny_recipe):
     p = run_cli("--recipe", str(recipe))
     assert p.returncode == 2 and p.stderr.startswith("error: train.solver: exact needs only the classifier")
     assert not (recipe.parent / "runs" / "probe_bad").exists()
+
+
+@pytest.mark.parametrize("labels,folds", [
+    ([0] * 10 + [1] * 10, 5),       # plenty: 5 folds
+    ([0] * 10 + [1] * 1, 5),        # a class with one image: it is held out in one fold only
+    ([0] * 3 + [1] * 2, 3),         # no class has 5 images: as many folds as the largest class
+    ([0, 1, 2], 0),                 # no class has two images: nothing to cross-validate
+])
+def test_folds_cover_every_image_once(labels, folds):
+    y = np.array(labels)
+    pairs = probe._folds(y, probe.FOLDS, seed=0)
+    assert len(pairs) == folds
+    if folds:
+        held_out = np.concatenate([held for _, held in pairs])
+        assert sorted(held_out) == list(range(len(y)))  # each image held out exactly once
+        assert all(not set(fit) & set(held) for fit, held in pairs)
