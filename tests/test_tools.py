@@ -1,6 +1,7 @@
 """tools/ scripts run end to end on tiny settings."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -85,17 +86,20 @@ def test_plot_gives_every_series_its_own_look_and_names_its_differing_options(tm
     rows = ["strategy,options,learned_params,val_top1_mean,val_top1_std"]
     for i in range(23):  # 23 settings of two sizes each: the fraction is not part of a series
         rows += [f"s{i},s{i}(fraction=0.1),{1000 + i},{0.5 + i / 100},0.01",
-                 f"s{i},s{i}(fraction=0.5),{9000 + i},{0.6 + i / 100},0.02"]
+                 f"s{i},s{i}(fraction=0.5),{9000 + i},{0.6 + i / 100},0.02",
+                 f"s{i},s{i}(fraction=0.9),{20000 + i},{0.65 + i / 100},0.02"]  # three sizes: a fit needs 3
     rows += ["filters,filters(count=1),300,0.4,0.0", "filters,filters(fraction=0.1),5000,0.6,0.0",
-             "filters,filters(fraction=0.5),20000,0.7,0.0"]
+             "filters,filters(fraction=0.3),10000,0.65,0.0", "filters,filters(fraction=0.5),20000,0.7,0.0",
+             "two,two(fraction=0.1),100,0.1,0.0", "two,two(fraction=0.2),200,0.2,0.0"]  # two sizes: no fit
     results.write_text("\n".join(rows) + "\n")
     fig, fits = figure(read_rows(results))
     ax = fig.axes[0]
     points = {c.get_label(): c.lines[0] for c in ax.containers}  # errorbar: (data line, caps, bars)
     fit_lines = {line.get_label().split(": ")[0]: line for line in ax.get_lines() if ": " in line.get_label()}
     assert "filters(count=1)" in points and "filters(fraction=…)" in points and "filters" not in points
-    assert len(points) == 25 and set(fit_lines) == set(fits["all"]) == set(points) - {"filters(count=1)"}
-    assert len({(to_hex(line.get_color()), line.get_marker()) for line in points.values()}) == 25
+    assert len(points) == 26
+    assert set(fit_lines) == set(fits["all"]) == set(points) - {"filters(count=1)", "two(fraction=…)"}
+    assert len({(to_hex(line.get_color()), line.get_marker()) for line in points.values()}) == 26
     assert len({to_hex(line.get_color()) for line in list(points.values())}) == 20
     assert fits["all"]["filters(fraction=…)"]["x_min"] == 5000 and fits["all"]["filters(fraction=…)"]["x_max"] == 20000
     xs = fit_lines["filters(fraction=…)"].get_xdata()
@@ -167,7 +171,7 @@ def test_tiny_sweep_end_to_end_writes_tables_and_plot(tiny_recipe, tmp_path):
     assert p.returncode == 0, p.stderr[-2000:]
     assert (out / "accuracy_vs_learned_params.png").stat().st_size > 1000
     assert (out / "accuracy_vs_learned_params.svg").is_file()
-    assert "filters" in (out / "fits.json").read_text()
+    assert list(json.loads((out / "fits.json").read_text()).values()) == [{}]  # two sizes: too few to fit
 
 
 SWEEP_GRID = {"seeds": [0], "overrides": ["train.max_steps=2"], "strategies": [{"name": "head"}, {"name": "bias"}]}

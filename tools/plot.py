@@ -7,7 +7,7 @@ plus their mean, with the Pareto front marked and the paper's logarithmic fit pe
 A series is one strategy setting at its different sizes (e.g. filters(fraction=…, fixed=zero)); a setting
 with one size keeps its full label (filters(count=1)). Every series in a figure has its own colour (up to
 20; then marker and line style change as well). The paper observes acc ≈ a + b·ln(params): each series
-with two or more distinct x values gets a least-squares fit, drawn only over its points' range and
+with three or more distinct x values gets a least-squares fit, drawn only over its points' range and
 labelled with r², and written to fits.json. The Pareto front (no other point is as accurate for less
 cost) is drawn as a dashed black step line through ringed points.
 """
@@ -28,6 +28,7 @@ COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e3
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
 LINESTYLES = ["-", "--", "-.", ":", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1)), (0, (1, 3)), (0, (8, 2, 2, 2))]
 SIZE_OPTION = re.compile(r"(fraction|count|budget)=[^,)]*")  # a strategy's size: fraction, count or auto's budget
+MIN_FIT_POINTS = 3  # distinct sizes a series needs for a fit: through two points any fit is exact (r² 1)
 AXIS_NAMES = {"learned_params": "learned parameters", "delta_bytes": "delta on disk (bytes)",
               "train_seconds": "train seconds", "peak_memory_mib": "peak memory (MiB)"}
 
@@ -100,7 +101,7 @@ def panel(ax, rows: list[dict], names: dict[tuple[str, str], str], look: dict[st
         style = look[name]
         ax.errorbar(xs, ys, yerr=es, marker=style["marker"], color=style["color"], linestyle="none", capsize=3,
                     label=name)
-        if len({round(v, 9) for v in xs}) >= 2 and min(xs) > 0:
+        if len({round(v, 9) for v in xs}) >= MIN_FIT_POINTS and min(xs) > 0:
             fit = fits[name] = log_fit(list(xs), list(ys))
             grid = [min(xs) * (max(xs) / min(xs)) ** (k / 50) for k in range(51)]  # its points' range only
             ax.plot(grid, [fit["a"] + fit["b"] * math.log(g) for g in grid], color=style["color"],
@@ -135,7 +136,7 @@ def figure(rows: list[dict], x: str = "learned_params", title: str = ""):
     fits = {}
     for ax, (name, mine) in zip(axes[0], panels):
         fits[name or "all"] = panel(ax, mine, names, look, x)
-        ax.set_title(f"{title + ': ' if title else ''}{name}" if name else title or "accuracy per learned parameter")
+        ax.set_title(name if name else title or "accuracy per learned parameter")
         ax.set_xlabel(f"{AXIS_NAMES.get(x, x)} (log scale)")
     axes[0][0].set_ylabel("validation top-1")
     handles, labels = axes[0][0].get_legend_handles_labels()
@@ -144,6 +145,8 @@ def figure(rows: list[dict], x: str = "learned_params", title: str = ""):
             if lab not in labels:
                 handles.append(h)
                 labels.append(lab)
+    if title and datasets != [""]:
+        fig.suptitle(title)  # once above the panels; each panel is titled by its dataset
     columns = max(1, math.ceil(len(handles) / 24))
     fig.legend(handles, labels, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 0.95), ncol=columns)
     fig.tight_layout()
