@@ -155,10 +155,15 @@ def _push(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from .delta import export
+    from .atomic import check_file_target
+    from .delta import delta_path, export
     from .hub import resolve
+    from .runfiles import check_output
 
-    out, info = export(resolve(args.run_dir), args.out)
+    source = resolve(args.run_dir)
+    check_file_target(args.out, "export --out")  # a file path in a writable place, and never over a run's
+    check_output(args.out, "export --out", [delta_path(source)], [source] if source.is_dir() else [])  # files
+    out, info = export(source, args.out)
     kwargs = "".join(f", {k}={v!r}" for k, v in info["model"]["kwargs"].items())
     print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB), a plain timm state dict; load it without partial_ft:")
     print(f"  timm.create_model({info['model']['name']!r}, pretrained=True, pretrained_cfg_overlay=dict("

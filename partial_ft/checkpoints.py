@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Optional
 
-from .atomic import write_text
+from .atomic import USER_ERRNOS, write_text
 from .errors import UserError, first_line, load_reason
 
 CHECKPOINTS = "checkpoints"
@@ -49,22 +49,35 @@ def read_state(folder: Path) -> dict[str, Any]:
 def save(acc: Any, run_dir: Path, progress: dict[str, Any], keep: Optional[int] = 2) -> Path:
     """Accelerate's save_state plus the loop's position, into a temporary folder renamed into place;
     then point `latest` at it and keep the newest `keep` checkpoints (None: all). Every process calls this."""
+    # not Accelerate's ProjectConfiguration(automatic_checkpoint_naming, total_limit): it deletes the oldest
+    # checkpoints before the new one is written, writes in place (no rename), and names by save count
     root = Path(run_dir) / CHECKPOINTS
     name = f"step-{progress['step']:08d}-epoch-{progress['epoch']}-batch-{progress['batches']}"
     tmp, final = root / f".tmp-{name}", root / name
-    if acc.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    acc.wait_for_everyone()
-    acc.save_state(str(tmp))
-    acc.wait_for_everyone()
-    if acc.is_main_process:
-        (tmp / STATE_NAME).write_text(json.dumps(progress) + "\n")
-        _fsync_tree(tmp)  # the data is on disk before any name points at it
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        write_text(root / "latest", name + "\n")
-        prune(root, keep)
+    if root.is_symlink():  # pruning would delete inside the link's target
+        raise UserError(f"{root} is a symbolic link; partial_ft never writes or deletes checkpoints through links")
+    try:
+        if acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp))
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            (tmp / STATE_NAME).write_text(json.dumps(progress) + "\n")
+            _fsync_tree(tmp)  # the data is on disk before any name points at it
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+            write_text(root / "latest", name + "\n")
+            prune(root, keep)
+    except OSError as e:
+        if acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if e.errno not in USER_ERRNOS:
+            raise
+        kept = latest(run_dir)
+        raise UserError(f"cannot write checkpoint {final}: {e.strerror}; "
+                        f"{f'the last one, {kept}, is kept' if kept else 'no earlier checkpoint exists'}") from None
     acc.wait_for_everyone()
     return final
 
@@ -74,7 +87,8 @@ def prune(root: Path, keep: Optional[int]) -> None:
     leftovers of interrupted writes."""
     pointer = root / "latest"
     current = pointer.read_text().strip() if pointer.is_file() else None
-    folders = sorted((f for f in root.iterdir() if f.is_dir()), key=lambda f: f.name)  # step-<zero padded>
+    # real folders only: a link is never deleted through (its target is not the run's)
+    folders = sorted((f for f in root.iterdir() if f.is_dir() and not f.is_symlink()), key=lambda f: f.name)
     complete = [f for f in folders if f.name.startswith("step-") and f.name != current]
     older = complete if keep is None else complete[-(keep - 1):] if keep > 1 else []  # + current = keep
     kept = {f.name for f in older}
@@ -101,7 +115,9 @@ def load(acc: Any, folder: Path) -> dict[str, Any]:
 
 def remove(run_dir: Path) -> None:
     """A finished run keeps its delta, not the (whole-model) checkpoints."""
-    shutil.rmtree(Path(run_dir) / CHECKPOINTS, ignore_errors=True)
+    root = Path(run_dir) / CHECKPOINTS
+    if not root.is_symlink():  # (rundir refuses a linked checkpoints/ before any run starts)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def _fsync_tree(folder: Path) -> None:

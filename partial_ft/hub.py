@@ -10,14 +10,17 @@ none of them is unpickled: safetensors, YAML read with safe_load, JSON.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Optional
 
 from .delta import DELTA_NAME
+from .atomic import USER_ERRNOS, user_error
 from .errors import UserError, first_line
 from .rundir import CARD, DATA, RECIPE, SUMMARY, card
+from .runfiles import check_output
 
 HUB_FILES = (DELTA_NAME, RECIPE, DATA, SUMMARY, CARD)
 
@@ -86,6 +89,35 @@ def stage(run_dir: str | Path, out: Path, repo_id: Optional[str] = None) -> list
     return [out / name for name in HUB_FILES]
 
 
+def write_local(run_dir: str | Path, target: Path, repo_id: str) -> Path:
+    """push --local-dir: the Hub files in a new or empty folder, all or nothing (built in a temporary
+    sibling, then renamed into place); never inside a run's own files or through a link."""
+    check_output(target, "push --local-dir", [], [run_dir])
+    if target.exists() and not (target.is_dir() and not any(target.iterdir())):
+        raise UserError(f"--local-dir {target} must be a new or empty folder")
+    with tempfile.TemporaryDirectory() as staging:
+        stage(run_dir, Path(staging), repo_id)  # every check passes before anything is written near the target
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".pft-"))
+        except OSError as e:
+            raise (user_error(e, target) if e.errno in USER_ERRNOS else e) from None
+        try:
+            for name in HUB_FILES:
+                shutil.copyfile(Path(staging) / name, tmp / name)
+                with open(tmp / name, "rb") as f:
+                    os.fsync(f.fileno())
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o777 & ~umask)  # as any new folder (mkdtemp makes private ones)
+            os.replace(tmp, target)  # onto a missing or empty folder: the rename is the commit
+        except OSError as e:
+            raise (user_error(e, target) if e.errno in USER_ERRNOS else e) from None
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
 def push(run_dir: str | Path, repo_id: str, private: bool = False, local_dir: Optional[str | Path] = None) -> str:
     """Upload a run's delta, recipe, class names, summary and model card to the Hub repo `repo_id`
     (created when missing, private with `private`); with `local_dir`, write exactly those files there
@@ -94,15 +126,7 @@ def push(run_dir: str | Path, repo_id: str, private: bool = False, local_dir: Op
     if local_dir is not None:
         if private:
             raise UserError("--private applies to uploads; it means nothing with --local-dir")
-        target = Path(local_dir)
-        if target.exists() and not (target.is_dir() and not any(target.iterdir())):
-            raise UserError(f"--local-dir {target} must be a new or empty folder")
-        with tempfile.TemporaryDirectory() as tmp:
-            stage(run_dir, Path(tmp), repo_id)  # every check passes before the target is touched
-            target.mkdir(parents=True, exist_ok=True)
-            for name in HUB_FILES:
-                shutil.copyfile(Path(tmp) / name, target / name)
-        return str(target)
+        return str(write_local(run_dir, Path(local_dir), repo_id))
     from huggingface_hub import HfApi
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -21,7 +21,8 @@ from typing import IO, Any, Optional
 import torch
 from torch import nn
 
-from . import cuts, delta, hub, loaders
+from . import cuts, delta, hub, loaders, runfiles
+from .atomic import check_file_target, write_atomic
 from .data_columns import IMAGE_SUFFIXES
 from .errors import UserError
 
@@ -60,14 +61,14 @@ class Source:
     model: nn.Module
 
 
-def load_sources(sources: list[str]) -> list[Source]:
-    """Load each SOURCE (run folder, pushed folder, delta file or Hub repo id); several must share the
-    base (model, starting weights) and the preprocessing, so one batch serves them all."""
+def load_sources(sources: list[str], paths: Optional[list[Path]] = None) -> list[Source]:
+    """Load each SOURCE (run folder, pushed folder, delta file or Hub repo id; `paths`: where they were
+    resolved to, when known); several must share the base (model, starting weights) and the
+    preprocessing, so one batch serves them all."""
     if len(set(sources)) != len(sources):
         raise UserError("a SOURCE is given twice")
     loaded = []
-    for name in sources:
-        path = hub.resolve(name)
+    for name, path in zip(sources, paths or [hub.resolve(name) for name in sources]):
         loaded.append(Source(name, delta.read_info(path), delta.load_delta(path)))
     first = loaded[0].info
     for other in loaded[1:]:
@@ -204,6 +205,16 @@ def predict(runner: Runner, files: list[Path], top_k: int = 5, batch_size: int =
             yield record
 
 
+def _check_out(target: Path, files: list[Path], paths: list[Path]) -> Path:
+    """--out: a file in an existing, writable folder, never one of the images or sources being read, nor
+    a file of a run folder (or a link to one)."""
+    if not target.parent.is_dir():
+        raise UserError(f"--out {target}: folder {target.parent} does not exist")
+    check_file_target(target, "predict --out")
+    return runfiles.check_output(target, "predict --out", [*files, *map(delta.delta_path, paths)],
+                                 [p for p in paths if p.is_dir()])
+
+
 def run(sources: list[str], inputs: list[str], out: Optional[str] = None, top_k: int = 5, batch_size: int = 64,
         skip_bad: bool = False, ensemble: bool = False, stream: IO[str] = sys.stdout) -> tuple[Counts, Runner]:
     """The `predict` command: JSON lines to `out` (written whole or not at all) or to `stream`. Cheap
@@ -213,11 +224,9 @@ def run(sources: list[str], inputs: list[str], out: Optional[str] = None, top_k:
     if ensemble and len(sources) < 2:
         raise UserError("--ensemble averages several SOURCEs; give at least two")
     files = expand_inputs(inputs)
-    target = Path(out) if out else None
-    if target is not None and (target.is_dir() or not target.parent.is_dir()):
-        raise UserError(f"--out {out}: " + ("a folder, not a file" if target.is_dir() else
-                                            f"folder {target.parent} does not exist"))
-    runner = Runner.build(load_sources(sources), torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    paths = [hub.resolve(name) for name in sources]
+    target = None if out is None else _check_out(Path(out), files, paths)
+    runner = Runner.build(load_sources(sources, paths), torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     counts = Counts()
     workers = min(4, os.cpu_count() or 1) if len(files) > batch_size else 0  # worker start-up costs seconds
     records = predict(runner, files, top_k, batch_size, skip_bad, ensemble, workers, counts)
@@ -225,12 +234,11 @@ def run(sources: list[str], inputs: list[str], out: Optional[str] = None, top_k:
         for record in records:
             print(json.dumps(record), file=stream, flush=True)
         return counts, runner
-    tmp = target.with_name(f".{target.name}.tmp")
-    try:
+
+    def write_lines(tmp: Path) -> None:
         with tmp.open("w") as f:
             for record in records:
                 f.write(json.dumps(record) + "\n")
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    write_atomic(target, write_lines)  # whole or not at all; a second predict to the same file has its own
     return counts, runner

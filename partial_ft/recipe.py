@@ -125,7 +125,7 @@ class Recipe:
     @property
     def run_dir(self) -> Path:
         """The run folder: output.dir, or runs/<recipe name>."""
-        return Path(self.output.dir) if self.output.dir else Path("runs") / self.name
+        return Path(self.output.dir).expanduser() if self.output.dir else Path("runs") / self.name
 
     def to_dict(self) -> dict:
         """The resolved recipe as plain data, in section order (what recipe.yaml in a run holds)."""

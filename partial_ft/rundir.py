@@ -1,68 +1,69 @@
 """The run folder's single owner: everything partial_ft writes into a run folder goes through here.
 
 A run folder holds recipe.yaml, plan.txt, data.json, metrics.jsonl, summary.json, delta.safetensors,
-README.md (the model card), training_curve.png, logs/ (trackers), eval.json and checkpoints/ (see the
-README's outputs section), a marker file saying partial_ft made it,
-and while a process uses it, a lock file naming that process. Every file that is read back later is
-written atomically (temporary file + rename). Only folders that partial_ft made are ever replaced, and
-then only partial_ft's own files.
+README.md (the model card), training_curve.png, logs/ (trackers), eval.json and checkpoints/ (see
+docs/run-folder.md), a marker naming the run and the files it wrote (runfiles.py), and while a process
+uses it, a lock (runlock.py). Every file that is read back later is written atomically (temporary file
++ rename). Only folders that partial_ft marked are ever replaced, and then only the files their run wrote.
 """
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import socket
-import time
 from pathlib import Path
 from typing import Any, Optional
 
 import yaml
 
-from . import checkpoints, curves, delta, modelcard
-from .atomic import probe_writable, write_atomic, write_text
+from . import checkpoints, curves, delta, modelcard, runfiles
+from .atomic import probe_writable, staged, write_atomic, write_text
 from .errors import UserError, first_line
 from .recipe import Recipe, from_dict
+from .runfiles import (CARD, CURVE, DATA, EVAL, LOGS, MARKER, METRICS, OWN, PLAN, PREVIOUS, RECIPE, STRATEGY,  # noqa: F401
+                       SUMMARY, is_ours)
+from .runlock import LOCK, RunLock
 
-MARKER = ".partial_ft-run"
-LOCK = ".partial_ft.lock"
-RECIPE, PLAN, DATA, METRICS, SUMMARY, EVAL = "recipe.yaml", "plan.txt", "data.json", "metrics.jsonl", "summary.json", "eval.json"
-CARD, CURVE, LOGS = "README.md", "training_curve.png", "logs"  # the model card; loss and val top-1 vs step; trackers
-STRATEGY = "strategy.json"  # the strategy with data-driven choices resolved (what --resume rebuilds)
-# what a run writes, and so what --overwrite may remove (anything else in the folder is left alone)
-OWN = {MARKER, RECIPE, PLAN, DATA, METRICS, SUMMARY, EVAL, STRATEGY, delta.DELTA_NAME, checkpoints.CHECKPOINTS,
-       CARD, LOGS, CURVE}
 # keys that may change between a run and its resumption: they do not change the numbers
 RESUME_MAY_DIFFER = {"train.progress", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
                      "train.nan_policy", "train.log_with"}
 
 
-def is_ours(path: Path) -> bool:
-    """Whether partial_ft made this folder (its marker, or, from before markers, recipe.yaml + plan.txt)."""
-    return (path / MARKER).is_file() or ((path / RECIPE).is_file() and (path / PLAN).is_file())
-
-
 def check(recipe: Recipe, overwrite: bool = False, resume: bool = False) -> Optional[Path]:
     """Decide, without writing anything, whether the run folder can be used: refuses an output path that is
-    a file or not writable, a folder partial_ft did not make, a folder another process is using, and a
-    folder holding a run unless --overwrite (start again) or --resume (continue it). Returns the
-    checkpoint to resume from, if any. Cheap: runs before any data or model."""
+    a file or not writable, a folder partial_ft did not make (no valid marker), run paths that are links,
+    a folder another process is using, and a folder holding a run unless --overwrite (start again) or
+    --resume (continue it). Returns the checkpoint to resume from, if any. Cheap: runs before any data or
+    model."""
     run_dir = recipe.run_dir
     if overwrite and resume:
         raise UserError("pass --resume or --overwrite, not both")
+    if run_dir.is_symlink() and not run_dir.exists():
+        raise UserError(f"output.dir {run_dir} is a symbolic link to nothing")
+    probe_writable(run_dir, "output.dir")
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"output.dir {run_dir} is a file, not a folder")
-    probe_writable(run_dir, "output.dir")
-    if not (run_dir.is_dir() and any(run_dir.iterdir())):
+    if run_dir.is_dir() and runfiles.is_ours(run_dir):
+        runfiles.refuse_links(run_dir)
+        RunLock(run_dir).check_free()
+    return _decide(recipe, overwrite, resume)
+
+
+def _decide(recipe: Recipe, overwrite: bool, resume: bool) -> Optional[Path]:
+    """check()'s decision on what the folder holds (again under the lock, in RunFolder.start)."""
+    run_dir = recipe.run_dir
+    # a lock alone: a process that died before marking the folder
+    held = [p for p in run_dir.iterdir() if p.name != LOCK] if run_dir.is_dir() else []
+    if not held:
         return None
-    if not is_ours(run_dir):
-        sample = ", ".join(sorted(p.name for p in run_dir.iterdir())[:3])
+    marker = runfiles.read_marker(run_dir)
+    if marker is None:
+        sample = ", ".join(sorted(p.name for p in held)[:3])
         raise UserError(f"output.dir {run_dir} is not empty and is not a partial_ft run folder (it holds {sample}, "
                         "...); partial_ft never replaces what it did not write: choose another output.dir")
-    _refuse_if_locked(run_dir)
+    runfiles.refuse_links(run_dir)
     last = checkpoints.latest(run_dir)
     finished = (run_dir / SUMMARY).is_file()
     if overwrite:
+        runfiles.refuse_unlisted(run_dir, marker)
         return None
     if not resume:
         if finished:
@@ -74,61 +75,8 @@ def check(recipe: Recipe, overwrite: bool = False, resume: bool = False) -> Opti
     if finished:
         raise UserError(f"the run in {run_dir} already finished: nothing to resume (--overwrite runs it again)")
     _check_same_recipe(recipe, run_dir)
+    read_metrics(run_dir)  # a damaged log is named now, not as a traceback when the run finishes
     return last  # None: stopped before its first checkpoint, so it starts from the beginning
-
-
-# --------------------------------------------------------------------------------------------
-# one process per run folder
-
-
-def _lock_owner(run_dir: Path) -> Optional[dict[str, Any]]:
-    """The lock's owner, or None when there is no lock or it is stale (its process is gone)."""
-    try:
-        owner = json.loads((run_dir / LOCK).read_text())
-        pid, host = int(owner["pid"]), str(owner["host"])
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, KeyError, TypeError):
-        return None  # unreadable: written by no live partial_ft (the lock is created whole, by rename)
-    if host == socket.gethostname() and not _alive(pid):
-        return None
-    return owner
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _refuse_if_locked(run_dir: Path) -> None:
-    owner = _lock_owner(run_dir)
-    if owner and not (owner["pid"] == os.getpid() and owner["host"] == socket.gethostname()):
-        raise UserError(f"run folder {run_dir} is in use by process {owner['pid']} on {owner['host']} (since "
-                        f"{owner.get('started', '?')}); wait for it to finish, or delete {run_dir / LOCK} if that "
-                        "process is gone")
-
-
-def _acquire(run_dir: Path) -> None:
-    """Take the folder's lock: created whole by a hard link, which fails when another holds it."""
-    me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-    tmp = run_dir / f".{LOCK}.{os.getpid()}"
-    tmp.write_text(json.dumps(me) + "\n")
-    try:
-        for _ in range(2):
-            try:
-                os.link(tmp, run_dir / LOCK)
-                return
-            except FileExistsError:
-                _refuse_if_locked(run_dir)
-                (run_dir / LOCK).unlink(missing_ok=True)  # stale: its process is gone
-        _refuse_if_locked(run_dir)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -136,42 +84,54 @@ def _acquire(run_dir: Path) -> None:
 
 
 class RunFolder:
-    """The run folder of one training run. Only the main process writes; the others only read."""
+    """The run folder of one training run. Only the main process writes; the others only read. Every
+    name is added to the run's manifest (the marker) before it is first written."""
 
     def __init__(self, path: Path, main: bool = True):
-        self.path, self.main, self.locked = Path(path), main, False
+        self.path, self.main = Path(path), main
+        self.lock, self.replacing = RunLock(self.path), False
 
     def start(self, recipe: Recipe, overwrite: bool = False, resume: bool = False,
               data_info: Optional[dict[str, Any]] = None) -> Optional[Path]:
-        """Lock the folder (main process), make it ready (check's decisions; --overwrite removes the old
-        run's own files; --resume refuses data that data.json no longer describes); returns the checkpoint
-        to resume from, if any."""
-        last = check(recipe, overwrite, resume)
-        if resume and data_info is not None:
-            _check_same_data(self.path, data_info)
+        """Lock the folder (main process) and make it ready (check's decisions, taken again under the lock;
+        --overwrite moves the old run aside until the new one has finished; --resume refuses data that
+        data.json no longer describes); returns the checkpoint to resume from, if any."""
+        check(recipe, overwrite, resume)
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise UserError(f"cannot create run folder {self.path}: {e.strerror}") from None
-        _acquire(self.path)
-        self.locked = True
-        if overwrite:
-            for name in OWN:
-                target = self.path / name
-                shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
-        write_text(self.path / MARKER, "a partial_ft run folder\n")
+        self.lock.acquire()
+        last = _decide(recipe, overwrite, resume)
+        if resume and data_info is not None:
+            _check_same_data(self.path, data_info)
+        if overwrite and is_ours(self.path):
+            runfiles.move_aside(self.path)
+            self.replacing = True
+        if not is_ours(self.path):
+            runfiles.new_marker(self.path)
+        if recipe.train.log_with:  # trackers write there (log_with may be set on a resume too)
+            self._own(LOGS)
         return last
 
     def release(self) -> None:
-        """Give the lock back (a crash leaves it stale: the next run sees its process is gone)."""
-        if self.locked:
-            (self.path / LOCK).unlink(missing_ok=True)
-            self.locked = False
+        """Give the lock back (a crash leaves the kernel to free it)."""
+        self.lock.release()
+
+    def abandon(self) -> None:
+        """The run failed (not a signal's checkpointed stop): an --overwrite brings the old run back."""
+        if self.replacing:
+            runfiles.restore_previous(self.path)
+            self.replacing = False
+
+    def _own(self, *names: str) -> None:
+        runfiles.register(self.path, names)
 
     def write_start(self, recipe: Recipe, plan_table: str, data_info: dict[str, Any], strategy: Any = None,
                     scoring_seconds: float = 0.0) -> None:
         """A fresh start (or a resume with nothing saved yet): recipe, plan, data description, and the
         resolved strategy (what a strategy chose from data, so --resume rebuilds it without scoring)."""
+        self._own(RECIPE, PLAN, DATA, STRATEGY, METRICS, checkpoints.CHECKPOINTS)
         write_text(self.path / RECIPE, recipe.to_yaml())
         write_text(self.path / PLAN, plan_table + "\n")
         self.write_json(DATA, data_info)
@@ -180,6 +140,7 @@ class RunFolder:
         (self.path / METRICS).unlink(missing_ok=True)
 
     def write_json(self, name: str, obj: Any) -> Path:
+        self._own(name)
         return write_text(self.path / name, json.dumps(obj, indent=2) + "\n")
 
     def metrics_lines(self) -> list[str]:
@@ -188,6 +149,7 @@ class RunFolder:
 
     def append_metrics(self, metrics: dict[str, Any]) -> None:
         """One line per finished epoch; the whole file is replaced, so a crash never leaves half a line."""
+        self._own(METRICS)
         write_text(self.path / METRICS, "".join(self.metrics_lines()) + json.dumps(metrics) + "\n")
 
     def keep_metrics(self, lines: int) -> None:
@@ -200,6 +162,8 @@ class RunFolder:
 
     def save_checkpoint(self, acc: Any, progress: dict[str, Any], keep: Optional[int]) -> Path:
         """A resumable checkpoint (every process calls this), older ones rotated out beyond `keep`."""
+        if self.main:
+            self._own(checkpoints.CHECKPOINTS)
         return checkpoints.save(acc, self.path, progress, keep)
 
     def load_checkpoint(self, acc: Any, folder: Path) -> dict[str, Any]:
@@ -208,25 +172,48 @@ class RunFolder:
     def save_delta(self, model: Any, recipe: Recipe, class_names: list[str], data_config: dict,
                    base: dict[str, str], extra: Optional[dict[str, Any]] = None) -> Path:
         """What the run learned, as RUN_DIR/delta.safetensors."""
+        self._own(delta.DELTA_NAME)
         return delta.save_delta(self.path / delta.DELTA_NAME, model, recipe, class_names, data_config, base, extra)
 
     def finish(self, summary: dict[str, Any], title: str = "") -> None:
-        """The run is done: its summary, model card and training curve, and no more whole-model checkpoints
-        (the delta is what it keeps)."""
-        self.write_json(SUMMARY, summary)
-        write_text(self.path / CARD, card(self.path))
-        evals = [json.loads(line) for line in self.metrics_lines()]
+        """The run is done, as one step: training curve, model card, no more whole-model checkpoints (the
+        delta is what it keeps), and last the finished mark, summary.json (written beside its name first,
+        so a full disk stops the run before its checkpoints are gone). An --overwrite's old run goes then."""
+        self._own(CURVE, CARD, SUMMARY)
+        evals = read_metrics(self.path)
         losses = [(step, loss) for e in evals for step, loss in e.get("loss_curve", [])]
         write_atomic(self.path / CURVE, lambda tmp: curves.plot(losses, evals, tmp, title))
-        checkpoints.remove(self.path)
+        write_text(self.path / CARD, card(self.path, summary=summary))
+        text = json.dumps(summary, indent=2) + "\n"
+        with staged(self.path / SUMMARY, lambda tmp: tmp.write_text(text)):
+            checkpoints.remove(self.path)
+        runfiles.drop_previous(self.path)
+        self.replacing = False
 
 
-def card(folder: Path, repo_id: Optional[str] = None) -> str:
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """The run's metrics.jsonl records; a damaged line is one clear error naming the file."""
+    path = Path(run_dir) / METRICS
+    records = []
+    for number, line in enumerate(path.read_text().splitlines() if path.is_file() else [], 1):
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict):
+                raise ValueError("not a JSON object")
+        except (ValueError, UnicodeDecodeError) as e:
+            raise UserError(f"{path} is damaged (line {number}: {first_line(e)[:80]}); restore it, or --overwrite "
+                            "to start again") from None
+        records.append(record)
+    return records
+
+
+def card(folder: Path, repo_id: Optional[str] = None, summary: Optional[dict[str, Any]] = None) -> str:
     """The model card of the finished run in `folder` (a run folder, or a pushed one: plan.txt and the
-    validation split are optional there); `repo_id` names the Hub repo in its loading instructions."""
+    validation split are optional there); `repo_id` names the Hub repo in its loading instructions;
+    `summary`, when given, is the one the run is about to write."""
     folder = Path(folder)
     try:
-        summary = json.loads((folder / SUMMARY).read_text())
+        summary = summary if summary is not None else json.loads((folder / SUMMARY).read_text())
         data = json.loads((folder / DATA).read_text())
         plan = (folder / PLAN).read_text() if (folder / PLAN).is_file() else None
         return modelcard.render(read_recipe(folder).to_dict(), summary, data["class_names"], plan,

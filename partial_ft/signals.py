@@ -76,6 +76,24 @@ def stop_on_signals():
             signal.signal(s, h)
 
 
+@contextmanager
+def deferred():
+    """While a run finishes (delta, curve, card, cleanup, finished mark), SIGTERM and Ctrl-C wait: they
+    are delivered when the block ends, so a run is finished as one step or not at all."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+        for signum in dict.fromkeys(caught):
+            os.kill(os.getpid(), signum)  # now, to whatever handled it before
+
+
 def shield_workers(*loaders: Any) -> None:
     """Make the loaders' worker processes ignore SIGTERM / Ctrl-C. A scheduler may signal every process
     of a job; a worker that died first would fail the loop before it can checkpoint. The training

@@ -116,12 +116,19 @@ def run(recipe: Recipe, overwrite: bool = False, resume: bool = False) -> dict[s
         tracking.start(acc, recipe.name, recipe.to_dict())  # inside the run folder: it exists now
         with signals.stop_on_signals() as stop:
             summary, model = train(s, folder, resume_from, stop)
-        if acc.is_main_process:
-            path = folder.save_delta(model, recipe, s.bundle.class_names, s.data_config, s.base,
-                                     {"strategy": s.plan.spec})  # data-driven choices resolved: no data to load
-            summary["delta_bytes"] = path.stat().st_size
-            folder.finish(summary, f"{recipe.model.name}, {s.plan.label}")
-            _print_summary(folder.path, summary)
+        with signals.deferred():  # finishing is one step: a signal now waits until it is done
+            if acc.is_main_process:
+                path = folder.save_delta(model, recipe, s.bundle.class_names, s.data_config, s.base,
+                                         {"strategy": s.plan.spec})  # data-driven choices resolved: no data to load
+                summary["delta_bytes"] = path.stat().st_size
+                folder.finish(summary, f"{recipe.model.name}, {s.plan.label}")
+                _print_summary(folder.path, summary)
+            folder.release()
+    except (Interrupted, signals.Stopped):
+        raise  # stopped with a checkpoint (or before any): --resume continues this run
+    except BaseException:
+        folder.abandon()  # an --overwrite brings the old run back
+        raise
     finally:
         folder.release()
     acc.end_training()

@@ -2,6 +2,7 @@
 equals the run's summary; exports load into bare timm; runs resume exactly after SIGKILL and SIGTERM."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -25,7 +26,8 @@ from partial_ft.checkpoints import latest
 from partial_ft.checkpoints import load as load_checkpoint
 from partial_ft.checkpoints import save as save_checkpoint
 from partial_ft.delta import fingerprint_parts, save_delta
-from partial_ft.rundir import MARKER, RunFolder
+from partial_ft.rundir import MARKER, PREVIOUS, RunFolder
+from partial_ft.runfiles import register
 from partial_ft.errors import UserError
 from partial_ft.models import build
 from partial_ft.strategies import apply_strategy
@@ -141,15 +143,21 @@ class _FakeAccelerator:
     def save_state(self, folder):
         (Path(folder) / "model.safetensors").write_bytes(b"partial" if self.crash else b"complete")
         if self.crash:
-            raise OSError("disk full")
+            raise self.crash
 
 
-def test_a_crash_mid_checkpoint_leaves_the_previous_one_in_charge(tmp_path):
+@pytest.mark.parametrize("crash, raised, message", [
+    (OSError("disk full"), OSError, "disk full"),  # an unknown failure: as it came
+    (OSError(errno.ENOSPC, "No space left on device"), UserError,  # a full disk: one line naming both
+     r"cannot write checkpoint .*step-00000006.*: No space left on device; the last one, .*step-00000003.*, is kept"),
+    (OSError(errno.EROFS, "Read-only file system"), UserError, "Read-only file system; the last one"),
+], ids=["unknown", "no-space", "read-only"])
+def test_a_crash_mid_checkpoint_leaves_the_previous_one_in_charge(tmp_path, crash, raised, message):
     acc = _FakeAccelerator()
     first = save_checkpoint(acc, tmp_path, {"step": 3, "epoch": 0, "batches": 3}, keep=1)
     assert latest(tmp_path) == first
-    acc.crash = True
-    with pytest.raises(OSError):
+    acc.crash = crash
+    with pytest.raises(raised, match=message):
         save_checkpoint(acc, tmp_path, {"step": 6, "epoch": 0, "batches": 6})
     assert latest(tmp_path) == first and (first / "model.safetensors").read_bytes() == b"complete"
     assert json.loads((first / "train_state.json").read_text())["step"] == 3
@@ -178,6 +186,7 @@ def test_run_folder_decisions(tmp_path):
             folder.release()
 
     assert start_run_dir(recipe, resume=True) is None and recipe.run_dir.is_dir()  # nothing to resume: start
+    register(recipe.run_dir, ["recipe.yaml", "checkpoints"])  # what RunFolder does before writing them
     (recipe.run_dir / "recipe.yaml").write_text(recipe.to_yaml())
     with pytest.raises(UserError, match="already holds a run that stopped before its first checkpoint; pass --resume"):
         start_run_dir(recipe)
@@ -186,8 +195,20 @@ def test_run_folder_decisions(tmp_path):
     with pytest.raises(UserError, match="already holds a run stopped at step 5; pass --resume"):
         start_run_dir(recipe)
     assert start_run_dir(recipe, resume=True) == folder
-    assert start_run_dir(recipe, overwrite=True) is None
-    assert [p.name for p in recipe.run_dir.iterdir()] == [MARKER]  # the old run's files, and the lock, are gone
+    old = _tree(recipe.run_dir)
+    replacing = RunFolder(recipe.run_dir)
+    assert replacing.start(recipe, overwrite=True) is None
+    # the old run (its listed files and marker) waits aside until the new one has finished; no lock is left
+    assert sorted(p.name for p in recipe.run_dir.iterdir()) == sorted([MARKER, PREVIOUS, ".partial_ft.lock"])
+    replacing.release()
+    assert sorted(p.name for p in recipe.run_dir.iterdir()) == sorted([MARKER, PREVIOUS])
+    assert _tree(recipe.run_dir / PREVIOUS) == old
+    replacing.abandon()  # the new run failed: the old one is back, byte for byte
+    assert _tree(recipe.run_dir) == old
+
+
+def _tree(folder: Path) -> dict[str, str]:
+    return {str(f.relative_to(folder)): f.read_bytes().hex() for f in sorted(folder.rglob("*")) if f.is_file()}
 
 
 # --------------------------------------------------------------------------------------------

@@ -2,8 +2,12 @@
 long runs keep their metrics, progress and a bounded number of checkpoints."""
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import math
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -13,6 +17,7 @@ from torch import nn
 from partial_ft import checkpoints, load_delta
 from partial_ft.__main__ import main
 from partial_ft.checkpoints import prune as prune_checkpoints
+from partial_ft.errors import UserError
 
 
 def _nan_at(monkeypatch, calls: set[int]) -> None:
@@ -84,6 +89,28 @@ def test_pruning_keeps_the_newest_and_never_the_latest(tmp_path, keep, latest, k
     assert sorted(f.name for f in root.iterdir() if f.is_dir()) == kept
 
 
+def test_pruning_never_deletes_through_a_link(tmp_path):
+    """A checkpoint entry that is a link to the user's folder is left alone (its target is not the run's);
+    a checkpoints/ that is a link is refused before anything is written or pruned through it."""
+    user = tmp_path / "user"
+    for name in ("step-00", "notes"):
+        (user / name).mkdir(parents=True)
+        (user / name / "keep.txt").write_text("mine")
+    root = tmp_path / "run" / "checkpoints"
+    for name in ("step-01", "step-02"):
+        (root / name).mkdir(parents=True)
+    (root / "step-00").symlink_to(user / "step-00")
+    (root / "latest").write_text("step-02\n")
+    prune_checkpoints(root, 1)
+    assert sorted(f.name for f in root.iterdir()) == ["latest", "step-00", "step-02"]
+    shutil.rmtree(root)
+    root.symlink_to(user)
+    with pytest.raises(UserError, match="checkpoints is a symbolic link"):
+        checkpoints.save(None, tmp_path / "run", {"step": 3, "epoch": 0, "batches": 3}, keep=1)
+    assert sorted(str(f.relative_to(user)) for f in user.rglob("*")) == ["notes", "notes/keep.txt", "step-00",
+                                                                         "step-00/keep.txt"]
+
+
 def test_many_epochs_keep_metrics_progress_and_bounded_checkpoints(tiny_recipe, tmp_path, monkeypatch, capsys):
     recipe = tiny_recipe("long", data={"max_train_samples": 32, "max_val_samples": 16},
                          train={"epochs": 6, "max_steps": None, "batch_size": 16, "checkpoint_every": 1,
@@ -108,3 +135,72 @@ def test_many_epochs_keep_metrics_progress_and_bounded_checkpoints(tiny_recipe, 
     assert not (run_dir / "checkpoints").exists()  # finished: the delta is what the run keeps
     out = capsys.readouterr()
     assert "epoch 6/6" in out.err and out.out.count("val_top1") == 7  # a bar per epoch; 6 epoch lines + summary
+
+
+# --------------------------------------------------------------------------------------------
+# a full disk, a read-only place, a name too long, a wrong kind: one `error:` line naming the path,
+# nothing half-written, the last good file kept
+
+
+@pytest.fixture(scope="module")
+def done(tmp_path_factory) -> tuple[Path, Path]:
+    """A finished tiny run and a folder of three digit images: (run folder, images)."""
+    from conftest import TINY, write_recipe
+    from partial_ft.data_sources import digits
+
+    root = tmp_path_factory.mktemp("done")
+    recipe = write_recipe(root / "done.yaml", {**TINY, "output": {"dir": str(root / "run")}})
+    assert main(["--recipe", str(recipe)]) == 0
+    (root / "images").mkdir()
+    for i, row in enumerate(digits()["validation"].select(range(3))):
+        row["image"].save(root / "images" / f"{i}.png")
+    return root / "run", root / "images"
+
+
+def _fsync_fails(code: int):
+    def fail(fd):
+        raise OSError(code, os.strerror(code))
+    return fail
+
+
+LONG = "n" * 300 + ".safetensors"
+# id: (argv with RUN / IMAGES / OUT for paths, errno the flush fails with (None: none), what the line names)
+FULL = {
+    "export-no-space": (["export", "RUN", "--out", "OUT/model.safetensors"], errno.ENOSPC, "OUT/model.safetensors"),
+    "predict-no-space": (["predict", "RUN", "IMAGES", "--out", "OUT/p.jsonl"], errno.ENOSPC, "OUT/p.jsonl"),
+    "push-no-space": (["push", "RUN", "me/x", "--local-dir", "OUT/pushed"], errno.ENOSPC, "OUT/pushed"),
+    "eval-read-only": (["eval", "RUN"], errno.EROFS, "RUN/eval.json"),
+    "eval-json-is-a-folder": (["eval", "RUN"], None, "RUN/eval.json: something the run did not write"),
+    "export-name-too-long": (["export", "RUN", "--out", f"OUT/{LONG}"], None, "longer than 255 bytes"),
+    "predict-quota": (["predict", "RUN", "IMAGES", "--out", "OUT/p.jsonl"], errno.EDQUOT, "OUT/p.jsonl"),
+}
+
+
+def _hashes(*folders: Path) -> dict[str, str]:
+    return {str(f): hashlib.sha256(f.read_bytes()).hexdigest() for d in folders for f in sorted(d.rglob("*"))
+            if f.is_file()}
+
+
+@pytest.mark.parametrize("case", FULL)
+def test_write_failures_are_one_error_line_and_keep_the_last_good_state(case, done, tmp_path, monkeypatch, capsys):
+    argv, code, named = FULL[case]
+    run, images = tmp_path / "run", done[1]
+    shutil.copytree(done[0], run)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "model.safetensors").write_bytes(b"the last good export")
+    (out / "p.jsonl").write_text('{"the last good": "predictions"}\n')
+    if case == "eval-json-is-a-folder":
+        (run / "eval.json").mkdir()
+    before = _hashes(run, out, images)
+    paths = {"RUN": str(run), "IMAGES": str(images)}
+    argv = [paths.get(a, a.replace("OUT/", f"{out}/")) for a in argv]
+    if code is not None:
+        monkeypatch.setattr(os, "fsync", _fsync_fails(code))
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1, err[-3000:]
+    assert named.replace("OUT/", f"{out}/").replace("RUN/", f"{run}/") in err
+    assert _hashes(run, out, images) == before  # nothing replaced, nothing half-written, no temporary file
+    assert sorted(p.name for p in out.iterdir()) == ["model.safetensors", "p.jsonl"]

@@ -3,7 +3,9 @@ Hub repo id in huggingface_hub's cache (offline), predicts as the run folder doe
 matter is the Hub's metadata. The upload call itself is the one thing not run here."""
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -161,3 +163,68 @@ def test_cli_mistakes_are_one_error_line(run, tmp_path, capsys, argv, message):
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and err.startswith("error: ") and message in err and err.count("\n") == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["IMAGES"]
+
+
+def _link(to: str):
+    def make(tmp_path: Path, run: Path) -> str:
+        (tmp_path / "link").symlink_to(run / to if to else tmp_path / "empty")
+        return str(tmp_path / "link")
+    return make
+
+
+# argv with RUN (a copy of the finished run), IMAGE (one input image), IMAGES (their folder), OUT (the target)
+TARGETS = {
+    "predict-over-the-delta": (["predict", "RUN", "IMAGES", "--out", "OUT"], "RUN/delta.safetensors", "an input being read"),
+    "predict-over-the-recipe": (["predict", "RUN", "IMAGES", "--out", "OUT"], "RUN/recipe.yaml", "of the run in"),
+    "predict-over-an-input": (["predict", "RUN", "IMAGES", "--out", "OUT"], "IMAGE", "an input being read"),
+    "predict-through-a-link": (["predict", "RUN", "IMAGES", "--out", "OUT"], _link("summary.json"), "symbolic link"),
+    "export-over-the-recipe": (["export", "RUN", "--out", "OUT"], "RUN/recipe.yaml", "of the run in"),
+    "export-over-the-summary": (["export", "RUN", "--out", "OUT"], "RUN/summary.json", "of the run in"),
+    "export-over-the-marker": (["export", "RUN", "--out", "OUT"], "RUN/.partial_ft-run", "of the run in"),
+    "export-through-a-link": (["export", "RUN", "--out", "OUT"], _link("delta.safetensors"), "symbolic link"),
+    "push-into-the-runs-own-name": (["push", "RUN", REPO, "--local-dir", "OUT"], "RUN/checkpoints", "of the run in"),
+    "push-through-a-link": (["push", "RUN", REPO, "--local-dir", "OUT"], _link(""), "symbolic link"),
+}
+
+
+def _hashes(folder: Path) -> dict[str, str]:
+    return {str(f.relative_to(folder)): hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(folder.rglob("*"))
+            if f.is_file() and not f.is_symlink()}
+
+
+@pytest.mark.parametrize("case", TARGETS)
+def test_outputs_never_land_on_a_runs_files_or_an_input(case, run, tmp_path, capsys):
+    """Today `predict --out RUN/delta.safetensors` and `export --out RUN/recipe.yaml` exited 0 over them, and
+    predict --out equal to an input image overwrote the image."""
+    from partial_ft.__main__ import main
+    from partial_ft.data_sources import digits
+
+    argv, target, message = TARGETS[case]
+    shutil.copytree(run, tmp_path / "run")
+    (tmp_path / "images").mkdir()
+    (tmp_path / "empty").mkdir()
+    digits()["validation"][0]["image"].save(tmp_path / "images" / "0.png")
+    where = {"RUN": str(tmp_path / "run"), "IMAGES": str(tmp_path / "images"), "IMAGE": str(tmp_path / "images" / "0.png")}
+    out = target(tmp_path, tmp_path / "run") if callable(target) else where.get(target) or target.replace(
+        "RUN/", where["RUN"] + "/")
+    before = _hashes(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        main([where.get(a, out if a == "OUT" else a) for a in argv])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.startswith("error: ") and message in err and err.count("\n") == 1, err
+    assert _hashes(tmp_path) == before
+
+
+@pytest.mark.parametrize("command", ["predict", "export", "push"])
+def test_a_legal_250_character_name_is_written(command, run, tmp_path, capsys):
+    """Today the temporary sibling's longer name failed with 'File name too long'."""
+    from partial_ft.__main__ import main
+    from partial_ft.data_sources import digits
+
+    digits()["validation"][0]["image"].save(tmp_path / "0.png")
+    out = tmp_path / ("n" * 245 + ".json")
+    argv = {"predict": ["predict", str(run), str(tmp_path / "0.png"), "--out", str(out)],
+            "export": ["export", str(run), "--out", str(out)],
+            "push": ["push", str(run), REPO, "--local-dir", str(out)]}[command]
+    assert len(out.name) == 250 and main(argv) == 0
+    assert out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["0.png", out.name]

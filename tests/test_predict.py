@@ -143,3 +143,21 @@ def test_sources_over_different_bases_are_refused(runs, tmp_path):
         runner = Runner.build(load_sources([str(runs["head"]), str(runs["last"])]), torch.device("cpu"))
         runner.sources[1].info = {**runner.sources[1].info, "class_names": list("abcdefghij")}
         list(predict(runner, [], ensemble=True))
+
+
+@pytest.mark.parametrize("first, second", [("A" * 100_000, "B"), ("A", "B" * 100_000)])
+def test_two_writers_of_one_out_never_mix(tmp_path, first, second):
+    """Two `predict --out` on one file: each writes its own temporary sibling, so the file ends whole, the
+    last one renamed in (today both used one temporary name and interleaved into one corrupt file)."""
+    from partial_ft.atomic import write_atomic
+
+    out = tmp_path / "p.jsonl"
+
+    def write_first(tmp):
+        with open(tmp, "w") as f:
+            f.write(first[: len(first) // 2])
+            write_atomic(out, lambda other: other.write_text(second))  # the other process, meanwhile
+            f.write(first[len(first) // 2:])
+
+    write_atomic(out, write_first)
+    assert out.read_text() == first and [p.name for p in tmp_path.iterdir()] == ["p.jsonl"]

@@ -3,8 +3,10 @@ folder, damaged files are one `error:` line naming the file, and training surviv
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
+import signal
 import socket
 import json
 import shutil
@@ -18,8 +20,10 @@ import torch
 
 from conftest import TINY, run_cli, write_recipe
 from datasets import Dataset, Image
+from filelock import FileLock
 
 from partial_ft import cache, loaders, signals, train
+from partial_ft.errors import UserError
 from partial_ft.__main__ import main
 from partial_ft.rundir import LOCK
 
@@ -84,13 +88,40 @@ def stopped(tmp_path_factory) -> tuple[Path, Path]:
 # never delete what is not ours
 
 
-@pytest.mark.parametrize("how", [[], ["--overwrite"], ["--resume"]])
-def test_a_folder_of_other_files_is_never_touched(tmp_path, capsys, how):
-    """output.dir pointing at a folder of the user's (today: the repository with output.dir=.)."""
-    home = tmp_path / "project"
+def _other_files(home: Path) -> None:
     (home / "src").mkdir(parents=True)
     (home / "src" / "main.py").write_text("print('mine')\n")
     (home / "summary.json").write_text("{}\n")  # even a file with one of our names
+
+
+def _pre_marker(home: Path) -> None:
+    """What an older partial_ft counted as a run (recipe.yaml + plan.txt), beside the user's own logs/."""
+    (home / "logs").mkdir(parents=True)
+    (home / "logs" / "notes.txt").write_text("mine\n")
+    for name in ("recipe.yaml", "plan.txt", "README.md"):
+        (home / name).write_text(f"my {name}\n")
+
+
+def _marker(text: str):
+    def make(home: Path) -> None:
+        _pre_marker(home)
+        (home / ".partial_ft-run").write_text(text)
+    return make
+
+
+FOREIGN = {"other-files": _other_files, "pre-marker-recipe-and-plan": _pre_marker, "empty-marker": _marker(""),
+           "foreign-marker": _marker("a partial_ft run folder\n"),
+           "marker-naming-other-files": _marker(json.dumps({"partial_ft": "0.1.0", "run_id": "x", "created": "now",
+                                                            "files": ["logs", "../elsewhere"]}))}
+
+
+@pytest.mark.parametrize("how", [[], ["--overwrite"], ["--resume"]])
+@pytest.mark.parametrize("folder", FOREIGN)
+def test_a_folder_of_other_files_is_never_touched(tmp_path, capsys, how, folder):
+    """output.dir pointing at a folder of the user's (today: the repository with output.dir=.); only a valid
+    marker partial_ft wrote makes a run folder."""
+    home = tmp_path / "project"
+    FOREIGN[folder](home)
     before = _tree(home)
     err = _fails(["--recipe", str(_recipe(tmp_path, "r", output={"dir": str(home)})), *how], capsys)
     assert "is not a partial_ft run folder" in err
@@ -106,8 +137,132 @@ def test_overwrite_removes_only_the_runs_own_files(tmp_path, finished):
     assert (run_dir / "delta.safetensors").is_file() and not (run_dir / LOCK).exists()
 
 
+def _link_checkpoints(run: Path, user: Path) -> None:
+    shutil.rmtree(run / "checkpoints", ignore_errors=True)
+    (run / "checkpoints").symlink_to(user, target_is_directory=True)
+
+
+def _link_delta(run: Path, user: Path) -> None:
+    (run / "delta.safetensors").unlink(missing_ok=True)
+    (run / "delta.safetensors").symlink_to(user / "step-00000001-epoch-0-batch-1" / "weights.bin")
+
+
+def _unlisted_logs(run: Path, user: Path) -> None:
+    (run / "logs").mkdir()  # the run had no trackers: logs/ is the user's
+    (run / "logs" / "mine.txt").write_text("mine\n")
+
+
+@pytest.mark.parametrize("change, which, how, message", [
+    (_link_checkpoints, "finished", "--overwrite", "checkpoints is a symbolic link"),
+    (_link_checkpoints, "stopped", "--overwrite", "checkpoints is a symbolic link"),
+    (_link_checkpoints, "stopped", "--resume", "checkpoints is a symbolic link"),
+    (_link_delta, "finished", "--overwrite", "delta.safetensors is a symbolic link"),
+    (_unlisted_logs, "finished", "--overwrite", "holds logs, which its run did not write"),
+    (_unlisted_logs, "stopped", "--overwrite", "holds logs, which its run did not write"),
+], ids=["checkpoints-link-finished", "checkpoints-link-stopped", "checkpoints-link-resume", "delta-link",
+        "unlisted-logs-finished", "unlisted-logs-stopped"])
+def test_overwrite_and_resume_never_reach_through_links_or_into_unlisted_files(tmp_path, capsys, finished, stopped,
+                                                                               change, message, which, how):
+    """A run path that is a link is refused (today pruning deleted the link target's folders, and --overwrite
+    was a traceback); a run name the run never wrote is the user's."""
+    user = tmp_path / "user"
+    (user / "step-00000001-epoch-0-batch-1").mkdir(parents=True)
+    (user / "step-00000001-epoch-0-batch-1" / "weights.bin").write_bytes(b"the user's")
+    (user / "notes").mkdir()
+    run, recipe = tmp_path / "run", stopped[0]
+    shutil.copytree(finished if which == "finished" else stopped[1], run)
+    change(run, user)
+    before, mine = _tree(run), _tree(user)
+    err = _fails(["--recipe", str(recipe), f"output.dir={run}", how], capsys)
+    assert message in err
+    assert _tree(run) == before and _tree(user) == mine
+
+
+def _no_space(monkeypatch) -> None:
+    """The delta's write runs out of space half way (as a full disk does)."""
+    from partial_ft import delta
+
+    def half_then_full(state, path, metadata=None):
+        Path(path).write_bytes(b"\0" * 1000)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(delta, "save_file", half_then_full)
+
+
+def _crash_in_training(monkeypatch) -> None:
+    def crash(loop, p):
+        raise UserError("the data went away")
+
+    monkeypatch.setattr(train, "end_of_epoch", crash)
+
+
+@pytest.mark.parametrize("fault, message", [(_no_space, "cannot write"), (_crash_in_training, "the data went away")],
+                         ids=["no-space-for-the-delta", "failure-while-training"])
+def test_overwrite_keeps_the_old_run_until_the_new_one_finished(tmp_path, capsys, monkeypatch, finished, fault, message):
+    """Today, on a full disk, the new run crashed after the old delta and summary were gone."""
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    (run / "my_notes.txt").write_text("keep me\n")
+    before = _tree(run)
+    fault(monkeypatch)
+    err = _fails(["--recipe", str(_recipe(tmp_path, "again", output={"dir": str(run)})), "--overwrite"], capsys)
+    assert message in err and (message != "cannot write" or "delta.safetensors" in err)
+    assert _tree(run) == before  # the old run back byte for byte, nothing of the new one, no lock
+
+
+class _Signalled(Exception):
+    pass
+
+
+def _plot_then(what):
+    """Wrap the curve's plot: SIGTERM arrives while it runs, or the disk is full when it writes."""
+    from partial_ft import curves
+    real = curves.plot
+
+    def plot(*args, **kwargs):
+        if what == "sigterm":
+            os.kill(os.getpid(), signal.SIGTERM)
+            return real(*args, **kwargs)
+        raise OSError(errno.ENOSPC, "No space left on device")
+    return curves, "plot", plot
+
+
+@pytest.mark.parametrize("what", ["sigterm", "no-space"])
+def test_a_run_finishes_as_one_step(tmp_path, capsys, monkeypatch, what):
+    """SIGTERM while finishing waits until the run is finished (delta, curve, card, no checkpoints, no lock,
+    summary.json last); a failure while finishing leaves no finished mark and its checkpoint, so --resume
+    finishes it. Today summary.json came first: SIGTERM left no curve, two checkpoints and a stale lock."""
+    recipe, run = _recipe(tmp_path, "fin"), tmp_path / "runs" / "fin"
+    seen = {}
+
+    def on_sigterm(signum, frame):
+        seen["at signal"] = sorted(p.name for p in run.iterdir())
+        raise _Signalled()
+
+    monkeypatch.setattr(*_plot_then(what))
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        if what == "sigterm":
+            with pytest.raises(_Signalled):
+                main(["--recipe", str(recipe)])
+            assert seen["at signal"] == sorted(RUN_FILES)
+            return
+        err = _fails(["--recipe", str(recipe)], capsys)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert "cannot write" in err and "training_curve.png" in err
+    assert not (run / "summary.json").exists() and (run / "checkpoints" / "latest").is_file()
+    monkeypatch.undo()
+    assert main(["--recipe", str(recipe), "--resume"]) == 0
+    assert sorted(p.name for p in run.iterdir()) == sorted(RUN_FILES)
+
+
+RUN_FILES = {".partial_ft-run", "recipe.yaml", "plan.txt", "strategy.json", "data.json", "metrics.jsonl",
+             "summary.json", "delta.safetensors", "README.md", "training_curve.png"}
+
+
 @pytest.mark.parametrize("target, message", [
-    (lambda run: run / "delta.safetensors", "is the run's own delta"),
+    (lambda run: run / "delta.safetensors", "is an input being read"),
     (lambda run: run, "is a folder"),
     (lambda run: run / "plan.txt" / "x.safetensors", "is a file, not a folder"),
     (lambda run: Path("/proc/partial_ft-test/x.safetensors"), "is not writable"),
@@ -177,6 +332,85 @@ def test_a_stale_lock_is_taken_over(tmp_path, stopped):
     assert (copy / "summary.json").is_file() and not (copy / LOCK).exists()
 
 
+def _lock_folder(lock: Path) -> None:
+    lock.mkdir()
+
+
+def _lock_link(lock: Path) -> None:
+    lock.symlink_to(lock.parent / "recipe.yaml")
+
+
+def _absurd_pid(lock: Path) -> None:
+    lock.write_text(json.dumps({"pid": 10**30, "host": socket.gethostname(), "started": "x" * 5000}))
+
+
+@pytest.mark.parametrize("make, held, message", [
+    (_lock_folder, False, "is a folder, not a lock file"),
+    (_lock_link, False, "is a symbolic link"),
+    (_absurd_pid, True, "is in use by process 1000000000000000000000000000000 on"),
+    (_absurd_pid, False, None),  # its content decides nothing: nobody holds it, so the resume runs
+], ids=["folder", "link", "absurd-pid-held", "absurd-pid-free"])
+def test_a_lock_that_is_not_a_lock_file_is_one_error_line(tmp_path, capsys, stopped, make, held, message):
+    recipe, run_dir = stopped
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    make(copy / LOCK)
+    holder = FileLock(copy / LOCK, timeout=0) if held else None
+    if holder:
+        holder.acquire()
+    try:
+        argv = ["--recipe", str(recipe), f"output.dir={copy}", "--resume"]
+        if message is None:
+            assert main(argv) == 0 and (copy / "summary.json").is_file() and not (copy / LOCK).exists()
+            return
+        before = _tree(copy)
+        assert message in _fails(argv, capsys)
+        assert _tree(copy) == before
+    finally:
+        if holder:
+            holder.release()
+
+
+def _take(run_dir: str, barrier, results) -> None:
+    from partial_ft.runlock import RunLock
+
+    lock = RunLock(Path(run_dir))
+    barrier.wait()
+    try:
+        lock.acquire()
+        results.put("took")
+    except UserError:
+        results.put("refused")
+    barrier.wait()  # everyone has tried before the winner lets go
+    lock.release()
+
+
+def test_a_dead_runs_lock_is_taken_by_exactly_one_of_three(tmp_path):
+    """Today three processes took one dead lock at once in 15 of 100 tries."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    for attempt in range(10):
+        run_dir = tmp_path / str(attempt)
+        run_dir.mkdir()
+        (run_dir / LOCK).write_text(json.dumps({"pid": 2**22 + 1, "host": socket.gethostname()}))  # dead
+        barrier, results = ctx.Barrier(3), ctx.Queue()
+        procs = [ctx.Process(target=_take, args=(str(run_dir), barrier, results)) for _ in range(3)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(60)
+        assert sorted(results.get(timeout=5) for _ in procs) == ["refused", "refused", "took"]
+
+
+def test_output_dir_expands_the_home_folder(tmp_path, monkeypatch):
+    from partial_ft import recipe as recipes
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    recipe = recipes.load(_recipe(tmp_path, "home"), ["output.dir=~/runs/x"])
+    assert recipe.run_dir == tmp_path / "runs" / "x"
+
+
 # --------------------------------------------------------------------------------------------
 # damaged or tampered files: one error line naming the file
 
@@ -210,9 +444,15 @@ def _damage_optimizer(run: Path) -> str:
     return "cannot be restored"
 
 
+def _damage_metrics(run: Path) -> str:
+    (run / "metrics.jsonl").write_text('{"epoch": 1}\n\x00garbage\n')
+    return "metrics.jsonl is damaged (line 2"
+
+
 @pytest.mark.parametrize("damage", [_damage_recipe_empty, _damage_recipe_invalid, _damage_train_state,
-                                    _damage_tensors, _damage_optimizer],
-                         ids=["recipe-empty", "recipe-invalid", "train-state", "truncated-tensors", "optimizer-pickle"])
+                                    _damage_tensors, _damage_optimizer, _damage_metrics],
+                         ids=["recipe-empty", "recipe-invalid", "train-state", "truncated-tensors", "optimizer-pickle",
+                              "metrics-garbage"])
 def test_resuming_a_damaged_run_is_one_error_line(tmp_path, capsys, stopped, damage):
     recipe, run_dir = stopped
     copy = tmp_path / "run"
