@@ -12,7 +12,7 @@ import os
 import shlex
 import sys
 
-from .errors import UserError
+from .errors import UserError, one_line
 
 COMMANDS = ("train", "eval", "predict", "export", "push", "strategies")
 
@@ -89,7 +89,7 @@ def _fail(message: str, collective: bool = True) -> int:
     """Print the one `error:` line and exit 2. A collective error (every process of a multi-process run
     fails the same way) is said by the first process only."""
     if not collective or os.environ.get("RANK", "0") == "0":
-        print(f"error: {message.strip().splitlines()[-1] if message.strip() else message}", file=sys.stderr)
+        print(f"error: {one_line(message)}", file=sys.stderr)
     sys.exit(2)
 
 

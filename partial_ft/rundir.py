@@ -17,9 +17,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-import yaml
-
-from . import checkpoints, curves, delta, modelcard
+from . import checkpoints, curves, delta, modelcard, yamlsafe
 from .atomic import probe_writable, write_atomic, write_text
 from .errors import UserError, first_line
 from .recipe import Recipe, from_dict
@@ -242,11 +240,11 @@ def read_recipe(run_dir: Path) -> Recipe:
     if not path.is_file():
         raise UserError(f"{run_dir} is not a run folder (no {RECIPE})")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yamlsafe.load_file(path, "recipe")
         if not isinstance(raw, dict):
             raise ValueError("not a mapping of recipe sections")
         return from_dict(raw, name=Path(run_dir).name)
-    except (yaml.YAMLError, UnicodeDecodeError, ValueError, UserError) as e:
+    except (ValueError, UserError) as e:
         raise UserError(f"{path} is damaged ({first_line(e)}); restore it, or --overwrite to start again") from None
 
 
