@@ -219,16 +219,17 @@ class RunFolder:
         checkpoints.remove(self.path)
 
 
-def card(folder: Path, repo_id: Optional[str] = None) -> str:
+def card(folder: Path, repo_id: Optional[str] = None, license: Optional[str] = None) -> str:
     """The model card of the finished run in `folder` (a run folder, or a pushed one: plan.txt and the
-    validation split are optional there); `repo_id` names the Hub repo in its loading instructions."""
+    validation split are optional there); `repo_id` names the Hub repo in its loading instructions,
+    `license` is its Hub license id (None: none given)."""
     folder = Path(folder)
     try:
         summary = json.loads((folder / SUMMARY).read_text())
         data = json.loads((folder / DATA).read_text())
         plan = (folder / PLAN).read_text() if (folder / PLAN).is_file() else None
         return modelcard.render(read_recipe(folder).to_dict(), summary, data["class_names"], plan,
-                                data.get("val_split"), repo_id)
+                                data.get("val_split"), repo_id, license)
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise UserError(f"cannot describe the run in {folder}: {first_line(e)}") from None
 
