@@ -17,6 +17,7 @@ import yaml
 from . import strategies  # the registry validates its own node
 from .coerce import coerce
 from .errors import UserError, did_you_mean
+from .overrides import ALL_SECTIONS, apply_overrides  # noqa: F401  (apply_overrides: tools/sweep.py)
 
 
 def key(default: Any, help: str) -> Any:
@@ -148,7 +149,6 @@ class OutputCfg:
 
 
 SECTIONS: dict[str, type] = {"model": ModelCfg, "data": DataCfg, "train": TrainCfg, "output": OutputCfg}
-ALL_SECTIONS = ["model", "data", "strategy", "train", "output"]
 
 
 @dataclass
@@ -298,45 +298,3 @@ def _data_checks(d: DataCfg, channels: Any) -> list[tuple[bool, str]]:
                        f"data.{key} must have 1 or {channels} values (one per channel)"))
     checks.append((d.std is None or all(v > 0 for v in d.std), "data.std must be > 0 (images are divided by it)"))
     return checks
-
-
-# --------------------------------------------------------------------------------------------
-# overrides
-
-
-def apply_overrides(raw: dict, overrides: list[str]) -> dict:
-    """Apply `a.b.c=value` strings (values parsed as YAML) to a raw recipe; returns a new dict."""
-    raw = copy.deepcopy(raw)
-    for item in overrides:
-        if "=" not in item:
-            raise UserError(f"override '{item}' must look like section.key=value")
-        dotted, text = item.split("=", 1)
-        keys = dotted.strip().split(".")
-        if len(keys) < 2 or not all(keys):
-            raise UserError(f"override '{item}' must name section.key (e.g. train.epochs=3)")
-        if keys[0] not in ALL_SECTIONS:
-            raise UserError(f"override '{item}': unknown section '{keys[0]}'{did_you_mean(keys[0], ALL_SECTIONS)}")
-        try:
-            value = yaml.safe_load(text) if text.strip() else None
-        except yaml.YAMLError:
-            value = text  # an unparsable value is taken as a plain string
-        _set_path(raw, keys, value, item)
-    return raw
-
-
-def _set_path(node: Any, keys: list[str], value: Any, item: str) -> None:
-    for i, key in enumerate(keys):
-        last = i == len(keys) - 1
-        if isinstance(node, list):
-            if not key.isdigit() or int(key) >= len(node):
-                raise UserError(f"override '{item}': '{key}' is not an index of a {len(node)}-item list")
-            key = int(key)
-        elif isinstance(node, dict):
-            if not last and node.get(key) is None:
-                node[key] = {}
-        else:
-            raise UserError(f"override '{item}': '{keys[i - 1]}' holds a value, not a section")
-        if last:
-            node[key] = value
-        else:
-            node = node[key]

@@ -32,6 +32,16 @@ def test_quickstart_commands_are_the_ones_ci_runs():
     assert "pip install -e . && python -m partial_ft --recipe recipes/quickstart.yaml" in README
 
 
+def test_offline_middle_block_command_is_sized_for_a_cpu():
+    """The README's offline command: small images, few workers, fp32, residual branches awake at init."""
+    command = re.search(r"python -m partial_ft --recipe recipes/middle_block.yaml (.*?)\n```", README, re.DOTALL)
+    overrides = command.group(1).replace("\\\n", " ").split()
+    r = recipes.load(ROOT / "recipes" / "middle_block.yaml", overrides)
+    assert (r.data.dataset, r.model.pretrained, r.model.kwargs) == ("digits", False, {"zero_init_last": False})
+    assert r.data.input_size == 32 and r.data.num_workers <= 2 and r.train.mixed_precision == "no"
+    assert r.strategy["name"] == "block" and r.strategy["index"] == "middle"
+
+
 def test_readme_is_a_landing_page_whose_links_resolve():
     assert len(README.splitlines()) < 150, "the reference belongs in docs/"
     links = re.findall(r"\]\(((?!https?://)[^)#]+)\)", README)
