@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from . import strategies
+from . import strategies, yamlsafe
 from .errors import UserError, did_you_mean
 
 ALL_SECTIONS = ["model", "data", "strategy", "train", "output"]
@@ -30,8 +30,10 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
         if keys[0] not in ALL_SECTIONS:
             raise UserError(f"override '{item}': unknown section '{keys[0]}'{did_you_mean(keys[0], ALL_SECTIONS)}")
         try:
-            value = yaml.safe_load(text) if text.strip() else None
-        except yaml.YAMLError:
+            value = yamlsafe.load(text, f"override '{dotted.strip()}'") if text.strip() else None
+        except yamlsafe.Refused:
+            raise  # a bomb or a duplicate key, never taken as a plain string
+        except UserError:
             value = text  # an unparsable value is taken as a plain string
         if keys == ["strategy"]:
             raw["strategy"] = value
