@@ -19,6 +19,7 @@ from typing import Optional
 from .delta import DELTA_NAME
 from .atomic import USER_ERRNOS, user_error
 from .errors import UserError, first_line
+from .modelcard import check_license
 from .rundir import CARD, DATA, RECIPE, SUMMARY, card
 from .runfiles import check_output
 
@@ -70,16 +71,17 @@ def check_repo_id(repo_id: str) -> None:
         raise UserError(f"repo id '{repo_id}': {first_line(e)}") from None
 
 
-def stage(run_dir: str | Path, out: Path, repo_id: Optional[str] = None) -> list[Path]:
+def stage(run_dir: str | Path, out: Path, repo_id: Optional[str] = None, license: Optional[str] = None) -> list[Path]:
     """Write HUB_FILES for the run in `run_dir` (a finished run folder or a pushed layout) into the
     existing folder `out`: copies of the delta, recipe and summary, the class names as data.json, and a
-    model card whose loading instructions name `repo_id`. Returns the paths written."""
+    model card whose loading instructions name `repo_id`, under `license` (a Hub license id). Returns the
+    paths written."""
     run_dir = Path(run_dir)
     needed = [DELTA_NAME, RECIPE, SUMMARY, DATA]
     missing = [name for name in needed if not (run_dir / name).is_file()]
     if not run_dir.is_dir() or missing:
         raise UserError(f"{run_dir} is not a finished run folder (missing {', '.join(missing) or 'the folder'})")
-    text = card(run_dir, repo_id)  # reads (and so checks) recipe, summary and class names
+    text = card(run_dir, repo_id, license)  # reads (and so checks) recipe, summary and class names
     for name in (DELTA_NAME, RECIPE, SUMMARY):
         shutil.copyfile(run_dir / name, out / name)
     # class names only: the run's data.json may name local paths and the carved split's row indices
@@ -89,14 +91,14 @@ def stage(run_dir: str | Path, out: Path, repo_id: Optional[str] = None) -> list
     return [out / name for name in HUB_FILES]
 
 
-def write_local(run_dir: str | Path, target: Path, repo_id: str) -> Path:
+def write_local(run_dir: str | Path, target: Path, repo_id: str, license: Optional[str] = None) -> Path:
     """push --local-dir: the Hub files in a new or empty folder, all or nothing (built in a temporary
     sibling, then renamed into place); never inside a run's own files or through a link."""
     check_output(target, "push --local-dir", [], [run_dir])
     if target.exists() and not (target.is_dir() and not any(target.iterdir())):
         raise UserError(f"--local-dir {target} must be a new or empty folder")
     with tempfile.TemporaryDirectory() as staging:
-        stage(run_dir, Path(staging), repo_id)  # every check passes before anything is written near the target
+        stage(run_dir, Path(staging), repo_id, license)  # every check passes before anything is written near the target
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".pft-"))
@@ -118,19 +120,22 @@ def write_local(run_dir: str | Path, target: Path, repo_id: str) -> Path:
     return target
 
 
-def push(run_dir: str | Path, repo_id: str, private: bool = False, local_dir: Optional[str | Path] = None) -> str:
+def push(run_dir: str | Path, repo_id: str, private: bool = False, local_dir: Optional[str | Path] = None,
+         license: Optional[str] = None) -> str:
     """Upload a run's delta, recipe, class names, summary and model card to the Hub repo `repo_id`
     (created when missing, private with `private`); with `local_dir`, write exactly those files there
-    instead (a new or empty folder). Returns the repo's URL or the folder."""
+    instead (a new or empty folder). `license` (a Hub license id) goes into the card. Returns the repo's
+    URL or the folder."""
     check_repo_id(repo_id)
+    check_license(license)
     if local_dir is not None:
         if private:
             raise UserError("--private applies to uploads; it means nothing with --local-dir")
-        return str(write_local(run_dir, Path(local_dir), repo_id))
+        return str(write_local(run_dir, Path(local_dir), repo_id, license))
     from huggingface_hub import HfApi
 
     with tempfile.TemporaryDirectory() as tmp:
-        stage(run_dir, Path(tmp), repo_id)
+        stage(run_dir, Path(tmp), repo_id, license)
         api = HfApi()
         try:
             url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
