@@ -11,10 +11,12 @@ import socket
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 from conftest import run_cli
 from partial_ft.__main__ import main
-from partial_ft.rundir import LOCK, MARKER
+from partial_ft.rundir import LOCK
+from partial_ft.runfiles import new_marker, register
 from test_data import _labels, _no_label_parquet, _out_of_range
 from test_yamlsafe import bomb
 
@@ -173,17 +175,30 @@ def _setup(kind: str, tiny_recipe, tmp_path: Path) -> tuple[Path, Path, list[str
     if kind in ("foreign", "busy"):
         run_dir.mkdir(parents=True)
         (run_dir / "notes.txt").write_text("the user's own notes\n")
-    if kind == "busy":  # a live process (this one's parent: pytest's) holds the folder
-        (run_dir / MARKER).write_text("a partial_ft run folder\n")
-        (run_dir / LOCK).write_text(json.dumps({"pid": os.getppid(), "host": socket.gethostname()}) + "\n")
+    if kind == "busy":  # a live holder (another open file description, as another process has) holds the folder
+        new_marker(run_dir)
+        (run_dir / LOCK).write_text(json.dumps({"pid": os.getppid(), "host": socket.gethostname(), "started": "now"}))
+        HELD.append(FileLock(run_dir / LOCK, timeout=0))
+        HELD[-1].acquire()
     if kind in ("existing", "stopped"):
         run_dir.mkdir(parents=True)
-        (run_dir / MARKER).write_text("a partial_ft run folder\n")
+        new_marker(run_dir)
+        register(run_dir, ["recipe.yaml", "metrics.jsonl", "summary.json"])
         (run_dir / "recipe.yaml").write_text(recipe.read_text())
         (run_dir / "metrics.jsonl").write_text('{"epoch": 1}\n')
         if kind == "existing":
             (run_dir / "summary.json").write_text('{"val_top1": 0.5}\n')
     return recipe, run_dir, extra
+
+
+HELD: list[FileLock] = []  # locks a row holds while it runs
+
+
+@pytest.fixture(autouse=True)
+def _release_held():
+    yield
+    while HELD:
+        HELD.pop().release()
 
 
 @pytest.mark.parametrize("case", CASES)

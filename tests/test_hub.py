@@ -258,4 +258,5 @@ def test_a_legal_250_character_name_is_written(command, run, tmp_path, capsys):
             "export": ["export", str(run), "--out", str(out)],
             "push": ["push", str(run), REPO, "--local-dir", str(out)]}[command]
     assert len(out.name) == 250 and main(argv) == 0
-    assert out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["0.png", out.name]
+    config = ["config.json"] if command == "export" else []  # timm's config beside the weights
+    assert out.exists() and sorted(p.name for p in tmp_path.iterdir()) == sorted(["0.png", out.name, *config])

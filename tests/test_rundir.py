@@ -547,3 +547,19 @@ def test_an_unreadable_image_file_is_named_by_its_path(tmp_path):
     ds = loaders.ImageDataset(hf, "image", "label", lambda im: im, "train")
     with pytest.raises(loaders.BadImageError, match=f"cannot read image {bad} at index 0 of split"):
         ds[0]
+
+
+def test_a_full_disk_at_resume_keeps_the_checkpoint(tmp_path, capsys, monkeypatch, stopped):
+    """ENOSPC when the resumed run first writes: one line naming the file, the stopped run as it was."""
+    recipe, run_dir = stopped
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    before = _tree(copy)
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    err = _fails(["--recipe", str(recipe), f"output.dir={copy}", "--resume"], capsys)
+    assert f"cannot write {copy}/" in err and "No space left on device" in err
+    assert _tree(copy) == before
