@@ -64,7 +64,8 @@ class RunLock:
         self._refuse_kind()
         if not self.path.exists():
             return
-        probe = FileLock(self.path, timeout=0, preserve_lock_file=True)  # the file exists: nothing is created
+        # the file exists: nothing is created; 1 s rides over the probes of a multi-process launch
+        probe = FileLock(self.path, timeout=1, preserve_lock_file=True)
         try:
             probe.acquire()
         except Timeout:
