@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Optional
 
@@ -20,7 +20,7 @@ from timm.scheduler import create_scheduler_v2
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import cache, collective, data, delta, gradients, loaders, models, preload, probe, signals, tracking, validate
+from . import cache, checkpoints, collective, data, delta, gradients, loaders, models, preload, probe, signals, tracking, validate
 from .errors import NonFiniteLoss
 from .evaluation import evaluate
 from .partial import partial_buffer_names
@@ -232,6 +232,10 @@ def train(s: Setup, folder: RunFolder, resume_from: Optional[Path], stop: StopFl
     p = Progress()
     if resume_from is not None:  # model, optimizer, scheduler, RNG states, and where the loop was
         state = folder.load_checkpoint(s.accelerator, resume_from)
+        per_epoch, t = len(loop.train_loader), s.recipe.train  # a position past this recipe's end is refused
+        total = loop.epochs * max(1, math.ceil(per_epoch / t.grad_accum_steps))
+        checkpoints.check_position(state, resume_from, loop.epochs, per_epoch, min(total, t.max_steps or total),
+                                   {f.name for f in fields(Progress)} | {"scheduler"})
         loop.scheduler.load_state_dict(state.pop("scheduler"))  # plain data (Accelerate would unpickle it)
         p = Progress(**state)
         if s.accelerator.is_main_process:

@@ -13,10 +13,10 @@ import argparse
 from typing import Optional
 
 import datasets
-import yaml
 
 import partial_ft
 from partial_ft import recipe as recipes
+from partial_ft import yamlsafe
 from partial_ft.data import load as load_data
 from partial_ft.models import build
 
@@ -76,7 +76,7 @@ def main() -> None:
                    help="a strategy as key=value pairs, e.g. name=filters,dim=in (repeatable)")
     args = p.parse_args()
     datasets.disable_progress_bars()
-    specs = [{k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in s.split(","))} for s in args.strategy]
+    specs = [{k: yamlsafe.load(v, f"--strategy {k}") for k, v in (kv.split("=", 1) for kv in s.split(","))} for s in args.strategy]
     match_all(recipes.load(args.recipe), specs, args.budget)
 
 
