@@ -172,8 +172,9 @@ def _strategies(args: argparse.Namespace) -> int:
     for s in list_strategies():
         aliases = f" (alias: {', '.join(s.aliases)})" if s.aliases else ""
         print(f"{s.name}{aliases}: {s.summary}")
+        helps = s.option_help()
         for key, value in s.option_defaults().items():
-            print(f"    {key}: {value}")
+            print(f"    {key}: {value}  # {helps[key]}")
     return 0
 
 

@@ -73,7 +73,7 @@ def evaluate_run(run_dir: str | Path, dataset: Optional[str] = None, split: Opti
     if bundle.class_names != info["class_names"]:
         raise UserError(f"dataset '{cfg.dataset}' has classes {bundle.class_names[:10]}, but the run learned "
                         f"{info['class_names'][:10]}: the classifier cannot be evaluated on it")
-    loader = loaders.eval_loader(bundle, cfg, info["data_config"],
+    loader = loaders.eval_loader(bundle, cfg, loaders.eval_transform(info["data_config"]),
                                  loaders.eval_batch_size(t.eval_batch_size, t.batch_size, acc.device), t.seed,
                                  acc.device.type == "cuda")
     model, loader = acc.prepare(model, loader)

@@ -5,6 +5,7 @@ gradient signal get it through apply_strategy and know nothing else of the train
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,20 +16,18 @@ from . import loaders, signals
 from .strategies import Gradients
 
 
-def from_loader(train_loader: torch.utils.data.DataLoader, accelerator: Any, criterion: nn.Module, seed: int,
-                channels_last: bool) -> Gradients:
-    """Gradients over the first batches of a seeded shuffle of the training data (its own loader, so the
-    training loader's order is untouched). Process r of P takes batches r, r + P, ...; their statistics
-    are summed across processes by `accelerator.reduce`. A SIGTERM / Ctrl-C stops the pass within a batch
-    (inside signals.stop_on_signals)."""
+def for_training(dataset: torch.utils.data.Dataset, batch_size: int, num_workers: int, accelerator: Any,
+                 criterion: nn.Module, seed: int, channels_last: bool) -> Gradients:
+    """Gradients over the first batches of a seeded shuffle of the training `dataset` (a loader of its own,
+    so the training loader's order is untouched). Process r of P takes batches r, r + P, ...; their
+    statistics are summed across processes by `accelerator.reduce`. A SIGTERM / Ctrl-C stops the pass
+    within a batch (inside signals.stop_on_signals)."""
     acc = accelerator
 
     def draw(model: nn.Module, n: int) -> Iterator[int]:
-        source = loaders.loader(train_loader.dataset, train_loader.batch_size, True, train_loader.num_workers, seed,
-                                train_loader.pin_memory)
+        source = loaders.loader(dataset, batch_size, True, num_workers, seed, acc.device.type == "cuda")
         home, device = next(model.parameters()).device, acc.device
-        if acc.is_main_process:
-            print(f"scoring pass: gradients of {n} training batches", flush=True)
+        acc.print(f"scoring pass: gradients of {n} training batches", flush=True)
         model.to(device)
         # dropout and the like draw from the generators: training must see the numbers it would without a pass
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -41,9 +40,10 @@ def from_loader(train_loader: torch.utils.data.DataLoader, accelerator: Any, cri
     def reduce(t: torch.Tensor) -> torch.Tensor:
         return acc.reduce(t.to(acc.device), reduction="sum")
 
+    available = math.ceil(len(dataset) / batch_size)
     if acc.num_processes == 1:
-        return Gradients(draw, available=len(train_loader))
-    return Gradients(draw, available=len(train_loader), reduce=reduce)
+        return Gradients(draw, available=available)
+    return Gradients(draw, available=available, reduce=reduce)
 
 
 def _batches(model: nn.Module, source: torch.utils.data.DataLoader, n: int, acc: Any, criterion: nn.Module,

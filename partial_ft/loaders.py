@@ -7,6 +7,8 @@ import random
 import re
 from typing import Any, Optional
 
+from typing import NamedTuple
+
 import numpy as np
 import torch
 from datasets import Dataset, Image
@@ -30,20 +32,28 @@ def eval_transform(data_config: dict) -> Any:
     return create_transform(is_training=False, **_common(data_config))
 
 
-def transforms(cfg: DataCfg, data_config: dict) -> tuple[Any, Any, bool]:
-    """timm train and eval transforms; returns (train, eval, train_is_deterministic)."""
+class Transforms(NamedTuple):
+    """A run's timm transforms, built once (see transforms())."""
+
+    train: Any
+    eval: Any
+    deterministic: bool  # the train transform draws nothing: it is the eval transform
+
+
+def transforms(cfg: DataCfg, data_config: dict) -> Transforms:
+    """timm train and eval transforms for the recipe's data section and the model's data config."""
     from timm.data import create_transform
 
     common = _common(data_config)
     eval_tf = eval_transform(data_config)
     if not cfg.augment:
-        return eval_tf, eval_tf, True
+        return Transforms(eval_tf, eval_tf, True)
     train_tf = create_transform(
         is_training=True, scale=tuple(cfg.scale) if cfg.scale else None, ratio=tuple(cfg.ratio) if cfg.ratio else None,
         hflip=cfg.hflip, color_jitter=cfg.color_jitter, auto_augment=cfg.auto_augment, re_prob=cfg.re_prob,
         **{k: v for k, v in common.items() if k not in ("crop_pct", "crop_mode")},
     )
-    return train_tf, eval_tf, False
+    return Transforms(train_tf, eval_tf, False)
 
 
 class BadImageError(UserError):
@@ -213,43 +223,37 @@ def lower_priority(worker_id: int) -> None:
         pass
 
 
-def make_loader(split: Dataset, image_column: str, label_column: str, transform: Any, role: str, cfg: DataCfg,
-                batch_size: int, shuffle: bool, seed: int, pin_memory: bool = False,
-                random_transform: bool = False) -> torch.utils.data.DataLoader:
-    """The DataLoader of one split as the recipe's data section configures it; a `random_transform`
-    draws its augmentation per item from (seed, epoch, index)."""
-    ds = ImageDataset(split, image_column, label_column, transform, role, cfg.skip_bad_images,
-                      augment_seed=seed if random_transform else None)
-    return loader(ds, batch_size, shuffle, cfg.num_workers, seed, pin_memory)
-
-
 def eval_batch_size(requested: Optional[int], batch_size: int, device: torch.device) -> int:
     """`train.eval_batch_size`, or by default 4x the training batch on a GPU (evaluation keeps no
     activations for a backward pass, and larger batches keep the GPU busy) and 2x on the CPU."""
     return requested or (4 if device.type == "cuda" else 2) * batch_size
 
 
-def train_loader(bundle: DataBundle, cfg: DataCfg, data_config: dict, batch_size: int, seed: int,
-                 pin_memory: bool = False) -> tuple[torch.utils.data.DataLoader, bool]:
-    """The training loader (train transform, seeded shuffling); returns (loader, transform_is_deterministic)."""
-    train_tf, _, deterministic = transforms(cfg, data_config)
-    dl = make_loader(bundle.train, bundle.image_column, bundle.label_column, train_tf, "train", cfg, batch_size,
-                     True, seed, pin_memory, random_transform=not deterministic)
-    return dl, deterministic
+def train_dataset(bundle: DataBundle, cfg: DataCfg, tfs: Transforms, seed: int) -> ImageDataset:
+    """The training split as items of the train transform; a random transform draws its augmentation per
+    item from (seed, epoch, index)."""
+    return ImageDataset(bundle.train, bundle.image_column, bundle.label_column, tfs.train, "train",
+                        cfg.skip_bad_images, augment_seed=None if tfs.deterministic else seed)
 
 
-def eval_loader(bundle: DataBundle, cfg: DataCfg, data_config: dict, batch_size: int, seed: int,
+def train_loader(bundle: DataBundle, cfg: DataCfg, tfs: Transforms, batch_size: int, seed: int,
+                 pin_memory: bool = False) -> torch.utils.data.DataLoader:
+    """The training loader (train transform, seeded shuffling)."""
+    return loader(train_dataset(bundle, cfg, tfs, seed), batch_size, True, cfg.num_workers, seed, pin_memory)
+
+
+def eval_loader(bundle: DataBundle, cfg: DataCfg, eval_tf: Any, batch_size: int, seed: int,
                 pin_memory: bool = False) -> torch.utils.data.DataLoader:
     """The validation loader (eval transform, in order): the one builder that training, the `eval`
     command and tools/ensemble.py use, so all three measure the same images the same way."""
-    _, eval_tf, _ = transforms(cfg, data_config)
-    return make_loader(bundle.val, bundle.image_column, bundle.label_column, eval_tf, "validation", cfg,
-                       batch_size, False, seed, pin_memory)
+    ds = ImageDataset(bundle.val, bundle.image_column, bundle.label_column, eval_tf, "validation",
+                      cfg.skip_bad_images)
+    return loader(ds, batch_size, False, cfg.num_workers, seed, pin_memory)
 
 
 def shutdown_workers(*loaders: torch.utils.data.DataLoader) -> None:
     """Stop persistent DataLoader workers now. On an error path they would otherwise live until Python's
-    exit, which ends them with SIGTERM, a signal workers ignore while training (see checkpoint.py)."""
+    exit, which ends them with SIGTERM, a signal workers ignore while training (see signals.py)."""
     for dl in loaders:
         iterator = getattr(dl, "_iterator", None)
         if iterator is not None and hasattr(iterator, "_shutdown_workers"):

@@ -14,7 +14,7 @@ from torch import nn
 
 from .errors import UserError, first_line, load_reason
 from .recipe import DataCfg, ModelCfg
-from .strategies.layers import classifier_params
+from .layers import classifier_params
 
 
 HUB_PREFIXES = ("hf-hub:", "hf_hub:", "local-dir:")  # timm loads these from the Hub / a folder by itself

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import psutil
@@ -183,26 +183,25 @@ class Loaders:
     seconds: float = 0.0
 
 
-def make_loaders(bundle: Any, cfg: Any, data_config: dict, batch_sizes: tuple[int, int], seed: int,
-                 device: torch.device, cache_used: bool = False) -> Loaders:
+def make_loaders(bundle: Any, cfg: Any, data_config: dict, tfs: loaders.Transforms, batch_sizes: tuple[int, int],
+                 seed: int, device: torch.device, cache_used: bool = False) -> Loaders:
     """The train and validation DataLoaders: preloaded when `data.preload` says so (see decide()), else
     per-image PIL loaders in worker processes. Preloading decodes every image here, before any run
     folder is written: an unreadable one is a UserError now, not mid-run."""
-    train_tf, eval_tf, deterministic = loaders.transforms(cfg, data_config)
     size = tuple(data_config["input_size"])
-    augment, unsupported = (None, []) if deterministic else device_augment(train_tf, cfg.hflip)
+    augment, unsupported = (None, []) if tfs.deterministic else device_augment(tfs.train, cfg.hflip)
     use, note = decide(cfg.preload, device, image_bytes(len(bundle.train) + len(bundle.val), size), unsupported,
                        cache_used)
     if not use:
         pin = device.type == "cuda"
-        return Loaders(loaders.train_loader(bundle, cfg, data_config, batch_sizes[0], seed, pin)[0],
-                       loaders.eval_loader(bundle, cfg, data_config, batch_sizes[1], seed, pin), note)
+        return Loaders(loaders.train_loader(bundle, cfg, tfs, batch_sizes[0], seed, pin),
+                       loaders.eval_loader(bundle, cfg, tfs.eval, batch_sizes[1], seed, pin), note)
     columns = (bundle.image_column, bundle.label_column)
     start = time.perf_counter()
-    eval_store, mean, std = store_steps(eval_tf)
+    eval_store, mean, std = store_steps(tfs.eval)
     # augmented training crops from the whole image (crop_pct 1), as the per-image transform does
-    train_store = eval_store if deterministic else \
-        store_steps(loaders.transforms(replace(cfg, augment=False), {**data_config, "crop_pct": 1.0})[1])[0]
+    train_store = eval_store if tfs.deterministic else \
+        store_steps(loaders.eval_transform({**data_config, "crop_pct": 1.0}))[0]
     made = []
     for split, tf, role, aug in ((bundle.train, train_store, "train", augment),
                                  (bundle.val, eval_store, "validation", None)):

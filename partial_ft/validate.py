@@ -31,20 +31,20 @@ def check_optimization(t: Any) -> None:
         raise UserError(f"train.sched '{t.sched}': {first_line(e)}") from None
 
 
-def build_transforms(cfg: DataCfg, data_config: dict) -> tuple[Any, Any, bool]:
+def build_transforms(cfg: DataCfg, data_config: dict) -> loaders.Transforms:
     """timm's train and eval transforms for the recipe, tried on a small image so that a value timm or
     torchvision refuses (an auto-augment policy, a size) is an error naming the data keys, now."""
     try:
-        train_tf, eval_tf, deterministic = loaders.transforms(cfg, data_config)
+        tfs = loaders.transforms(cfg, data_config)
         image = PILImage.new("RGB", (max(8, data_config["input_size"][-1] // 2),) * 2)
-        for tf in {id(train_tf): train_tf, id(eval_tf): eval_tf}.values():
+        for tf in {id(tfs.train): tfs.train, id(tfs.eval): tfs.eval}.values():
             tf(image)
     except UserError:
         raise
     except Exception as e:
         keys = "data.input_size / crop_pct / interpolation / mean / std / auto_augment / scale / ratio / color_jitter"
         raise UserError(f"the image transforms cannot be built from the recipe ({keys}): {first_line(e)}") from None
-    return train_tf, eval_tf, deterministic
+    return tfs
 
 
 def probe_forward(model: nn.Module, name: str, input_size: tuple[int, ...]) -> None:

@@ -11,10 +11,10 @@ from torch import nn
 
 from partial_ft import apply_strategy, list_strategies, merged_state_dict
 from partial_ft.errors import UserError
-from partial_ft.strategies.layers import classifier_params
+from partial_ft.layers import classifier_params
 from partial_ft.partial import learned_masks
 from partial_ft.strategies import Gradients
-from partial_ft.strategies.layers import bias_params, norm_params
+from partial_ft.layers import bias_params, norm_params
 
 NUM_CLASSES = 7
 ARCHS = {

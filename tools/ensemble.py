@@ -35,7 +35,7 @@ def member_logits(run_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
     bundle = data.load(recipe.data, seed=recipe.train.seed)
     config = json.loads((run_dir / "summary.json").read_text())["data_config"]
     logits, labels = [], []
-    for x, y, _ in loaders.eval_loader(bundle, recipe.data, config, 256, recipe.train.seed):
+    for x, y, _ in loaders.eval_loader(bundle, recipe.data, loaders.eval_transform(config), 256, recipe.train.seed):
         logits.append(model(x).float())
         labels.append(y)
     return torch.cat(logits), torch.cat(labels)

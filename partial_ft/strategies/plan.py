@@ -10,8 +10,8 @@ from torch import nn
 
 from ..errors import UserError
 from ..partial import FrozenStats, axis_size, freeze_norm_stats, is_partial, make_partial
-from .layers import is_norm
-from .registry import Options, PartialSpec, Selection, describe
+from ..layers import is_norm
+from .types import Options, PartialSpec, Selection, describe
 
 
 @dataclass
