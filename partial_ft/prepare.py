@@ -54,11 +54,8 @@ def prepare(recipe: Recipe, strategy: Any = None) -> Setup:
 
 
 def _setup_accelerator(recipe: Recipe) -> Accelerator:
-    """The Accelerator (trackers, precision, accumulation), after the checks that need no data."""
+    """The Accelerator: trackers, precision, gradient accumulation, seeded loaders."""
     t = recipe.train
-    tracking.check(t.log_with)  # a tracker that is not installed fails before any work
-    models.check_name(recipe.model.name)  # fail fast, before any data is loaded
-    validate.check_optimization(t)
     accelerator = Accelerator(
         **tracking.accelerator_kwargs(t.log_with, recipe.run_dir),
         mixed_precision=t.mixed_precision,

@@ -27,15 +27,16 @@ from .partial import partial_buffer_names
 from .prepare import Setup, prepare
 from .progress import Progress, optimizer_state_bytes
 from .recipe import Recipe, TrainCfg
-from .rundir import RunFolder, check, read_strategy
+from .rundir import RunFolder, read_strategy
 from .signals import Interrupted, StopFlag, stop_on_signals
 from .summary import Trained, summarize
+from .validate import validate
 
 
 def run(recipe: Recipe, overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
     """Train as the recipe says and write the run folder; returns the summary. With `resume`, continue
     the run in the folder from its last checkpoint. SIGTERM / Ctrl-C checkpoint and raise Interrupted."""
-    last = check(recipe, overwrite, resume)  # a bad or busy output path fails before any work (no writes)
+    last = validate(recipe, overwrite, resume)  # a mistake, or a bad or busy output path: before any work
     recorded = read_strategy(recipe.run_dir) if last is not None else None  # resuming: no new scoring pass
     setup = prepare(recipe, recorded["strategy"] if recorded else None)
     if recorded:

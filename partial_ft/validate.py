@@ -1,9 +1,11 @@
-"""Checks that run before anything is written: recipe values that timm would reject later are tried
-up front, so a mistake is one `error:` line naming the recipe key, never a traceback after the run
-folder exists."""
+"""Checks that run before anything is written, so a mistake is one `error:` line naming the recipe key,
+never a traceback after the run folder exists: `validate(recipe)` once, before any data or model (the
+recipe's sections validate themselves as they are read; here what needs the environment: trackers,
+timm names, the output folder), then what needs the model: its transforms and one forward."""
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import Optional
 
 import torch
 from PIL import Image as PILImage
@@ -11,12 +13,23 @@ from timm.optim import create_optimizer_v2, list_optimizers
 from timm.scheduler import create_scheduler_v2
 from torch import nn
 
-from . import loaders
+from . import loaders, models, rundir, tracking
 from .errors import UserError, did_you_mean, first_line
-from .recipe import DataCfg
+from .recipe import DataCfg, Recipe, TrainCfg
 
 
-def check_optimization(t: Any) -> None:
+def validate(recipe: Recipe, overwrite: bool = False, resume: bool = False) -> Optional[Path]:
+    """Everything about a run that can be checked before any data or model is loaded, and without writing
+    anything: the recipe's own values, the trackers, the model name, the optimizer and scheduler, and the
+    output folder (rundir.check). Returns the checkpoint to resume from, if any."""
+    recipe.validate()
+    tracking.check(recipe.train.log_with)  # a tracker that is not installed
+    models.check_name(recipe.model.name)
+    check_optimization(recipe.train)
+    return rundir.check(recipe, overwrite, resume)  # a bad or busy output path
+
+
+def check_optimization(t: TrainCfg) -> None:
     """train.opt and train.sched are timm names: try them on a stand-in parameter, so a typo (or a
     scheduler that cannot step per update, like plateau) fails before any work."""
     try:
@@ -43,7 +56,8 @@ def build_transforms(cfg: DataCfg, data_config: dict) -> loaders.Transforms:
         raise
     except Exception as e:
         keys = "data.input_size / crop_pct / interpolation / mean / std / auto_augment / scale / ratio / color_jitter"
-        raise UserError(f"the image transforms cannot be built from the recipe ({keys}): {first_line(e)}") from None
+        why = f"unknown value {e}" if isinstance(e, KeyError) else first_line(e)
+        raise UserError(f"the image transforms cannot be built from the recipe ({keys}): {why}") from None
     return tfs
 
 

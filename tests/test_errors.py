@@ -85,7 +85,7 @@ CASES = {
                             False),
     "std-zero": ("tiny", ["data.std=[0.5,0,0.5]"], "data.std must be > 0", False),
     "mean-two-values": ("tiny", ["data.mean=[0.5,0.5]"], "data.mean must have 1 or 3 values", False),
-    "interpolation-unknown": ("tiny", ["data.interpolation=cubic"], "data.interpolation must be one of", False),
+    "interpolation-unknown": ("tiny", ["data.interpolation=cubic"], "the image transforms cannot be built", False),
     "auto-augment-unknown": ("tiny", ["data.augment=true", "data.auto_augment=nonsense"],
                              "the image transforms cannot be built", False),
     "crop-pct-negative": ("tiny", ["data.crop_pct=-0.5"], "data.crop_pct must be in (0, 1]", False),
