@@ -24,12 +24,13 @@ def _common(data_config: dict) -> dict[str, Any]:
                 crop_mode=data_config.get("crop_mode"))
 
 
-def eval_transform(data_config: dict) -> Any:
+def eval_transform(data_config: dict, to_uint8: bool = False) -> Any:
     """timm's eval transform for a data config (a run's, as its delta records it): validation, `eval`
-    and `predict` all preprocess through it."""
+    and `predict` all preprocess through it. `to_uint8`: its steps up to the tensor, uint8 C x H x W and
+    not normalized (timm's prefetcher form; what preloading stores)."""
     from timm.data import create_transform
 
-    return create_transform(is_training=False, **_common(data_config))
+    return create_transform(is_training=False, use_prefetcher=to_uint8, **_common(data_config))
 
 
 class Transforms(NamedTuple):

@@ -115,7 +115,7 @@ DECIDE = [
     ("auto", "cuda", GIB, [], True, 100 * GIB, (False, "feature cache")),
     ("true", "cpu", 30 * GIB, [], False, 100 * GIB, (True, "on: 30.00 GiB")),
     ("true", "cpu", 90 * GIB, [], False, 100 * GIB, "need 90.00 GiB, more than 80% of the 100.0 GiB"),
-    ("true", "cuda", GIB, ["ColorJitter"], False, 100 * GIB, "cannot run ColorJitter"),
+    ("true", "cuda", GIB, ["data.color_jitter"], False, 100 * GIB, "cannot run data.color_jitter"),
 ]
 
 
@@ -142,7 +142,7 @@ def test_each_local_process_counts_its_copy(monkeypatch):
 def test_color_jitter_is_refused_with_preload_true(built):
     r, bundle, dc, _, _ = built
     cfg = recipes.from_dict({**QUICK, "data": {**QUICK["data"], "color_jitter": 0.4}}).data
-    with pytest.raises(UserError, match="cannot run ColorJitter"):
+    with pytest.raises(UserError, match="cannot run data.color_jitter"):
         preload.make_loaders(bundle, cfg, dc, loaders.transforms(cfg, dc), (16, 32), 0, torch.device("cpu"))
 
 
