@@ -101,15 +101,11 @@ def _train(args: argparse.Namespace) -> int:
     datasets.disable_progress_bars()  # our own progress bar is the one that matters
     try:
         run(recipe, overwrite=args.overwrite, resume=args.resume)
-    except Interrupted as e:
+    except (Interrupted, Stopped) as e:
         again = shlex.join(["python", "-m", "partial_ft", "--recipe", args.recipe, *args.overrides, "--resume"])
+        how = "resume with" if isinstance(e, Interrupted) else "start it again with"
         if os.environ.get("RANK", "0") == "0":  # one message, not one per process
-            print(f"error: {e}; resume with: {again}", file=sys.stderr)
-        return 128 + e.signum
-    except Stopped as e:
-        again = shlex.join(["python", "-m", "partial_ft", "--recipe", args.recipe, *args.overrides, "--resume"])
-        if os.environ.get("RANK", "0") == "0":
-            print(f"error: {e}; start it again with: {again}", file=sys.stderr)
+            print(f"error: {e}; {how}: {again}", file=sys.stderr)
         return 128 + e.signum
     return 0
 
@@ -179,5 +175,4 @@ def _strategies(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     sys.exit(main())

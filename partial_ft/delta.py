@@ -81,12 +81,8 @@ def fingerprint_parts(model: nn.Module) -> dict[str, str]:
     return {part: h.hexdigest() for part, h in hashes.items()}
 
 
-def fingerprint(model: nn.Module) -> str:
-    """One sha256 over fingerprint_parts: what a delta records and checks."""
-    return _combine(fingerprint_parts(model))
-
-
-def _combine(parts: dict[str, str]) -> str:
+def fingerprint(parts: dict[str, str]) -> str:
+    """One sha256 over fingerprint_parts(model): what a delta records and checks."""
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
@@ -109,7 +105,7 @@ def save_delta(path: Path, model: nn.Module, recipe: Any, class_names: list[str]
         "class_names": list(class_names),
         "data_config": {k: list(v) if isinstance(v, tuple) else v for k, v in data_config.items()},
         "versions": {"partial_ft": __version__, "torch": torch.__version__, "timm": timm.__version__},
-        "fingerprint": _combine(base),
+        "fingerprint": fingerprint(base),
         "fingerprint_parts": base,
         "learned_params": sum(v.numel() for k, v in state.items() if k in params),
         **(extra or {}),
@@ -174,7 +170,7 @@ def load_delta(source: str | Path) -> nn.Module:
     if "fingerprint_parts" not in info:
         raise UserError(f"delta {path} was written by an older partial_ft (one whole-model fingerprint); load or "
                         "export it with that version")
-    if _combine(parts) != info["fingerprint"]:
+    if fingerprint(parts) != info["fingerprint"]:
         raise UserError(_mismatch(path, cfg, seed, info, parts))
     _copy_in(model, _read_tensors(path), path)
     return model.eval()

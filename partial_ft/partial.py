@@ -102,10 +102,6 @@ class _PartialWeight:
             full = full.index_select(self.partial_dim, self.partial_inverse)
         return full.reshape(self.partial_shape)
 
-    def partial_counts(self) -> tuple[int, int]:
-        """(learned scalars, total scalars) of this weight."""
-        return self.weight_learned.numel(), self.weight_learned.numel() + self.weight_fixed.numel()
-
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         # timm layout: the joined weight under `weight`, then everything else but the two parts
         destination[prefix + "weight"] = self.weight if keep_vars else self.weight.detach()

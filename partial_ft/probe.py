@@ -160,14 +160,6 @@ def _fit(features: torch.Tensor, labels: torch.Tensor, num_classes: int, seed: i
                        _score(x, y, w)[1])
 
 
-@torch.no_grad()
-def write_into(classifier: nn.Linear, result: ProbeResult) -> None:
-    """Copy the solution into the model's classifier (its dtype and device)."""
-    classifier.weight.copy_(result.weight.to(classifier.weight))
-    if classifier.bias is not None:
-        classifier.bias.copy_(result.bias.to(classifier.bias))
-
-
 def choose(mode: str, cut: Optional[Cut]) -> str:
     """'exact' or 'loop' for `train.solver` = mode: exact applies when only the classifier (a Linear
     with a bias) learns, on cached pre-logits features. An `exact` that cannot apply is a UserError."""

@@ -96,12 +96,12 @@ RANK_HASHES = """
 import hashlib, os, sys
 from pathlib import Path
 import partial_ft.train as train
-from partial_ft.delta import delta_state, fingerprint
+from partial_ft.delta import delta_state, fingerprint, fingerprint_parts
 out, loop = Path(sys.argv[1]), train.train
 def recorded(*args, **kwargs):
     summary, model = loop(*args, **kwargs)
     learned = hashlib.sha256(b"".join(v.numpy().tobytes() for _, v in sorted(delta_state(model).items())))
-    (out / f"rank{os.environ['RANK']}.txt").write_text(fingerprint(model) + " " + learned.hexdigest())
+    (out / f"rank{os.environ['RANK']}.txt").write_text(fingerprint(fingerprint_parts(model)) + " " + learned.hexdigest())
     return summary, model
 train.train = recorded
 from partial_ft.__main__ import main
