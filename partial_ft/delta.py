@@ -1,4 +1,5 @@
-"""What a run learned: the delta (save, load, fingerprint), plain-timm export and `merged_state_dict`.
+"""What a run learned: the delta (save, load, fingerprint) and `merged_state_dict` (export.py writes it
+out for plain timm).
 
 A delta (`delta.safetensors`) holds the learned values only: each partly learned weight's learned
 slice (`<module>.weight_learned`), the whole parameters that learned (the new classifier, ...) and the
@@ -23,7 +24,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from . import models
-from .atomic import check_file_target, write_atomic
+from .atomic import write_atomic
 from .errors import UserError, first_line
 from .partial import updates_norm_stats
 from .recipe import ModelCfg
@@ -173,6 +174,7 @@ def load_delta(source: str | Path) -> nn.Module:
     if fingerprint(parts) != info["fingerprint"]:
         raise UserError(_mismatch(path, cfg, seed, info, parts))
     _copy_in(model, _read_tensors(path), path)
+    models.set_run_config(model, info["data_config"], info["class_names"])  # timm's data config = the run's
     return model.eval()
 
 
@@ -221,20 +223,3 @@ def _weights_source(cfg: Any, seed: int) -> str:
     if cfg.pretrained:
         return f"'{cfg.name}' with timm's pretrained weights"
     return f"'{cfg.name}' at its random init (seed {seed})"
-
-
-def export(source: str | Path, out: str | Path) -> tuple[Path, dict[str, Any]]:
-    """Write a plain timm state dict (full weights, learned and fixed joined) that timm loads without
-    partial_ft; returns (path, delta metadata). Refuses to write over the delta itself, into a folder,
-    below a file or into a read-only place; nothing is replaced on error."""
-    out = check_file_target(out, "export --out")
-    src = delta_path(source)
-    if out.exists() and out.resolve() == src.resolve():
-        raise UserError(f"export --out {out} is the run's own delta; choose another file")
-    info = read_info(src)
-    state = {k: v.contiguous() for k, v in merged_state_dict(load_delta(src)).items()}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"format": "pt", "architecture": info["model"]["name"], "num_classes": str(len(info["class_names"])),
-            "class_names": json.dumps(info["class_names"])}
-    write_atomic(out, lambda tmp: save_file(state, str(tmp), metadata=meta))
-    return out, info

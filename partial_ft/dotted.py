@@ -5,8 +5,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-import yaml
-
+from . import yamlsafe
 from .errors import UserError, did_you_mean
 
 
@@ -24,8 +23,10 @@ def apply(raw: dict, overrides: list[str], sections: list[str]) -> dict:
         if keys[0] not in sections:
             raise UserError(f"override '{item}': unknown section '{keys[0]}'{did_you_mean(keys[0], sections)}")
         try:
-            value = yaml.safe_load(text) if text.strip() else None
-        except yaml.YAMLError:
+            value = yamlsafe.load(text, f"override '{dotted.strip()}'") if text.strip() else None
+        except yamlsafe.Refused:
+            raise  # a bomb or a duplicate key, never taken as a plain string
+        except UserError:
             value = text  # an unparsable value is taken as a plain string
         _set_path(raw, keys, value, item)
     return raw

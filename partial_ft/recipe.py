@@ -14,7 +14,7 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
-from . import dotted, strategies  # (the registry validates its own node)
+from . import dotted, strategies, yamlsafe  # (the registry validates its own node)
 from .coerce import coerce
 from .errors import UserError, did_you_mean
 
@@ -212,15 +212,7 @@ def load(path: str | Path, overrides: list[str] = ()) -> Recipe:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"recipe file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path}: not UTF-8 text (byte {e.start}); a recipe is a YAML text file") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise UserError(f"{path}: invalid YAML{where}: {problem}") from None
+    raw = yamlsafe.load_file(path, "recipe") or {}
     if not isinstance(raw, dict):
         raise UserError(f"{path}: a recipe must be a mapping of sections {ALL_SECTIONS}")
     raw = apply_overrides(raw, overrides)

@@ -17,9 +17,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-import yaml
-
-from . import checkpoints, curves, delta, modelcard
+from . import checkpoints, curves, delta, modelcard, yamlsafe
 from .atomic import probe_writable, write_atomic, write_text
 from .errors import UserError, first_line
 from .recipe import Recipe, from_dict
@@ -221,16 +219,17 @@ class RunFolder:
         checkpoints.remove(self.path)
 
 
-def card(folder: Path, repo_id: Optional[str] = None) -> str:
+def card(folder: Path, repo_id: Optional[str] = None, license: Optional[str] = None) -> str:
     """The model card of the finished run in `folder` (a run folder, or a pushed one: plan.txt and the
-    validation split are optional there); `repo_id` names the Hub repo in its loading instructions."""
+    validation split are optional there); `repo_id` names the Hub repo in its loading instructions,
+    `license` is its Hub license id (None: none given)."""
     folder = Path(folder)
     try:
         summary = json.loads((folder / SUMMARY).read_text())
         data = json.loads((folder / DATA).read_text())
         plan = (folder / PLAN).read_text() if (folder / PLAN).is_file() else None
         return modelcard.render(read_recipe(folder).to_dict(), summary, data["class_names"], plan,
-                                data.get("val_split"), repo_id)
+                                data.get("val_split"), repo_id, license)
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise UserError(f"cannot describe the run in {folder}: {first_line(e)}") from None
 
@@ -241,11 +240,11 @@ def read_recipe(run_dir: Path) -> Recipe:
     if not path.is_file():
         raise UserError(f"{run_dir} is not a run folder (no {RECIPE})")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yamlsafe.load_file(path, "recipe")
         if not isinstance(raw, dict):
             raise ValueError("not a mapping of recipe sections")
         return from_dict(raw, name=Path(run_dir).name)
-    except (yaml.YAMLError, UnicodeDecodeError, ValueError, UserError) as e:
+    except (ValueError, UserError) as e:
         raise UserError(f"{path} is damaged ({first_line(e)}); restore it, or --overwrite to start again") from None
 
 

@@ -2,56 +2,33 @@
 
     python tools/budget.py --recipe recipes/quickstart.yaml --budget 0.02 --strategy name=filters,dim=in
 
-A budget below 1 is a fraction of the model's parameters, otherwise a count. Strategies that register a
-`size_option` (e.g. `filters`' fraction) are tuned by bisection on the real plan's learned count;
-those with a `budget_option` (e.g. `auto`'s budget) are given the budget as a count and meet it themselves;
-the others (full, head, block, norm, bias) have a fixed size and are reported as they are.
+A budget below 1 is a fraction of the model's parameters, otherwise a count. The sizing itself is
+partial_ft.size_to_budget (partial_ft/budget.py): a strategy's `size_option` (`filters`' fraction, `lora`'s
+rank) is bisected on the real plan's learned count; a `budget_option` (`auto`'s budget) is given the
+budget as a count; the others (full, head, block, norm, bias) have a fixed size and are reported as they are.
 """
 from __future__ import annotations
 
 import argparse
-import copy
 from typing import Optional
 
 import datasets
 import yaml
 
-from partial_ft import apply_strategy
+import partial_ft
 from partial_ft import recipe as recipes
 from partial_ft.data import load as load_data
 from partial_ft.models import build
-from partial_ft.strategies.registry import get
 
 
 def learned_count(model, init_model, spec: dict, seed: int) -> tuple[int, int]:
-    plan = apply_strategy(copy.deepcopy(model), spec, seed=seed, init_model=init_model)
-    return plan.learned, plan.total
+    return partial_ft.learned_count(model, spec, seed=seed, init_model=init_model)
 
 
 def match(model, init_model, spec: dict, target: float, seed: int = 0, steps: int = 30) -> tuple[dict, int]:
     """The spec with its size option set so that learned params come closest to `target`
     (a fraction < 1 of the total, or a count); returns (spec, learned)."""
-    spec = {k: v for k, v in spec.items() if k != "count"}
-    option = get(spec["name"]).size_option
-    total = sum(p.numel() for p in model.parameters())
-    goal = target * total if target < 1 else target
-    if get(spec["name"]).budget_option:  # it chooses under the budget itself (from data: not planned here)
-        return {**spec, get(spec["name"]).budget_option: int(goal)}, int(goal)
-    learned, total = learned_count(model, init_model, spec, seed)
-    if option is None:
-        return spec, learned
-    lo, hi = 1e-6, 1.0
-    best = (float("inf"), spec, learned)
-    for _ in range(steps):  # learned(fraction) is non-decreasing: bisect
-        mid = (lo * hi) ** 0.5 if hi / lo > 4 else (lo + hi) / 2
-        trial = {**spec, option: round(mid, 6)}
-        learned, _ = learned_count(model, init_model, trial, seed)
-        best = min(best, (abs(learned - goal), trial, learned), key=lambda b: b[0])
-        if learned < goal:
-            lo = mid
-        else:
-            hi = mid
-    return best[1], best[2]
+    return partial_ft.size_to_budget(model, spec, target, seed=seed, init_model=init_model, steps=steps)
 
 
 def match_all(recipe: recipes.Recipe, specs: list[dict], target: float) -> list[dict]:

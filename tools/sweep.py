@@ -28,6 +28,7 @@ import datasets
 import yaml
 
 from partial_ft import recipe as recipes
+from partial_ft import yamlsafe
 from partial_ft.errors import UserError
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the sibling tool modules
@@ -225,7 +226,7 @@ def sweep(args: argparse.Namespace) -> int:
     grid = grids.load(args.grid)
     base_path, out = Path(args.recipe), Path(args.out)
     recipes.load(base_path)  # the base recipe itself is valid
-    base = yaml.safe_load(base_path.read_text()) or {}
+    base = yamlsafe.load_file(base_path, "recipe") or {}
     overrides = [*grid.overrides, *args.overrides]
     configs = plan_configs(grid, base_path, args.overrides)
     tuning = tune_jobs(configs, grid, base, overrides, out) if grid.tune else {}

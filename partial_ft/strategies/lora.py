@@ -55,7 +55,7 @@ def targets(model: nn.Module, opts: LoraOptions) -> list[str]:
     return out
 
 
-@register("lora", options=LoraOptions)
+@register("lora", options=LoraOptions, size_option="rank")
 def lora(model: nn.Module, opts: LoraOptions, ctx: Context) -> Selection:
     """LoRA (via PEFT): each conv/linear layer learns a rank-r update; its weight stays fixed."""
     try:  # imported here: peft is an optional dependency, and a slow import the other strategies skip
