@@ -29,5 +29,5 @@ def load_delta(source: str | Path) -> nn.Module:
     written by `push --local-dir`, or a Hub repo id that `push` uploaded (downloaded through
     huggingface_hub's cache, so it works offline once cached; nothing is unpickled). The base is rebuilt
     and checked against the fingerprint of the fixed values the delta was trained on (see
-    delta.load_delta). Returns the model on CPU in eval mode."""
-    return delta.load_delta(hub.resolve(source))
+    delta.rebuild). Returns the model on CPU in eval mode."""
+    return delta.rebuild(hub.resolve(source))

@@ -2,8 +2,8 @@
 `... eval SOURCE`, `... predict SOURCE INPUT...`, `... export SOURCE --out FILE.safetensors`,
 `... push RUN_DIR REPO_ID`, `... strategies`.
 
-Argument parsing only; the work lives in train.py. A user mistake prints one `error: ...` line and
-exits with code 2.
+Argument parsing and printing only; the work lives in one call per command (train.run, evaluation,
+predict, export, hub). A user mistake prints one `error: ...` line and exits with code 2.
 """
 from __future__ import annotations
 

@@ -153,7 +153,7 @@ def _type_name(kind: Any) -> str:
     return " or ".join({str: "string", int: "integer", dict: "mapping", list: "list"}[k] for k in kinds)
 
 
-def load_delta(source: str | Path) -> nn.Module:
+def rebuild(source: str | Path) -> nn.Module:
     """Rebuild a trained model from its delta (`RUN_DIR/delta.safetensors`, or the folder holding it).
 
     The base (timm model, its starting weights or seeded random init, the seeded strategy) is rebuilt

@@ -61,7 +61,7 @@ def evaluate_run(run_dir: str | Path, dataset: Optional[str] = None, split: Opti
     run_dir = hub.resolve(run_dir)
     recipe = rundir.read_recipe(run_dir)
     info = delta.read_info(run_dir)
-    model = delta.load_delta(run_dir)
+    model = delta.rebuild(run_dir)
     cfg, t = recipe.data, recipe.train
     if dataset or split or max_samples:
         cfg = replace(cfg, dataset=dataset or cfg.dataset, config=cfg.config if not dataset else None,

@@ -81,7 +81,7 @@ def _setup_model(recipe: Recipe, num_classes: int) -> tuple[nn.Module, Callable[
     model, init_model = models.build(recipe.model, num_classes, seed=recipe.train.seed)
     data_config = models.data_config(model, recipe.data)
     tfs = validate.build_transforms(recipe.data, data_config)
-    validate.probe_forward(model, recipe.model.name, tuple(data_config["input_size"]))
+    validate.try_forward(model, recipe.model.name, tuple(data_config["input_size"]))
     return model, init_model, data_config, tfs
 
 

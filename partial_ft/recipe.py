@@ -200,7 +200,7 @@ class Recipe:
         """Each section validates itself, in recipe order (the strategy node: its registry, when parsed)."""
         self.model.validate()
         self.data.validate(channels=self.model.kwargs.get("in_chans", 3))
-        self.train.validate()  # (output.dir: whether the folder can be used is rundir.check's, on disk)
+        self.train.validate()  # (output.dir: whether the folder can be used is rundir.check_folder's, on disk)
 
 
 # --------------------------------------------------------------------------------------------

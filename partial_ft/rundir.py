@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from . import checkpoints, curves, delta, modelcard, yamlsafe
-from .atomic import probe_writable, write_atomic, write_text
+from .atomic import check_writable, write_atomic, write_text
 from .errors import UserError, first_line
 from .recipe import Recipe, from_dict
 
@@ -40,7 +40,7 @@ def is_ours(path: Path) -> bool:
     return (path / MARKER).is_file() or ((path / RECIPE).is_file() and (path / PLAN).is_file())
 
 
-def check(recipe: Recipe, overwrite: bool = False, resume: bool = False) -> Optional[Path]:
+def check_folder(recipe: Recipe, overwrite: bool = False, resume: bool = False) -> Optional[Path]:
     """Decide, without writing anything, whether the run folder can be used: refuses an output path that is
     a file or not writable, a folder partial_ft did not make, a folder another process is using, and a
     folder holding a run unless --overwrite (start again) or --resume (continue it). Returns the
@@ -50,7 +50,7 @@ def check(recipe: Recipe, overwrite: bool = False, resume: bool = False) -> Opti
         raise UserError("pass --resume or --overwrite, not both")
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"output.dir {run_dir} is a file, not a folder")
-    probe_writable(run_dir, "output.dir")
+    check_writable(run_dir, "output.dir")
     if not (run_dir.is_dir() and any(run_dir.iterdir())):
         return None
     if not is_ours(run_dir):
@@ -144,7 +144,7 @@ class RunFolder:
         """Lock the folder (main process), make it ready (check's decisions; --overwrite removes the old
         run's own files; --resume refuses data that data.json no longer describes); returns the checkpoint
         to resume from, if any."""
-        last = check(recipe, overwrite, resume)
+        last = check_folder(recipe, overwrite, resume)
         if resume and data_info is not None:
             _check_same_data(self.path, data_info)
         try:

@@ -109,49 +109,49 @@ class Loop:
     num_classes: int
     stop: StopFlag
 
-    def finished(self, p: Progress) -> bool:
-        return p.epoch >= self.epochs or bool(self.train.max_steps and p.step >= self.train.max_steps)
+    def finished(self, progress: Progress) -> bool:
+        return progress.epoch >= self.epochs or bool(self.train.max_steps and progress.step >= self.train.max_steps)
 
-    def save(self, p: Progress) -> Path:
+    def save(self, progress: Progress) -> Path:
         """A resumable checkpoint of where the loop is (every process calls this)."""
-        return self.folder.save_checkpoint(self.accelerator, {**asdict(p), "scheduler": self.scheduler.state_dict()},
-                                           keep=self.train.keep_checkpoints)
+        state = {**asdict(progress), "scheduler": self.scheduler.state_dict()}
+        return self.folder.save_checkpoint(self.accelerator, state, keep=self.train.keep_checkpoints)
 
 
 def _build_loop(setup: Setup, folder: RunFolder, stop: StopFlag) -> tuple[Loop, Optional[cache.Cached]]:
     """Optimizer, scheduler and loaders over what trains: the whole model on images, or (feature cache)
     the part after the fixed prefix on its cached features; both share the model's parameters."""
-    acc, t = setup.accelerator, setup.recipe.train
+    acc, cfg = setup.accelerator, setup.recipe.train
     net, train_data, val_data, cached = setup.model, setup.train_loader, setup.val_loader, None
     if setup.cache.cut is not None:
-        cached = cache.build(setup.cache.cut, setup.model, setup.train_loader, setup.val_loader, t.seed,
+        cached = cache.build(setup.cache.cut, setup.model, setup.train_loader, setup.val_loader, cfg.seed,
                              setup.recipe.data.num_workers, acc, tuple(setup.data_config["input_size"]),
-                             t.channels_last)
+                             cfg.channels_last)
         net, train_data, val_data = cached.suffix, cached.train_loader, cached.val_loader
         i = cached.info
         acc.print(f"feature cache: {setup.cache.note}: {i['images']:,} images, {i['bytes'] / 2**20:.1f} MiB, "
                   f"extracted in {i['extract_seconds']:.1f} s", flush=True)
-    elif t.cache_features != "off":
+    elif cfg.cache_features != "off":
         acc.print(f"feature cache: {setup.cache.note}", flush=True)
     # the optimizer sees learned parameters only (timm skips requires_grad=False, and puts biases and
     # norm weights in a no-weight-decay group)
-    optimizer = create_optimizer_v2(setup.model, opt=t.opt, lr=t.lr, weight_decay=t.weight_decay,
-                                    momentum=t.momentum)
+    optimizer = create_optimizer_v2(setup.model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                    momentum=cfg.momentum)
     # fixed slices are identical on every process (seeded); DDP must not broadcast them every step
     torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
         net, partial_buffer_names(net))
     model, optimizer, train_loader, val_loader = acc.prepare(net, optimizer, train_data, val_data)
     # compiled here, not through Accelerate's dynamo plugin: that one is process-wide state, set by the
     # first Accelerator. Checkpoints hold the uncompiled model's state, the same with compile on or off.
-    forward = torch.compile(model) if t.compile else model
-    updates_per_epoch = max(1, math.ceil(len(train_loader) / t.grad_accum_steps))
+    forward = torch.compile(model) if cfg.compile else model
+    updates_per_epoch = max(1, math.ceil(len(train_loader) / cfg.grad_accum_steps))
     # max_steps, when set, decides the length (the last epoch stops early); else epochs does
-    epochs = math.ceil(t.max_steps / updates_per_epoch) if t.max_steps else t.epochs
-    scheduler, _ = create_scheduler_v2(optimizer, sched=t.sched, num_epochs=epochs, warmup_epochs=t.warmup_epochs,
-                                       min_lr=t.min_lr, step_on_epochs=False, updates_per_epoch=updates_per_epoch)
-    learned = [p for p in model.parameters() if p.requires_grad]
-    loop = Loop(acc, t, folder, model, forward, optimizer, scheduler, train_loader, val_loader,
-                nn.CrossEntropyLoss(label_smoothing=t.label_smoothing), learned, epochs,
+    epochs = math.ceil(cfg.max_steps / updates_per_epoch) if cfg.max_steps else cfg.epochs
+    scheduler, _ = create_scheduler_v2(optimizer, sched=cfg.sched, num_epochs=epochs, warmup_epochs=cfg.warmup_epochs,
+                                       min_lr=cfg.min_lr, step_on_epochs=False, updates_per_epoch=updates_per_epoch)
+    learned = [w for w in model.parameters() if w.requires_grad]
+    loop = Loop(acc, cfg, folder, model, forward, optimizer, scheduler, train_loader, val_loader,
+                nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing), learned, epochs,
                 len(setup.bundle.class_names), stop)
     return loop, cached
 
@@ -160,115 +160,118 @@ def train(setup: Setup, folder: RunFolder, resume_from: Optional[Path], stop: St
     """The driver: epochs of training, each followed by evaluation and a checkpoint. Returns (what the
     summary needs, trained model)."""
     loop, cached = _build_loop(setup, folder, stop)
-    acc, p = setup.accelerator, Progress()
+    acc, progress = setup.accelerator, Progress()
     if resume_from is not None:  # model, optimizer, scheduler, RNG states, and where the loop was
         state = folder.load_checkpoint(acc, resume_from)
         loop.scheduler.load_state_dict(state.pop("scheduler"))  # plain data (Accelerate would unpickle it)
-        p = Progress(**state)
+        progress = Progress(**state)
         if acc.is_main_process:
-            folder.keep_metrics(p.metrics_lines)
+            folder.keep_metrics(progress.metrics_lines)
     batches = loop.train_loader
     try:
         if setup.solver == "exact":  # a convex problem: solved to convergence on the cached features, no epochs
-            p.solver = probe.train_exact(cached, loop.num_classes, loop.train.seed, acc)
-            p.loss_sum, p.loss_count = p.solver["train_loss"], 1  # (its time: the epoch meter's)
+            progress.solver = probe.train_exact(cached, loop.num_classes, loop.train.seed, acc)
+            progress.loss_sum, progress.loss_count = progress.solver["train_loss"], 1  # (its time: the epoch meter's)
             loop.epochs = 1
-            end_of_epoch(loop, p)
-        while setup.solver == "loop" and not loop.finished(p):
-            batches = train_one_epoch(loop, p)
-            end_of_epoch(loop, p)
-            p = p.next_epoch()
-            if not loop.finished(p):
-                saved = loop.save(p)
+            end_of_epoch(loop, progress)
+        while setup.solver == "loop" and not loop.finished(progress):
+            batches = train_one_epoch(loop, progress)
+            end_of_epoch(loop, progress)
+            progress = progress.next_epoch()
+            if not loop.finished(progress):
+                saved = loop.save(progress)
                 if collective.stop_requested(acc, stop):
-                    raise Interrupted(stop.signum, p.step, saved)
+                    raise Interrupted(stop.signum, progress.step, saved)
     finally:  # on errors too: persistent workers must not outlive the loop (see loaders.shutdown_workers)
         loaders.shutdown_workers(loop.train_loader, loop.val_loader, batches)
-    return Trained(p, optimizer_state_bytes(loop.optimizer), cached.info if cached else None), setup.model
+    return Trained(progress, optimizer_state_bytes(loop.optimizer), cached.info if cached else None), setup.model
 
 
-def train_one_epoch(loop: Loop, p: Progress) -> Any:
-    """One epoch of accumulated, clipped, scheduled steps (resuming mid-epoch where `p` says); a checkpoint
+def train_one_epoch(loop: Loop, progress: Progress) -> Any:
+    """One epoch of accumulated, clipped, scheduled steps (resuming mid-epoch where `progress` says); a checkpoint
     every `checkpoint_every` steps and on SIGTERM / Ctrl-C. Returns the batch iterator it used."""
-    acc, t = loop.accelerator, loop.train
+    acc, cfg = loop.accelerator, loop.train
     loop.model.train()
     # an epoch's order comes from (seed, epoch) alone (seedable sampler), so a resumed epoch sees the same
     # batches; skip those it already learned from. The dataset gets the epoch for its augmentation draws
-    loop.train_loader.set_epoch(p.epoch)
-    loop.train_loader.dataset.set_epoch(p.epoch)
-    batches = acc.skip_first_batches(loop.train_loader, p.batches) if p.batches else loop.train_loader
-    bar = tqdm(batches, desc=f"epoch {p.epoch + 1}/{loop.epochs}", leave=False, dynamic_ncols=True,
-               disable=not (t.progress and acc.is_local_main_process), mininterval=1.0,
-               initial=p.batches, total=len(loop.train_loader))
-    p.meter.start_epoch()
+    loop.train_loader.set_epoch(progress.epoch)
+    loop.train_loader.dataset.set_epoch(progress.epoch)
+    batches = acc.skip_first_batches(loop.train_loader, progress.batches) if progress.batches else loop.train_loader
+    bar = tqdm(batches, desc=f"epoch {progress.epoch + 1}/{loop.epochs}", leave=False, dynamic_ncols=True,
+               disable=not (cfg.progress and acc.is_local_main_process), mininterval=1.0,
+               initial=progress.batches, total=len(loop.train_loader))
+    progress.meter.start_epoch()
     for x, y, bad in bar:
-        p.batches += 1
-        p.skipped += bad
+        progress.batches += 1
+        progress.skipped += bad
         if x is None:  # every image of the batch was unreadable and skipped
             continue
         if collective.lone_image(acc, loop.model, x):
-            p.dropped_images += x.shape[0]
+            progress.dropped_images += x.shape[0]
             continue
-        if not train_step(loop, p, x, y):
+        if not train_step(loop, progress, x, y):
             continue  # a skipped non-finite batch, or inside an accumulation
-        if p.step % t.log_every == 0:
+        if progress.step % cfg.log_every == 0:
             lr = loop.optimizer.param_groups[0]["lr"]
-            bar.set_postfix(loss=f"{p.loss_sum / p.loss_count:.4f}", img_s=f"{p.meter.epoch_rate():.0f}", lr=f"{lr:.2e}")
-            tracking.log(acc, {"loss": p.log_point(), "lr": lr, "images_per_second": p.meter.epoch_rate()}, p.step)
-        if t.max_steps and p.step >= t.max_steps:
+            rate = progress.meter.epoch_rate()
+            bar.set_postfix(loss=f"{progress.loss_sum / progress.loss_count:.4f}", img_s=f"{rate:.0f}", lr=f"{lr:.2e}")
+            tracking.log(acc, {"loss": progress.log_point(), "lr": lr, "images_per_second": rate}, progress.step)
+        if cfg.max_steps and progress.step >= cfg.max_steps:
             break
         stopping = collective.stop_requested(acc, loop.stop)
-        periodic = t.checkpoint_every and p.step % t.checkpoint_every == 0 and p.batches < len(loop.train_loader)
+        periodic = cfg.checkpoint_every and progress.step % cfg.checkpoint_every == 0 and \
+            progress.batches < len(loop.train_loader)
         if stopping or periodic:  # (the epoch's last batch is followed by the epoch-end checkpoint)
-            p.meter.pause()
-            saved = loop.save(p)
+            progress.meter.pause()
+            saved = loop.save(progress)
             if stopping:
-                raise Interrupted(loop.stop.signum, p.step, saved)
-            p.meter.resume()
+                raise Interrupted(loop.stop.signum, progress.step, saved)
+            progress.meter.resume()
     bar.close()
     return batches
 
 
-def train_step(loop: Loop, p: Progress, x: torch.Tensor, y: torch.Tensor) -> bool:
+def train_step(loop: Loop, progress: Progress, x: torch.Tensor, y: torch.Tensor) -> bool:
     """Forward, backward and (at the end of an accumulation) an optimizer step; True when a step was
     taken. A non-finite loss never reaches the weights: it stops the run or skips the batch."""
-    acc, t = loop.accelerator, loop.train
-    if t.channels_last and x.dim() == 4:
+    acc, cfg = loop.accelerator, loop.train
+    if cfg.channels_last and x.dim() == 4:
         x = x.contiguous(memory_format=torch.channels_last)
     with acc.accumulate(loop.model):
         loss = loop.criterion(loop.forward(x), y)
         if not collective.all_finite(acc, loss):  # before backward
-            if t.nan_policy == "stop":
-                raise NonFiniteLoss(loss.item(), p.step + 1, p.epoch + 1, loop.folder.latest())
+            if cfg.nan_policy == "stop":
+                raise NonFiniteLoss(loss.item(), progress.step + 1, progress.epoch + 1, loop.folder.latest())
             loop.optimizer.zero_grad(set_to_none=True)  # and what this accumulation gathered so far
-            p.nan_skipped += 1
+            progress.nan_skipped += 1
             return False
         acc.backward(loss)
-        if acc.sync_gradients and t.clip_grad:
-            acc.clip_grad_norm_(loop.learned, t.clip_grad)
+        if acc.sync_gradients and cfg.clip_grad:
+            acc.clip_grad_norm_(loop.learned, cfg.clip_grad)
         loop.optimizer.step()
         loop.optimizer.zero_grad(set_to_none=True)
-    p.record_batch(x.shape[0] * acc.num_processes, loss.item())
+    progress.record_batch(x.shape[0] * acc.num_processes, loss.item())
     if not acc.sync_gradients:
         return False  # checkpoints and stops only fall between whole (accumulated) steps
-    p.step += 1
-    loop.scheduler.step_update(p.step)
-    p.meter.step()
+    progress.step += 1
+    loop.scheduler.step_update(progress.step)
+    progress.meter.step()
     return True
 
 
-def end_of_epoch(loop: Loop, p: Progress) -> None:
+def end_of_epoch(loop: Loop, progress: Progress) -> None:
     """Close the epoch's books, measure on the validation split, log a metrics line."""
     acc = loop.accelerator
-    p.close_epoch()
-    p.metrics = evaluate(loop.forward, loop.val_loader, acc, loop.num_classes)
-    p.metrics.update(epoch=p.epoch + 1, step=p.step, train_loss=p.loss_sum / max(p.loss_count, 1),
-                     lr=loop.optimizer.param_groups[0]["lr"], train_seconds=round(p.train_seconds, 3),
-                     loss_curve=p.losses)
-    tracking.log(acc, {k: v for k, v in p.metrics.items() if k != "per_class_top1"}, p.step)
+    progress.close_epoch()
+    progress.metrics = evaluate(loop.forward, loop.val_loader, acc, loop.num_classes)
+    progress.metrics.update(epoch=progress.epoch + 1, step=progress.step,
+                            train_loss=progress.loss_sum / max(progress.loss_count, 1),
+                            lr=loop.optimizer.param_groups[0]["lr"], train_seconds=round(progress.train_seconds, 3),
+                            loss_curve=progress.losses)
+    tracking.log(acc, {k: v for k, v in progress.metrics.items() if k != "per_class_top1"}, progress.step)
     if acc.is_main_process:
-        loop.folder.append_metrics(p.metrics)
-    m = p.metrics
+        loop.folder.append_metrics(progress.metrics)
+    m = progress.metrics
     top5 = "" if m["val_top5"] is None else f"  val_top5 {m['val_top5']:.4f}"
-    acc.print(f"epoch {p.epoch + 1}/{loop.epochs}  step {p.step}  loss {m['train_loss']:.4f}  "
+    acc.print(f"epoch {progress.epoch + 1}/{loop.epochs}  step {progress.step}  loss {m['train_loss']:.4f}  "
               f"val_top1 {m['val_top1']:.4f}{top5}", flush=True)

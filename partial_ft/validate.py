@@ -21,12 +21,12 @@ from .recipe import DataCfg, Recipe, TrainCfg
 def validate(recipe: Recipe, overwrite: bool = False, resume: bool = False) -> Optional[Path]:
     """Everything about a run that can be checked before any data or model is loaded, and without writing
     anything: the recipe's own values, the trackers, the model name, the optimizer and scheduler, and the
-    output folder (rundir.check). Returns the checkpoint to resume from, if any."""
+    output folder (rundir.check_folder). Returns the checkpoint to resume from, if any."""
     recipe.validate()
-    tracking.check(recipe.train.log_with)  # a tracker that is not installed
+    tracking.check_installed(recipe.train.log_with)  # a tracker that is not installed
     models.check_name(recipe.model.name)
     check_optimization(recipe.train)
-    return rundir.check(recipe, overwrite, resume)  # a bad or busy output path
+    return rundir.check_folder(recipe, overwrite, resume)  # a bad or busy output path
 
 
 def check_optimization(t: TrainCfg) -> None:
@@ -61,7 +61,7 @@ def build_transforms(cfg: DataCfg, data_config: dict) -> loaders.Transforms:
     return tfs
 
 
-def probe_forward(model: nn.Module, name: str, input_size: tuple[int, ...]) -> None:
+def try_forward(model: nn.Module, name: str, input_size: tuple[int, ...]) -> None:
     """One forward of a tiny batch at the data's input size, before anything is written: a size the
     model cannot take (a ViT whose patch size does not divide it, a too small image) is one error line."""
     x = torch.zeros(2, *input_size)
