@@ -25,6 +25,7 @@ def for_training(dataset: torch.utils.data.Dataset, batch_size: int, num_workers
     acc = accelerator
 
     def draw(model: nn.Module, n: int) -> Iterator[int]:
+        """Forward and backward over this process's share of the first `n` batches, one yield per batch."""
         source = loaders.loader(dataset, batch_size, True, num_workers, seed, acc.device.type == "cuda")
         home, device = next(model.parameters()).device, acc.device
         acc.print(f"scoring pass: gradients of {n} training batches", flush=True)
@@ -32,7 +33,21 @@ def for_training(dataset: torch.utils.data.Dataset, batch_size: int, num_workers
         # dropout and the like draw from the generators: training must see the numbers it would without a pass
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             try:
-                yield from _batches(model, source, n, acc, criterion, channels_last)
+                for i, (x, y, _bad) in enumerate(source):
+                    if i >= n:
+                        break
+                    signals.raise_if_stopped("the scoring pass")
+                    # another process's share; every image unreadable; or a lone image (train-mode BatchNorm needs two)
+                    if i % acc.num_processes != acc.process_index or x is None or x.shape[0] < 2:
+                        continue
+                    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                    if channels_last and x.dim() == 4:
+                        x = x.contiguous(memory_format=torch.channels_last)
+                    with acc.autocast():
+                        loss = criterion(model(x), y)
+                    loss.backward()
+                    yield i
+                    signals.raise_if_stopped("the scoring pass")  # before waiting for the next batch
             finally:
                 loaders.shutdown_workers(source)
                 model.to(home)  # strategies split weights where the model was built
@@ -45,22 +60,3 @@ def for_training(dataset: torch.utils.data.Dataset, batch_size: int, num_workers
         return Gradients(draw, available=available)
     return Gradients(draw, available=available, reduce=reduce)
 
-
-def _batches(model: nn.Module, source: torch.utils.data.DataLoader, n: int, acc: Any, criterion: nn.Module,
-             channels_last: bool) -> Iterator[int]:
-    """Forward and backward over this process's share of the first `n` batches, one yield per batch."""
-    for i, (x, y, _bad) in enumerate(source):
-        if i >= n:
-            break
-        signals.raise_if_stopped("the scoring pass")
-        # another process's share; every image unreadable; or a lone image (a train-mode BatchNorm needs two)
-        if i % acc.num_processes != acc.process_index or x is None or x.shape[0] < 2:
-            continue
-        x, y = x.to(acc.device, non_blocking=True), y.to(acc.device, non_blocking=True)
-        if channels_last and x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with acc.autocast():
-            loss = criterion(model(x), y)
-        loss.backward()
-        yield i
-        signals.raise_if_stopped("the scoring pass")  # before waiting for the next batch

@@ -12,6 +12,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 from datasets import Dataset, Image
+from PIL import Image as PILImage
+from PIL import UnidentifiedImageError
 
 from .data import DataBundle
 from .data_columns import INDEX_COLUMN
@@ -42,19 +44,26 @@ class Transforms(NamedTuple):
 
 
 def transforms(cfg: DataCfg, data_config: dict) -> Transforms:
-    """timm train and eval transforms for the recipe's data section and the model's data config."""
+    """timm train and eval transforms for the recipe's data section and the model's data config, tried on
+    a small image: building them is the check of the values only timm or torchvision can judge (an
+    interpolation, an auto-augment policy, a size), an error naming the data keys, before any writing."""
     from timm.data import create_transform
 
-    common = _common(data_config)
-    eval_tf = eval_transform(data_config)
-    if not cfg.augment:
-        return Transforms(eval_tf, eval_tf, True)
-    train_tf = create_transform(
-        is_training=True, scale=tuple(cfg.scale) if cfg.scale else None, ratio=tuple(cfg.ratio) if cfg.ratio else None,
-        hflip=cfg.hflip, color_jitter=cfg.color_jitter, auto_augment=cfg.auto_augment, re_prob=cfg.re_prob,
-        **{k: v for k, v in common.items() if k not in ("crop_pct", "crop_mode")},
-    )
-    return Transforms(train_tf, eval_tf, False)
+    try:
+        eval_tf = eval_transform(data_config)
+        tfs = Transforms(eval_tf, eval_tf, True) if not cfg.augment else Transforms(create_transform(
+            is_training=True, scale=tuple(cfg.scale) if cfg.scale else None,
+            ratio=tuple(cfg.ratio) if cfg.ratio else None, hflip=cfg.hflip, color_jitter=cfg.color_jitter,
+            auto_augment=cfg.auto_augment, re_prob=cfg.re_prob,
+            **{k: v for k, v in _common(data_config).items() if k not in ("crop_pct", "crop_mode")}), eval_tf, False)
+        image = PILImage.new("RGB", (max(8, data_config["input_size"][-1] // 2),) * 2)
+        for tf in {id(tfs.train): tfs.train, id(tfs.eval): tfs.eval}.values():
+            tf(image)
+    except Exception as e:
+        keys = "data.input_size / crop_pct / interpolation / mean / std / auto_augment / scale / ratio / color_jitter"
+        why = f"unknown value {e}" if isinstance(e, KeyError) else first_line(e)
+        raise UserError(f"the image transforms cannot be built from the recipe ({keys}): {why}") from None
+    return tfs
 
 
 class BadImageError(UserError):
@@ -72,8 +81,6 @@ class BadImageError(UserError):
 
 def to_rgb(image: Any) -> Any:
     """Any PIL image as 8-bit RGB: grayscale, 16-bit, float, RGBA, palette (with transparency), CMYK."""
-    from PIL import Image as PILImage
-
     if image.mode == "RGB":
         return image
     if image.mode in ("I", "F") or image.mode.startswith("I;16"):
@@ -97,8 +104,6 @@ def read_image(value: Optional[dict]) -> Any:
 
 def reason(e: Exception) -> str:
     """Why an image could not be read, in one line."""
-    from PIL import UnidentifiedImageError
-
     if isinstance(e, UnidentifiedImageError):
         return "not a readable image file (unknown format or corrupt data)"
     return re.sub(r" ?<_io\.BytesIO object at 0x[0-9a-f]+>", "", first_line(e))

@@ -4,14 +4,14 @@ UserError, before the run folder is touched. train.py runs what this builds."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
 from torch import nn
 
-from . import cache, data, delta, gradients, loaders, models, preload, probe, signals, tracking, validate
+from . import cache, data, delta, gradients, loaders, models, preload, probe, rundir, signals, tracking
 from .recipe import Recipe
 from .strategies import Plan, apply_strategy
 
@@ -35,13 +35,13 @@ class Setup:
     solver: str  # 'exact' (a cached linear head solved to convergence, probe.py) or 'loop'
 
 
-def prepare(recipe: Recipe, strategy: Any = None) -> Setup:
-    """Build data, model, plan and loaders; `strategy`, when given, replaces the recipe's: the resolved
-    one a run folder recorded (a resumed run rebuilds its choice without a scoring pass)."""
+def prepare(recipe: Recipe, resuming: bool = False) -> Setup:
+    """Build data, model, plan and loaders. `resuming` (a run folder with a checkpoint): the strategy the
+    folder recorded, data-driven choices resolved, replaces the recipe's (rebuilt without a scoring pass)."""
     accelerator = _setup_accelerator(recipe)
     bundle = _setup_data(recipe, accelerator)
     model, init_model, data_config, tfs = _setup_model(recipe, bundle.num_classes)
-    plan = _setup_strategy(recipe, accelerator, bundle, tfs, model, init_model, strategy)
+    plan = _setup_strategy(recipe, accelerator, bundle, tfs, model, init_model, resuming)
     decision = cache.decide(model, recipe.train.cache_features, tfs.deterministic, tuple(data_config["input_size"]),
                             len(bundle.train) + len(bundle.val))
     made = _setup_loaders(recipe, accelerator, bundle, data_config, tfs, decision.cut is not None)
@@ -80,22 +80,27 @@ def _setup_model(recipe: Recipe, num_classes: int) -> tuple[nn.Module, Callable[
     transforms built from it (once: everything after uses these), all tried on a tiny input."""
     model, init_model = models.build(recipe.model, num_classes, seed=recipe.train.seed)
     data_config = models.data_config(model, recipe.data)
-    tfs = validate.build_transforms(recipe.data, data_config)
-    validate.try_forward(model, recipe.model.name, tuple(data_config["input_size"]))
+    models.try_forward(model, recipe.model.name, tuple(data_config["input_size"]))
+    tfs = loaders.transforms(recipe.data, data_config)
     return model, init_model, data_config, tfs
 
 
 def _setup_strategy(recipe: Recipe, accelerator: Accelerator, bundle: data.DataBundle, tfs: loaders.Transforms,
-                    model: nn.Module, init_model: Callable[[], nn.Module], strategy: Any) -> Plan:
+                    model: nn.Module, init_model: Callable[[], nn.Module], resuming: bool) -> Plan:
     """Apply the strategy. Those that choose from the gradient signal draw it here, before any optimizer
-    exists, from a plain loader of their own over the training images."""
+    exists, from a plain loader of their own over the training images; a resumed run applies the strategy
+    its folder recorded instead, and keeps the first session's scoring time."""
     t = recipe.train
     source = gradients.for_training(loaders.train_dataset(bundle, recipe.data, tfs, t.seed), t.batch_size,
                                     recipe.data.num_workers, accelerator,
                                     nn.CrossEntropyLoss(label_smoothing=t.label_smoothing), t.seed, t.channels_last)
+    recorded = rundir.read_strategy(recipe.run_dir) if resuming else None
     with signals.stop_on_signals():
-        return apply_strategy(model, recipe.strategy if strategy is None else strategy, seed=t.seed,
+        plan = apply_strategy(model, recorded["strategy"] if recorded else recipe.strategy, seed=t.seed,
                               init_model=init_model, gradients=source)
+    if recorded:
+        plan.scoring_seconds = recorded["scoring_seconds"]
+    return plan
 
 
 def _setup_loaders(recipe: Recipe, accelerator: Accelerator, bundle: data.DataBundle, data_config: dict,

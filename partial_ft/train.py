@@ -20,14 +20,14 @@ from timm.scheduler import create_scheduler_v2
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import cache, collective, loaders, probe, tracking
+from . import cache, collective, loaders, probe, report, tracking
 from .errors import NonFiniteLoss
 from .evaluation import evaluate
 from .partial import partial_buffer_names
 from .prepare import Setup, prepare
 from .progress import Progress, optimizer_state_bytes
 from .recipe import Recipe, TrainCfg
-from .rundir import RunFolder, read_strategy
+from .rundir import RunFolder
 from .signals import Interrupted, StopFlag, stop_on_signals
 from .summary import Trained, summarize
 from .validate import validate
@@ -37,10 +37,7 @@ def run(recipe: Recipe, overwrite: bool = False, resume: bool = False) -> dict[s
     """Train as the recipe says and write the run folder; returns the summary. With `resume`, continue
     the run in the folder from its last checkpoint. SIGTERM / Ctrl-C checkpoint and raise Interrupted."""
     last = validate(recipe, overwrite, resume)  # a mistake, or a bad or busy output path: before any work
-    recorded = read_strategy(recipe.run_dir) if last is not None else None  # resuming: no new scoring pass
-    setup = prepare(recipe, recorded["strategy"] if recorded else None)
-    if recorded:
-        setup.plan.scoring_seconds = recorded["scoring_seconds"]
+    setup = prepare(recipe, resuming=last is not None)  # resuming: no new scoring pass
     acc = setup.accelerator
     folder = RunFolder(recipe.run_dir, main=acc.is_main_process)
     try:
@@ -49,9 +46,10 @@ def run(recipe: Recipe, overwrite: bool = False, resume: bool = False) -> dict[s
         if acc.is_main_process and resume_from is None:  # a fresh start (or a resume with nothing saved yet)
             folder.write_start(recipe, setup.plan.table(), setup.bundle.info, setup.plan.spec,
                                setup.plan.scoring_seconds)
-        _print_plan(setup, resume_from)
         acc.wait_for_everyone()
         tracking.start(acc, recipe.name, recipe.to_dict())  # inside the run folder: it exists now
+        preload = setup.preload if recipe.data.preload != "false" else None
+        acc.print(report.plan_lines(setup.plan, preload, setup.preload_seconds, resume_from), flush=True)
         with stop_on_signals() as stop:
             trained, model = train(setup, folder, resume_from, stop)
         delta_bytes = None
@@ -62,32 +60,11 @@ def run(recipe: Recipe, overwrite: bool = False, resume: bool = False) -> dict[s
         summary = summarize(setup, trained, delta_bytes)
         if acc.is_main_process:
             folder.finish(summary, f"{recipe.model.name}, {setup.plan.label}")
-        _print_summary(acc, folder.path, summary)
     finally:
         folder.release()
     acc.end_training()
+    acc.print(report.summary_line(folder.path, summary), flush=True)
     return summary
-
-
-def _print_plan(setup: Setup, resume_from: Optional[Path]) -> None:
-    plan, say = setup.plan, setup.accelerator.print
-    say(plan.table(), flush=True)
-    scoring = f"; scoring pass {plan.scoring_seconds:.1f} s" if plan.scoring_seconds else ""
-    say(f"strategy {plan.label}: learning {plan.learned:,} of {plan.total:,} parameters "
-        f"({100 * plan.fraction:.3g}%){scoring}", flush=True)
-    if setup.recipe.data.preload != "false":
-        took = f", decoded in {setup.preload_seconds:.1f} s" if setup.preload_seconds else ""
-        say(f"preload: {setup.preload}{took}", flush=True)
-    if resume_from is not None:
-        say(f"resuming from {resume_from}", flush=True)
-
-
-def _print_summary(acc: Accelerator, run_dir: Path, summary: dict[str, Any]) -> None:
-    top5 = "" if summary["val_top5"] is None else f"  val_top5 {summary['val_top5']:.4f}"
-    acc.print(f"run folder {run_dir}: val_top1 {summary['val_top1']:.4f}{top5}  learned "
-              f"{summary['learned_params']:,}/{summary['total_params']:,} params "
-              f"({100 * summary['learned_fraction']:.3g}%)  {summary['train_images_per_second']:.0f} img/s",
-              flush=True)
 
 
 @dataclass
@@ -271,7 +248,4 @@ def end_of_epoch(loop: Loop, progress: Progress) -> None:
     tracking.log(acc, {k: v for k, v in progress.metrics.items() if k != "per_class_top1"}, progress.step)
     if acc.is_main_process:
         loop.folder.append_metrics(progress.metrics)
-    m = progress.metrics
-    top5 = "" if m["val_top5"] is None else f"  val_top5 {m['val_top5']:.4f}"
-    acc.print(f"epoch {progress.epoch + 1}/{loop.epochs}  step {progress.step}  loss {m['train_loss']:.4f}  "
-              f"val_top1 {m['val_top1']:.4f}{top5}", flush=True)
+    acc.print(report.epoch_line(progress.epoch + 1, loop.epochs, progress.step, progress.metrics), flush=True)
