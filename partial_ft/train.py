@@ -20,7 +20,7 @@ from timm.scheduler import create_scheduler_v2
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import cache, collective, loaders, probe, report, tracking
+from . import cache, checkpoints, collective, delta, loaders, probe, report, tracking
 from .errors import NonFiniteLoss
 from .evaluation import evaluate
 from .partial import partial_buffer_names
@@ -54,8 +54,9 @@ def run(recipe: Recipe, overwrite: bool = False, resume: bool = False) -> dict[s
             trained, model = train(setup, folder, resume_from, stop)
         delta_bytes = None
         if acc.is_main_process:
-            path = folder.save_delta(model, recipe, setup.bundle.class_names, setup.data_config, setup.fingerprint,
-                                     {"strategy": setup.plan.spec})  # data-driven choices resolved: no data to load
+            path = delta.save_delta(folder.path / delta.DELTA_NAME, model, recipe, setup.bundle.class_names,
+                                    setup.data_config, setup.fingerprint,
+                                    {"strategy": setup.plan.spec})  # data-driven choices resolved: no data to load
             delta_bytes = path.stat().st_size
         summary = summarize(setup, trained, delta_bytes)
         if acc.is_main_process:
@@ -92,7 +93,7 @@ class Loop:
     def save(self, progress: Progress) -> Path:
         """A resumable checkpoint of where the loop is (every process calls this)."""
         state = {**asdict(progress), "scheduler": self.scheduler.state_dict()}
-        return self.folder.save_checkpoint(self.accelerator, state, keep=self.train.keep_checkpoints)
+        return checkpoints.save(self.accelerator, self.folder.path, state, keep=self.train.keep_checkpoints)
 
 
 def _build_loop(setup: Setup, folder: RunFolder, stop: StopFlag) -> tuple[Loop, Optional[cache.Cached]]:
@@ -139,7 +140,7 @@ def train(setup: Setup, folder: RunFolder, resume_from: Optional[Path], stop: St
     loop, cached = _build_loop(setup, folder, stop)
     acc, progress = setup.accelerator, Progress()
     if resume_from is not None:  # model, optimizer, scheduler, RNG states, and where the loop was
-        state = folder.load_checkpoint(acc, resume_from)
+        state = checkpoints.load(acc, resume_from)
         loop.scheduler.load_state_dict(state.pop("scheduler"))  # plain data (Accelerate would unpickle it)
         progress = Progress(**state)
         if acc.is_main_process:
@@ -218,7 +219,8 @@ def train_step(loop: Loop, progress: Progress, x: torch.Tensor, y: torch.Tensor)
         loss = loop.criterion(loop.forward(x), y)
         if not collective.all_finite(acc, loss):  # before backward
             if cfg.nan_policy == "stop":
-                raise NonFiniteLoss(loss.item(), progress.step + 1, progress.epoch + 1, loop.folder.latest())
+                last = checkpoints.latest(loop.folder.path)
+                raise NonFiniteLoss(loss.item(), progress.step + 1, progress.epoch + 1, last)
             loop.optimizer.zero_grad(set_to_none=True)  # and what this accumulation gathered so far
             progress.nan_skipped += 1
             return False
