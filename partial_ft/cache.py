@@ -24,7 +24,7 @@ from torch import nn
 
 from . import cuts, loaders, signals
 from .errors import UserError
-from .partial import freeze_norm_stats, updates_norm_stats
+from .normstats import freeze_norm_stats, updates_norm_stats
 
 
 MAX_GROWTH = 4  # auto: features at most this many times the image's values (early, wide layers are not worth it)

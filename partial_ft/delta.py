@@ -26,7 +26,7 @@ from torch import nn
 from . import models
 from .atomic import write_atomic
 from .errors import UserError, first_line
-from .partial import updates_norm_stats
+from .normstats import updates_norm_stats
 from .recipe import ModelCfg
 from .strategies import apply_strategy, for_export
 from .version import __version__

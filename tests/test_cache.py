@@ -14,7 +14,7 @@ from partial_ft import recipe as recipes
 from partial_ft.cuts import eval_mode, find_cut
 from partial_ft.evaluation import evaluate_run
 from partial_ft.errors import UserError
-from partial_ft.partial import FrozenStats as _FrozenStats
+from partial_ft.normstats import FrozenStats as _FrozenStats
 
 FROZEN = {"norm_stats": "freeze"}
 # (arch, strategy) -> the cut found, or None: deepest cut first; a ViT's blocks are no chain (position
