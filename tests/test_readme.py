@@ -28,3 +28,11 @@ def test_quickstart_commands_are_the_ones_ci_runs():
     assert 'pip install -e ".[test]" && python -m pytest' in README
     assert 'pip install -e ".[test]" && python -m pytest' in ci
     assert "pip install -e . && python -m partial_ft --recipe recipes/quickstart.yaml" in README
+
+
+def test_strategy_table_is_the_one_the_options_write():
+    """The docs' strategy table is `strategies --markdown`: each option's help text lives once, in its
+    options dataclass."""
+    docs = README + "".join(p.read_text() for p in (ROOT / "docs").glob("*.md"))
+    for s in list_strategies():
+        assert s.markdown_row() in docs, f"regenerate the table: python -m partial_ft strategies --markdown ({s.name})"

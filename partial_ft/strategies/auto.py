@@ -30,11 +30,11 @@ UNIT_AXIS = {"filter": "out", "channel": "in", "kernel": "spatial"}
 
 @dataclass
 class AutoOptions(Options):
-    budget: Union[int, float] = option(0.01, "a fraction (0, 1) of all parameters, or a count; head and norm "
-                                       "included")
+    budget: Union[int, float] = option(0.01, "a fraction (0, 1) of all parameters, or an integer count; "
+                                       "classifier and norm layers included")
     unit: Literal["filter", "channel", "kernel"] = option("filter", "what is scored and chosen in each weight")
-    score: Literal["fisher", "grad", "random"] = option("fisher", "a unit's score: sum of g², of |g|, or a seeded "
-                                                        "draw")
+    score: Literal["fisher", "grad", "random"] = option("fisher", "a unit's score: `fisher` Σ g², `grad` Σ |g|, "
+                                                        "or `random` (a seeded draw)")
     batches: Optional[int] = option(None, "training batches the scoring pass draws (default 8, or all if fewer)")
     norm: bool = option(True, "norm layers learn (inside the budget), as with `filters`")
     selected: Optional[dict] = recorded("{layer: [unit indices]}: written by the scoring pass; set, no scoring")

@@ -31,7 +31,8 @@ class FiltersOptions(Options):
                                                       "or zero")
     layers: Literal["conv", "linear", "all"] = option("conv", "which weight layers are sliced")
     # fixed: random always uses train.seed, so ensemble members differing only by this seed share one backbone
-    seed: Optional[int] = option(None, "the seed of select: random (default: train.seed)")
+    seed: Optional[int] = option(None, "the seed of `select: random` (default: train.seed; `fixed: random` always "
+                                       "uses train.seed)")
     norm: bool = option(True, "norm layers learn too (as in the paper; norm: false is its ablation)")
 
     def validate(self) -> None:

@@ -28,7 +28,8 @@ class LoraOptions(Options):
     alpha: Optional[float] = option(None, "scaling alpha / rank (default: alpha = rank, scale 1)")
     dropout: float = option(0.0, "dropout on the adapters' input")
     layers: Literal["conv", "linear", "all"] = option("all", "which layers get adapters")
-    modules: Optional[str] = option(None, "a regex on module names to narrow the targets, e.g. 'attn|mlp'")
+    modules: Optional[str] = option(None, "a regex searched in each layer's full module name, narrowing "
+                                                     "the adapted layers to those it matches, e.g. `^conv1$`")
 
     def validate(self) -> None:
         if self.rank < 1:
