@@ -54,8 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     h.add_argument("--local-dir", help="write exactly the files to this new or empty folder instead of uploading")
     h.add_argument("--license", metavar="ID", help="the model card's license, a Hub license id (e.g. apache-2.0); "
                    "without it the card says `license: other` and that none was given")
-    s = sub.add_parser("strategies", help="list the strategies with their options and defaults")
-    s.add_argument("--markdown", action="store_true", help="as the docs' options table")
+    sub.add_parser("strategies", help="list the strategies with their options and defaults")
     return p
 
 
@@ -170,10 +169,6 @@ def _export(args: argparse.Namespace) -> int:
 def _strategies(args: argparse.Namespace) -> int:
     from .strategies import list_strategies
 
-    if args.markdown:
-        print("| strategy | what learns | options (default) |\n|---|---|---|")
-        print("\n".join(s.markdown_row() for s in list_strategies()))
-        return 0
     for s in list_strategies():
         aliases = f" (alias: {', '.join(s.aliases)})" if s.aliases else ""
         print(f"{s.name}{aliases}: {s.summary}")

@@ -20,11 +20,21 @@ def plan_lines(plan: Any, preload: Optional[str], preload_seconds: float, resume
     return "\n".join(lines)
 
 
-def epoch_line(epoch: int, epochs: int, step: int, metrics: dict[str, Any]) -> str:
-    """One finished epoch: its loss and validation accuracy."""
+def silent_norms_warning(silent: list[str]) -> Optional[str]:
+    """The warning for normalisation layers whose zero scale stays fixed (strategies.silent_norms), if any."""
+    if not silent:
+        return None
+    return (f"warning: {len(silent)} normalisation layers ({', '.join(silent[:3])}{', ...' * (len(silent) > 3)}) "
+            "have a zero scale that stays fixed, so the residual branches they end output nothing and never "
+            "learn (timm's zero_init_last at random init); learn them (strategy.norm=true) or pass "
+            "model.kwargs.zero_init_last=false")
+
+
+def epoch_line(epoch: int, epochs: int, step: int, metrics: dict[str, Any], solved: bool = False) -> str:
+    """One finished epoch (or the exact solve): its loss and validation accuracy."""
     top5 = "" if metrics["val_top5"] is None else f"  val_top5 {metrics['val_top5']:.4f}"
-    return (f"epoch {epoch}/{epochs}  step {step}  loss {metrics['train_loss']:.4f}  "
-            f"val_top1 {metrics['val_top1']:.4f}{top5}")
+    where = "solved" if solved else f"epoch {epoch}/{epochs}  step {step}"
+    return f"{where}  loss {metrics['train_loss']:.4f}  val_top1 {metrics['val_top1']:.4f}{top5}"
 
 
 def summary_line(run_dir: Path, summary: dict[str, Any]) -> str:
@@ -32,4 +42,10 @@ def summary_line(run_dir: Path, summary: dict[str, Any]) -> str:
     top5 = "" if summary["val_top5"] is None else f"  val_top5 {summary['val_top5']:.4f}"
     return (f"run folder {run_dir}: val_top1 {summary['val_top1']:.4f}{top5}  learned "
             f"{summary['learned_params']:,}/{summary['total_params']:,} params "
-            f"({100 * summary['learned_fraction']:.3g}%)  {summary['train_images_per_second']:.0f} img/s")
+            f"({100 * summary['learned_fraction']:.3g}%)  {_speed(summary)}")
+
+
+def _speed(summary: dict[str, Any]) -> str:
+    if summary.get("solver", {}).get("solver") == "exact":  # no steps: the solve's time is the number
+        return f"solved in {summary['solver']['seconds']:.1f} s"
+    return f"{summary['train_images_per_second']:.0f} img/s"

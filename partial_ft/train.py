@@ -8,6 +8,7 @@ what a run keeps in delta.py, what summary.json holds in summary.py.
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -29,6 +30,7 @@ from .progress import Progress, optimizer_state_bytes
 from .recipe import Recipe, TrainCfg
 from .rundir import RunFolder
 from .signals import Interrupted, StopFlag, stop_on_signals
+from .strategies import silent_norms
 from .summary import Trained, summarize
 from .validate import validate
 
@@ -50,6 +52,9 @@ def run(recipe: Recipe, overwrite: bool = False, resume: bool = False) -> dict[s
         tracking.start(acc, recipe.name, recipe.to_dict())  # inside the run folder: it exists now
         preload = setup.preload if recipe.data.preload != "false" else None
         acc.print(report.plan_lines(setup.plan, preload, setup.preload_seconds, resume_from), flush=True)
+        warning = report.silent_norms_warning(silent_norms(setup.model))
+        if warning and acc.is_main_process:
+            print(warning, file=sys.stderr, flush=True)
         with stop_on_signals() as stop:
             trained, model = train(setup, folder, resume_from, stop)
         delta_bytes = None
@@ -250,4 +255,5 @@ def end_of_epoch(loop: Loop, progress: Progress) -> None:
     tracking.log(acc, {k: v for k, v in progress.metrics.items() if k != "per_class_top1"}, progress.step)
     if acc.is_main_process:
         loop.folder.append_metrics(progress.metrics)
-    acc.print(report.epoch_line(progress.epoch + 1, loop.epochs, progress.step, progress.metrics), flush=True)
+    acc.print(report.epoch_line(progress.epoch + 1, loop.epochs, progress.step, progress.metrics,
+                                progress.solver["solver"] == "exact"), flush=True)

@@ -47,21 +47,6 @@ class Strategy:
         """Each option (but name) with its help text (the options dataclass's field metadata)."""
         return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(self.options) if f.name != "name"}
 
-    def markdown_row(self) -> str:
-        """The strategy's row of the options table (docs): name, what learns, its own options with their
-        help and defaults (the options every strategy has are listed once, beside the table)."""
-        shared, hints = {f.name: _default(f) for f in dataclasses.fields(Options)}, typing.get_type_hints(self.options)
-        own = []
-        for key, value in self.option_defaults().items():
-            if key in shared and value == shared[key]:
-                continue
-            choices = [c for c in typing.get_args(hints[key]) if isinstance(c, str)]
-            one_of = f" — {' | '.join(f'`{c}`' for c in choices)}" if choices else ""
-            own.append(f"`{key}`: {self.option_help()[key]}{one_of} (`{_yaml(value)}`)")
-        aliases = f" (alias {', '.join(f'`{a}`' for a in self.aliases)})" if self.aliases else ""
-        row = f"`{self.name}`{aliases} ‖ {self.summary} ‖ {'; '.join(own) or '—'}"
-        return "| " + row.replace("|", "\\|").replace("‖", "|") + " |"
-
 
 _REGISTRY: dict[str, Strategy] = {}
 _ALIASES: dict[str, str] = {}
@@ -157,11 +142,6 @@ def normalize_spec(spec: Any) -> Any:
     """Validate a strategy node and return it as plain data with every default filled in."""
     resolved = [dataclasses.asdict(o) for o in parse_spec(spec)]
     return resolved if isinstance(spec, list) else resolved[0]
-
-
-def _yaml(value: Any) -> str:
-    """A default as a recipe writes it."""
-    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def _default(f: dataclasses.Field) -> Any:
