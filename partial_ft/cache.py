@@ -38,7 +38,7 @@ class Decision:
     note: str
 
 
-def decide(model: nn.Module, mode: str, deterministic: bool, input_size: tuple[int, ...],
+def decide_cut(model: nn.Module, mode: str, deterministic: bool, input_size: tuple[int, ...],
            num_images: int) -> Decision:
     """Whether and where to cache, for `train.cache_features` = mode. Raises UserError for an `on` that
     cannot be honoured; may freeze the prefix's BatchNorm statistics for `on` (said in the note)."""

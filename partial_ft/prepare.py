@@ -42,8 +42,8 @@ def prepare(recipe: Recipe, resuming: bool = False) -> Setup:
     bundle = _setup_data(recipe, accelerator)
     model, init_model, data_config, tfs = _setup_model(recipe, bundle.num_classes)
     plan = _setup_strategy(recipe, accelerator, bundle, tfs, model, init_model, resuming)
-    decision = cache.decide(model, recipe.train.cache_features, tfs.deterministic, tuple(data_config["input_size"]),
-                            len(bundle.train) + len(bundle.val))
+    decision = cache.decide_cut(model, recipe.train.cache_features, tfs.deterministic,
+                                tuple(data_config["input_size"]), len(bundle.train) + len(bundle.val))
     made = _setup_loaders(recipe, accelerator, bundle, data_config, tfs, decision.cut is not None)
     if recipe.train.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -91,10 +91,10 @@ def _setup_strategy(recipe: Recipe, accelerator: Accelerator, bundle: data.DataB
     exists, from a plain loader of their own over the training images; a resumed run applies the strategy
     its folder recorded instead, and keeps the first session's scoring time."""
     t = recipe.train
+    recorded = rundir.read_strategy(recipe.run_dir) if resuming else None
     source = gradients.for_training(loaders.train_dataset(bundle, recipe.data, tfs, t.seed), t.batch_size,
                                     recipe.data.num_workers, accelerator,
                                     nn.CrossEntropyLoss(label_smoothing=t.label_smoothing), t.seed, t.channels_last)
-    recorded = rundir.read_strategy(recipe.run_dir) if resuming else None
     with signals.stop_on_signals():
         plan = apply_strategy(model, recorded["strategy"] if recorded else recipe.strategy, seed=t.seed,
                               init_model=init_model, gradients=source)
