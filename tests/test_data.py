@@ -4,7 +4,6 @@ the carved validation split, label checks, RGB conversion, unreadable images; a 
 form, and one table of CLI error runs (data and model mistakes: one `error:` line, exit 2, no run folder)."""
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
@@ -16,7 +15,8 @@ import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
 from PIL import Image as PILImage
 
-from conftest import run_cli
+from conftest import (empty_class, negative_ints, no_image_parquet, no_label_parquet, out_of_range,
+                      parquet_with_labels, png, run_cli)
 from partial_ft import data, data_sources, loaders
 from partial_ft.data_columns import INDEX_COLUMN
 from partial_ft.errors import UserError
@@ -25,12 +25,6 @@ from partial_ft.recipe import DataCfg
 NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 ROWS = 200  # digits rows in each local form
 BAD_ROW = 13  # the parquet form's unreadable image (not a PNG) sits at this index
-
-
-def _png(image: PILImage.Image) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def _mode_variant(image: PILImage.Image, i: int) -> PILImage.Image:
@@ -53,7 +47,7 @@ def forms(tmp_path_factory) -> dict[str, Path]:
     DatasetDict(train=rows).save_to_disk(str(root / "saved"))
     # 3. parquet, two files, non-standard names: png bytes in `pix`, class names in `digit`, an id column;
     #    row BAD_ROW holds bytes that are no image
-    pix = [_png(im) for im in images]
+    pix = [png(im) for im in images]
     pix[BAD_ROW] = b"definitely not a png"
     table = pa.table({"sample_id": list(range(ROWS)), "pix": pix, "digit": [NAMES[x] for x in labels]})
     (root / "parquet").mkdir()
@@ -189,61 +183,12 @@ def test_digits_builtin_unchanged():
 # errors, in-process (each a one-line UserError)
 
 
-def _no_label_parquet(tmp_path: Path) -> Path:
-    path = tmp_path / "nolabel.parquet"
-    pq.write_table(pa.table({"pix": [b"x"] * 4, "score": [0.1, 0.2, 0.3, 0.4]}), path)
-    return path
-
-
-def _no_image_parquet(tmp_path: Path) -> Path:
-    path = tmp_path / "noimage.parquet"
-    pq.write_table(pa.table({"name": ["a", "b"], "label": [0, 1]}), path)
-    return path
-
-
-def _out_of_range(tmp_path: Path) -> Path:
-    """A parquet file whose metadata says ClassLabel with 2 classes, but one row holds 5."""
-    features = Features({"image": Image(), "label": ClassLabel(names=["a", "b"])})
-    png = _png(PILImage.new("L", (4, 4)))
-    table = pa.table({"image": [{"bytes": png, "path": None}] * 3, "label": [0, 1, 5]}).cast(features.arrow_schema)
-    pq.write_table(table, tmp_path / "oor.parquet")
-    return tmp_path / "oor.parquet"
-
-
-def _negative_ints(tmp_path: Path) -> Path:
-    path = tmp_path / "neg.parquet"
-    pq.write_table(pa.table({"image": [_png(PILImage.new("L", (4, 4)))] * 3, "label": [0, 1, -3]}), path)
-    return path
-
-
-def _labels(tmp_path: Path, name: str, labels: list, val_labels: list | None = None) -> Path:
-    """Parquet with the given labels (a train file, and a validation file when val_labels is given)."""
-    png = _png(PILImage.new("L", (4, 4)))
-    folder = tmp_path / name
-    folder.mkdir()
-    for split, values in (("train", labels), ("validation", val_labels)):
-        if values is not None:
-            pq.write_table(pa.table({"image": [png] * len(values), "label": values}), folder / f"{split}.parquet")
-    return folder if val_labels is not None else folder / "train.parquet"
-
-
-def _empty_class(tmp_path: Path) -> Path:
-    """An imagefolder whose `emu` class folder holds no image."""
-    root = tmp_path / "folders"
-    for name in ("cat", "dog", "emu"):
-        (root / "train" / name).mkdir(parents=True)
-    for name in ("cat", "dog"):
-        for i in range(3):
-            PILImage.new("L", (4, 4), color=i).save(root / "train" / name / f"{i}.png")
-    return root
-
-
 @pytest.mark.parametrize("source, kw, expected", [
     (lambda t, f: t / "no" / "such" / "folder", {}, "dataset path does not exist"),
     (lambda t, f: "no-such-user/no-such-dataset", {}, "cannot load dataset 'no-such-user/no-such-dataset'"),
     (lambda t, f: f"{t}/*.parquet", {}, "no files match"),
-    (lambda t, f: _no_label_parquet(t), {}, "no label column found; columns: pix (binary), score (float64)"),
-    (lambda t, f: _no_image_parquet(t), {}, "no image column found; columns: name (string), label (int64)"),
+    (lambda t, f: no_label_parquet(t), {}, "no label column found; columns: pix (binary), score (float64)"),
+    (lambda t, f: no_image_parquet(t), {}, "no image column found; columns: name (string), label (int64)"),
     (lambda t, f: f["parquet"], {"label_column": "digits"}, "data.label_column 'digits' not found; columns: "
                                                             "sample_id (int64), pix (binary), digit (string)"),
     (lambda t, f: f["parquet"], {"image_column": "img"}, "data.image_column 'img' not found"),
@@ -252,23 +197,25 @@ def _empty_class(tmp_path: Path) -> Path:
     (lambda t, f: f["saved"], {"train_split": "training"}, "split 'training' not found; splits: train"),
     (lambda t, f: f["hublike"], {"val_split": "test"}, "labels outside the class range: split 'test' column "
                                                         "'label' holds -1 (classes are 0..9)"),
-    (lambda t, f: _out_of_range(t), {}, "labels outside the class range: split 'train' column 'label' "
+    (lambda t, f: out_of_range(t), {}, "labels outside the class range: split 'train' column 'label' "
                                         "holds 5 (classes are 0..1)"),
-    (lambda t, f: _negative_ints(t), {}, "labels outside the class range: column 'label' holds negative"),
+    (lambda t, f: negative_ints(t), {}, "labels outside the class range: column 'label' holds negative"),
     (lambda t, f: f["parquet"], {"label_column": "sample_id"},  # one row per class: nothing to stratify
      "cannot carve a validation split out of 'train' (200 rows, no class with two samples)"),
     # labels that make no sense: refused before anything is allocated (issue 17)
-    (lambda t, f: _labels(t, "huge", [0, 1, 2_000_000_000, 1]), {},
+    (lambda t, f: parquet_with_labels(t, "huge", [0, 1, 2_000_000_000, 1]), {},
      "holds the integer label 2000000000, which would make 2,000,000,001 classes for 4 rows"),
-    (lambda t, f: _labels(t, "sparse", [0, 100_000] * 3), {},
+    (lambda t, f: parquet_with_labels(t, "sparse", [0, 100_000] * 3), {},
      "holds the integer label 100000, which would make 100,001 classes for 6 rows"),
-    (lambda t, f: _labels(t, "single", ["cat"] * 4), {}, "label column 'label' has 1 class; need at least 2"),
-    (lambda t, f: _labels(t, "floats", [0.0, 1.0, 0.5, 1.0]), {}, "holds float64 values; labels must be class ids"),
-    (lambda t, f: _labels(t, "val-only", [0, 1, 0, 1], [0, 1, 2, 2]), {},
+    (lambda t, f: parquet_with_labels(t, "single", ["cat"] * 4), {},
+     "label column 'label' has 1 class; need at least 2"),
+    (lambda t, f: parquet_with_labels(t, "floats", [0.0, 1.0, 0.5, 1.0]), {},
+     "holds float64 values; labels must be class ids"),
+    (lambda t, f: parquet_with_labels(t, "val-only", [0, 1, 0, 1], [0, 1, 2, 2]), {},
      "1 class(es) appear in split 'validation' but never in 'train' (2)"),
-    (lambda t, f: _labels(t, "val-only-names", ["cat", "dog"] * 2, ["cat", "emu"]), {},
+    (lambda t, f: parquet_with_labels(t, "val-only-names", ["cat", "dog"] * 2, ["cat", "emu"]), {},
      "1 class(es) appear in split 'validation' but never in 'train' (emu)"),
-    (lambda t, f: _empty_class(t), {}, "train/emu is empty (beside folders of images)"),
+    (lambda t, f: empty_class(t), {}, "train/emu is empty (beside folders of images)"),
 ], ids=["missing-path", "hub-id-offline", "empty-glob", "no-label-column", "no-image-column",
         "bad-label-override", "bad-image-override", "missing-val-split", "missing-train-split",
         "unlabelled-val-split", "label-above-range", "negative-labels", "cannot-carve",

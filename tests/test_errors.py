@@ -12,10 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from conftest import no_label_parquet, out_of_range, parquet_with_labels, run_cli
 from partial_ft.__main__ import main
 from partial_ft.rundir import LOCK, MARKER
-from test_data import _labels, _no_label_parquet, _out_of_range
 from test_yamlsafe import bomb
 
 STRATEGIES = "known: auto, bias, block, filters, full, head, lora, norm"
@@ -149,10 +148,10 @@ def _setup(kind: str, tiny_recipe, tmp_path: Path) -> tuple[Path, Path, list[str
         path = tmp_path / "mistake.yaml"
         path.write_text(text)
         return path, run_dir, []
-    data = {"no-label": {"dataset": str(_no_label_parquet(tmp_path))},
-            "out-of-range": {"dataset": str(_out_of_range(tmp_path))},
-            "huge-label": {"dataset": str(_labels(tmp_path, "huge", [0, 1, 2_000_000_000, 1]))},
-            "val-only": {"dataset": str(_labels(tmp_path, "val-only", [0, 1, 0, 1], [0, 1, 2, 2]))}}.get(kind, {})
+    data = {"no-label": {"dataset": str(no_label_parquet(tmp_path))},
+            "out-of-range": {"dataset": str(out_of_range(tmp_path))},
+            "huge-label": {"dataset": str(parquet_with_labels(tmp_path, "huge", [0, 1, 2_000_000_000, 1]))},
+            "val-only": {"dataset": str(parquet_with_labels(tmp_path, "val-only", [0, 1, 0, 1], [0, 1, 2, 2]))}}.get(kind, {})
     strategy = {"block-99": {"name": "block", "index": 99}, "block-empty": {"name": "block", "index": []},
                 "head": {"name": "head"},
                 "disagree": [{"name": "filters", "fraction": 0.25, "fixed": "zero"},
