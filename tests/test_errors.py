@@ -148,10 +148,10 @@ def _setup(kind: str, tiny_recipe, tmp_path: Path) -> tuple[Path, Path, list[str
         path = tmp_path / "mistake.yaml"
         path.write_text(text)
         return path, run_dir, []
-    data = {"no-label": {"dataset": str(no_label_parquet(tmp_path))},
-            "out-of-range": {"dataset": str(out_of_range(tmp_path))},
-            "huge-label": {"dataset": str(parquet_with_labels(tmp_path, "huge", [0, 1, 2_000_000_000, 1]))},
-            "val-only": {"dataset": str(parquet_with_labels(tmp_path, "val-only", [0, 1, 0, 1], [0, 1, 2, 2]))}}.get(kind, {})
+    dataset = {"no-label": lambda: no_label_parquet(tmp_path), "out-of-range": lambda: out_of_range(tmp_path),
+               "huge-label": lambda: parquet_with_labels(tmp_path, "huge", [0, 1, 2_000_000_000, 1]),
+               "val-only": lambda: parquet_with_labels(tmp_path, "val-only", [0, 1, 0, 1], [0, 1, 2, 2])}.get(kind)
+    data = {"dataset": str(dataset())} if dataset else {}  # only the case's own dataset is written
     strategy = {"block-99": {"name": "block", "index": 99}, "block-empty": {"name": "block", "index": []},
                 "head": {"name": "head"},
                 "disagree": [{"name": "filters", "fraction": 0.25, "fixed": "zero"},
