@@ -12,9 +12,9 @@ from timm.optim import create_optimizer_v2, list_optimizers
 from timm.scheduler import create_scheduler_v2
 from torch import nn
 
-from . import models, rundir, tracking
+from . import loaders, models, rundir, tracking
 from .errors import UserError, did_you_mean, first_line
-from .recipe import Recipe, TrainCfg
+from .recipe import DataCfg, Recipe, TrainCfg
 
 
 def validate(recipe: Recipe, overwrite: bool = False, resume: bool = False) -> Optional[Path]:
@@ -22,6 +22,7 @@ def validate(recipe: Recipe, overwrite: bool = False, resume: bool = False) -> O
     anything: the recipe's own values, the trackers, the model name, the optimizer and scheduler, and the
     output folder (rundir.check_folder). Returns the checkpoint to resume from, if any."""
     check_optimization(recipe.train)  # timm names, tried on a stand-in parameter
+    check_workers(recipe.data)
     last = rundir.check_folder(recipe, overwrite, resume)  # a bad or busy output path
     models.check_name(recipe.model.name)
     recipe.validate()  # (done when it was read, too: a Recipe may also be built in code)
@@ -42,3 +43,10 @@ def check_optimization(t: TrainCfg) -> None:
                             min_lr=t.min_lr, step_on_epochs=False, updates_per_epoch=1)
     except Exception as e:
         raise UserError(f"train.sched '{t.sched}': {first_line(e)}") from None
+
+
+def check_workers(cfg: DataCfg) -> None:
+    """data.num_workers within what this machine can start (loaders.max_workers: a few per CPU)."""
+    if cfg.num_workers > loaders.max_workers():
+        raise UserError(f"data.num_workers {cfg.num_workers:,} is more than this machine can use: at most "
+                        f"{loaders.max_workers()} ({loaders.WORKERS_PER_CPU} per CPU it may use)")
