@@ -58,6 +58,14 @@ def tiny_recipe(tmp_path: Path):
     return make
 
 
+def bomb(levels: int, width: int = 9, flow: bool = False) -> str:
+    """Nested anchors: `width ** levels` leaves in a few hundred bytes."""
+    names = [f"l{i}" for i in range(levels)]
+    rows = [f"&{names[0]} [" + ",".join(["x"] * width) + "]"]
+    rows += [f"&{names[i]} [" + ",".join([f"*{names[i - 1]}"] * width) + "]" for i in range(1, levels)]
+    return "[" + ",".join(rows) + "]" if flow else "\n".join(f"k{i}: {row}" for i, row in enumerate(rows)) + "\n"
+
+
 # --------------------------------------------------------------------------------------------
 # small datasets with one thing wrong (data.py's checks, and the CLI's error table)
 

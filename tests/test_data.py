@@ -1,7 +1,7 @@
 """data.py, offline: every local dataset form built on the fly from digits (imagefolder with named classes,
 save_to_disk with only a train split, parquet with non-standard column names), column and split detection,
 the carved validation split, label checks, RGB conversion, unreadable images; a few real CLI runs on each
-form, and one table of CLI error runs (data and model mistakes: one `error:` line, exit 2, no run folder)."""
+form; data mistakes, one table (through the CLI: test_errors.py)."""
 from __future__ import annotations
 
 import json
@@ -348,33 +348,7 @@ def test_cli_unreadable_image_error(tmp_path, forms, tiny_recipe, preload):
     assert (tmp_path / "runs" / "bad").exists() != preload
 
 
-def _bad_checkpoint(tmp_path: Path) -> str:
-    import timm
-    from safetensors.torch import save_file
-
-    path = tmp_path / "effnet.safetensors"
-    save_file(timm.create_model("test_efficientnet").state_dict(), str(path))
-    return str(path)
-
-
-@pytest.mark.parametrize("sections, env, expected", [
-    (lambda t: {"data": {"dataset": str(t / "no-such-folder")}}, {}, "error: dataset path does not exist"),
-    (lambda t: {"model": {"name": "resnet181"}}, {}, "error: unknown timm model 'resnet181' (did you mean 'resnet18'"),
-    (lambda t: {"model": {"pretrained": True}}, {"HF_HOME": "{t}/hf", "HF_HUB_CACHE": "{t}/hf/hub"},
-     "error: cannot load pretrained weights for 'test_resnet': not in the local Hugging Face cache"),
-    (lambda t: {"model": {"checkpoint": _bad_checkpoint(t)}}, {},
-     "does not fit model 'test_resnet': missing keys conv1.0.weight"),
-], ids=["missing-dataset", "unknown-model", "pretrained-offline-uncached", "checkpoint-does-not-fit"])
-def test_cli_errors(tmp_path, tiny_recipe, sections, env, expected):
-    """One line on stderr starting `error:`, exit code 2, no traceback, no run folder."""
-    recipe = tiny_recipe("err", **sections(tmp_path))
-    env = {k: v.format(t=tmp_path) for k, v in env.items()}
-    result = run_cli("--recipe", str(recipe), env={**_cli_env(tmp_path), **env})
-    assert result.returncode == 2, result.stderr[-3000:]
-    lines = result.stderr.strip().splitlines()
-    assert "Traceback" not in result.stderr and [ln for ln in lines if ln.startswith("error:")] == lines[-1:]
-    assert lines[-1].startswith("error:") and expected in lines[-1]
-    assert not (tmp_path / "runs" / "err").exists()
+# (data and model mistakes through the CLI: test_errors.py's table)
 
 
 # --------------------------------------------------------------------------------------------
