@@ -167,9 +167,6 @@ def rebuild(source: str | Path) -> nn.Module:
     path = delta_path(source)
     info = read_info(path)
     cfg = ModelCfg(**info["model"])
-    if "fingerprint_parts" not in info:
-        raise UserError(f"delta {path} was written by an older partial_ft (one whole-model fingerprint); load or "
-                        "export it with that version")
     seed, num_classes = int(info["seed"]), len(info["class_names"])
     delta_checks.check_classifier(path, cfg, num_classes, delta_checks.header_tensors(path))
     model, init_model = models.build(cfg, num_classes, seed=seed)

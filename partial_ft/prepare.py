@@ -91,7 +91,7 @@ def _setup_strategy(recipe: Recipe, accelerator: Accelerator, bundle: data.DataB
     exists, from a plain loader of their own over the training images; a resumed run applies the strategy
     its folder recorded instead, and keeps the first session's scoring time."""
     t = recipe.train
-    recorded = rundir.read_strategy(recipe.run_dir) if resuming else None
+    recorded = rundir.read_strategy(recipe.run_dir) if resuming else None  # (written before any checkpoint)
     source = gradients.for_training(loaders.train_dataset(bundle, recipe.data, tfs, t.seed), t.batch_size,
                                     recipe.data.num_workers, accelerator,
                                     nn.CrossEntropyLoss(label_smoothing=t.label_smoothing), t.seed, t.channels_last)

@@ -36,8 +36,8 @@ RESUME_MAY_DIFFER = {"train.progress", "train.log_every", "train.checkpoint_ever
 
 
 def is_ours(path: Path) -> bool:
-    """Whether partial_ft made this folder (its marker, or, from before markers, recipe.yaml + plan.txt)."""
-    return (path / MARKER).is_file() or ((path / RECIPE).is_file() and (path / PLAN).is_file())
+    """Whether partial_ft made this folder (its marker)."""
+    return (path / MARKER).is_file()
 
 
 def check_folder(recipe: Recipe, overwrite: bool = False, resume: bool = False) -> Optional[Path]:
@@ -243,12 +243,9 @@ def card(folder: Path, repo_id: Optional[str] = None, license: Optional[str] = N
         raise UserError(f"cannot describe the run in {folder}: {first_line(e)}") from None
 
 
-def read_strategy(run_dir: Path) -> Optional[dict[str, Any]]:
-    """The resolved strategy a run folder recorded ({"strategy": ..., "scoring_seconds": ...}), or None
-    for a folder from before it was recorded (its recipe's strategy then rebuilds the same plan)."""
+def read_strategy(run_dir: Path) -> dict[str, Any]:
+    """The resolved strategy a run folder recorded ({"strategy": ..., "scoring_seconds": ...})."""
     path = Path(run_dir) / STRATEGY
-    if not path.is_file():
-        return None
     try:
         recorded = json.loads(path.read_text())
         return {"strategy": recorded["strategy"], "scoring_seconds": float(recorded["scoring_seconds"])}
