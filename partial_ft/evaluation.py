@@ -33,6 +33,8 @@ def evaluate(model: nn.Module, loader: torch.utils.data.DataLoader, acc: Acceler
         logits, y = acc.gather_for_metrics((logits, y))
         logits = logits.float()
         loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").item()
+        # (not timm.utils.accuracy: it returns per-batch float percentages; exact counts, per class too,
+        # come from one top-k here)
         top = logits.topk(min(5, num_classes), dim=1).indices
         hit1 = top[:, 0] == y
         correct1 += hit1.sum().item()
