@@ -33,8 +33,8 @@ CASES = {
     "unknown-model-key": ("tiny", ["model.nmae=resnet18"], "unknown key 'model.nmae' (did you mean 'name'?)", False),
     "not-a-bool": ("tiny", ["model.pretrained=maybe"], "model.pretrained: expected true/false", False),
     "val-fraction-above-1": ("tiny", ["data.val_fraction=1.5"], "data.val_fraction must be in (0, 1)", False),
-    "renamed-strategy-keeps-options": ("tiny", ["strategy.name=norm"], "the recipe's strategy options fixed, "
-                                       "fraction belong to strategy 'filters', not to 'norm'", False),
+    "renamed-strategy-keeps-options": ("tiny", ["strategy.name=norm"], "the recipe's strategy options fraction, "
+                                       "fixed belong to strategy 'filters', not to 'norm'", False),
     "renamed-list-item-keeps-options": ("block-bias", ["strategy.0.name=norm"], "strategy.0 options index belong to "
                                         "strategy 'block', not to 'norm'", False),
     "wrong-type": ("tiny", ["train.epochs=ten"], "train.epochs: expected an integer, got 'ten'", False),
