@@ -19,13 +19,11 @@ import numpy as np
 import pyarrow as pa
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 
-from .data_columns import classes_missing_from, detect_image_column, detect_label_column, is_labelled, label_array, prepare_columns
+from .data_columns import (choose_val_split, classes_missing_from, detect_image_column, detect_label_column,
+                           label_array, prepare_columns)
 from .data_sources import load_raw
 from .errors import UserError
 from .recipe import DataCfg
-
-VAL_SPLIT_NAMES = ("validation", "valid", "val", "test")
-
 
 @dataclass
 class DataBundle:
@@ -69,21 +67,6 @@ def _subsample(ds: Dataset, n: Optional[int], seed: int) -> Dataset:
     return ds.select(np.random.default_rng(seed).permutation(len(ds))[:n])
 
 
-def _choose_val_split(dsd: DatasetDict, cfg: DataCfg, label_column: str, info: dict) -> Optional[str]:
-    if cfg.val_split is not None:
-        if cfg.val_split not in dsd:
-            raise UserError(f"split '{cfg.val_split}' not found; splits: {', '.join(dsd)} (set data.val_split)")
-        if cfg.val_split == cfg.train_split:
-            raise UserError(f"data.val_split and data.train_split are both '{cfg.val_split}'")
-        return cfg.val_split
-    for name in VAL_SPLIT_NAMES:
-        if name in dsd and name != cfg.train_split:
-            if is_labelled(dsd[name], label_column):
-                return name
-            info.setdefault("unlabelled_splits_skipped", []).append(name)
-    return None
-
-
 def load(cfg: DataCfg, seed: int = 0) -> DataBundle:
     """Open the dataset, detect columns, choose the splits; every problem is a UserError."""
     dsd = load_raw(cfg)
@@ -95,8 +78,9 @@ def load(cfg: DataCfg, seed: int = 0) -> DataBundle:
     info: dict[str, Any] = {"dataset": cfg.dataset, "config": cfg.config, "image_column": image_col,
                             "label_column": label_col, "train_split": cfg.train_split}
     # tuning never opens the validation split: its validation is carved out of train below
-    val_name = None if cfg.tune_fraction else _choose_val_split(dsd, cfg, label_col, info)
-    has_val = bool(cfg.tune_fraction) and _choose_val_split(dsd, cfg, label_col, {}) is not None
+    splits = (dsd, cfg.val_split, cfg.train_split, label_col)
+    val_name = None if cfg.tune_fraction else choose_val_split(*splits, info)
+    has_val = bool(cfg.tune_fraction) and choose_val_split(*splits, {}) is not None
     dsd, class_names, label_kind = prepare_columns(
         DatasetDict({k: dsd[k] for k in (cfg.train_split, val_name) if k}), image_col, label_col)
 
