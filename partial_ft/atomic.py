@@ -81,7 +81,7 @@ def check_name(path: str | Path, what: str) -> Path:
     return path
 
 
-def probe_writable(path: str | Path, what: str) -> None:
+def check_writable(path: str | Path, what: str) -> None:
     """Refuse a path below a regular file, or in a place this process cannot create files in: found by
     really creating a file in the nearest existing folder (os.access says yes to root, and knows nothing
     of read-only file systems)."""
@@ -107,5 +107,5 @@ def check_file_target(path: str | Path, what: str) -> Path:
     path = check_name(path, what)
     if path.is_dir():
         raise UserError(f"{what} {path} is a folder; give a file path")
-    probe_writable(path, what)
+    check_writable(path, what)
     return path

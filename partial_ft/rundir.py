@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from . import checkpoints, curves, delta, jsonsafe, modelcard, runfiles, yamlsafe
-from .atomic import probe_writable, staged, write_atomic, write_text
+from .atomic import check_writable, staged, write_atomic, write_text
 from .errors import UserError, first_line
 from .recipe import Recipe, from_dict
 from .runfiles import (CARD, CURVE, DATA, EVAL, LOGS, MARKER, METRICS, OWN, PLAN, PREVIOUS, RECIPE, STRATEGY,  # noqa: F401
@@ -25,7 +25,12 @@ RESUME_MAY_DIFFER = {"train.progress", "train.log_every", "train.checkpoint_ever
                      "train.nan_policy", "train.log_with"}
 
 
-def check(recipe: Recipe, overwrite: bool = False, resume: bool = False) -> Optional[Path]:
+def is_ours(path: Path) -> bool:
+    """Whether partial_ft made this folder (its marker)."""
+    return (path / MARKER).is_file()
+
+
+def check_folder(recipe: Recipe, overwrite: bool = False, resume: bool = False) -> Optional[Path]:
     """Decide, without writing anything, whether the run folder can be used: refuses an output path that is
     a file or not writable, a folder partial_ft did not make (no valid marker), run paths that are links,
     a folder another process is using, and a folder holding a run unless --overwrite (start again) or
@@ -34,21 +39,19 @@ def check(recipe: Recipe, overwrite: bool = False, resume: bool = False) -> Opti
     run_dir = recipe.run_dir
     if overwrite and resume:
         raise UserError("pass --resume or --overwrite, not both")
-    if run_dir.is_symlink() and not run_dir.exists():
-        raise UserError(f"output.dir {run_dir} is a symbolic link to nothing")
-    probe_writable(run_dir, "output.dir")
+    check_writable(run_dir, "output.dir")
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"output.dir {run_dir} is a file, not a folder")
-    if run_dir.is_dir() and runfiles.is_ours(run_dir):
+    if run_dir.is_dir() and is_ours(run_dir):
         runfiles.refuse_links(run_dir)
         RunLock(run_dir).check_free()
     return _decide(recipe, overwrite, resume)
 
 
 def _decide(recipe: Recipe, overwrite: bool, resume: bool) -> Optional[Path]:
-    """check()'s decision on what the folder holds (again under the lock, in RunFolder.start)."""
+    """check_folder's decision on what the folder holds (taken again under the lock, in RunFolder.start)."""
     run_dir = recipe.run_dir
-    # a lock alone: a process that died before marking the folder
+    # a lock alone: its process died before marking the folder
     held = [p for p in run_dir.iterdir() if p.name != LOCK] if run_dir.is_dir() else []
     if not held:
         return None
@@ -58,11 +61,11 @@ def _decide(recipe: Recipe, overwrite: bool, resume: bool) -> Optional[Path]:
         raise UserError(f"output.dir {run_dir} is not empty and is not a partial_ft run folder (it holds {sample}, "
                         "...); partial_ft never replaces what it did not write: choose another output.dir")
     runfiles.refuse_links(run_dir)
-    last = checkpoints.latest(run_dir)
     finished = (run_dir / SUMMARY).is_file()
     if overwrite:
         runfiles.refuse_unlisted(run_dir, marker)
         return None
+    last = checkpoints.latest(run_dir)  # a damaged `latest` pointer is an error here, never a restart
     if not resume:
         if finished:
             raise UserError(f"run folder {run_dir} already holds a run that finished; pass --overwrite to replace "
@@ -74,6 +77,8 @@ def _decide(recipe: Recipe, overwrite: bool, resume: bool) -> Optional[Path]:
         raise UserError(f"the run in {run_dir} already finished: nothing to resume (--overwrite runs it again)")
     _check_same_recipe(recipe, run_dir)
     read_metrics(run_dir)  # a damaged log is named now, not as a traceback when the run finishes
+    if last is not None:
+        checkpoints.verify(last)  # a damaged checkpoint is refused before any data or model is loaded
     return last  # None: stopped before its first checkpoint, so it starts from the beginning
 
 
@@ -91,10 +96,10 @@ class RunFolder:
 
     def start(self, recipe: Recipe, overwrite: bool = False, resume: bool = False,
               data_info: Optional[dict[str, Any]] = None) -> Optional[Path]:
-        """Lock the folder (main process) and make it ready (check's decisions, taken again under the lock;
-        --overwrite moves the old run aside until the new one has finished; --resume refuses data that
-        data.json no longer describes); returns the checkpoint to resume from, if any."""
-        check(recipe, overwrite, resume)
+        """Lock the folder (main process) and make it ready (check_folder's decisions, taken again under the
+        lock; --overwrite moves the old run aside until the new one has finished; --resume refuses data
+        that data.json no longer describes); returns the checkpoint to resume from, if any."""
+        check_folder(recipe, overwrite, resume)
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -109,7 +114,7 @@ class RunFolder:
         if not is_ours(self.path):
             runfiles.new_marker(self.path)
         if recipe.train.log_with:  # trackers write there (log_with may be set on a resume too)
-            self._own(LOGS)
+            runfiles.register(self.path, [LOGS])
         return last
 
     def release(self) -> None:
@@ -122,14 +127,13 @@ class RunFolder:
             runfiles.restore_previous(self.path)
             self.replacing = False
 
-    def _own(self, *names: str) -> None:
-        runfiles.register(self.path, names)
-
     def write_start(self, recipe: Recipe, plan_table: str, data_info: dict[str, Any], strategy: Any = None,
                     scoring_seconds: float = 0.0) -> None:
         """A fresh start (or a resume with nothing saved yet): recipe, plan, data description, and the
-        resolved strategy (what a strategy chose from data, so --resume rebuilds it without scoring)."""
-        self._own(RECIPE, PLAN, DATA, STRATEGY, METRICS, checkpoints.CHECKPOINTS)
+        resolved strategy (what a strategy chose from data, so --resume rebuilds it without scoring). Every
+        name the run will write is in its manifest from here on."""
+        runfiles.register(self.path, [RECIPE, PLAN, DATA, STRATEGY, METRICS, checkpoints.CHECKPOINTS,
+                                      delta.DELTA_NAME, CURVE, CARD, SUMMARY])
         write_text(self.path / RECIPE, recipe.to_yaml())
         write_text(self.path / PLAN, plan_table + "\n")
         self.write_json(DATA, data_info)
@@ -137,8 +141,29 @@ class RunFolder:
                                    "scoring_seconds": round(scoring_seconds, 3)})
         (self.path / METRICS).unlink(missing_ok=True)
 
+    def read_recipe(self) -> Recipe:
+        """The recipe the folder records; a missing, empty or damaged one is one clear error."""
+        path = self.path / RECIPE
+        if not path.is_file():
+            raise UserError(f"{self.path} is not a run folder (no {RECIPE})")
+        try:
+            raw = yamlsafe.load_file(path, "recipe")
+            if not isinstance(raw, dict):
+                raise ValueError("not a mapping of recipe sections")
+            return from_dict(raw, name=self.path.name)
+        except (ValueError, UserError) as e:
+            raise UserError(f"{path} is damaged ({first_line(e)}); restore it, or --overwrite to start again") from None
+
+    def read_summary(self) -> dict[str, Any]:
+        """The finished run's summary.json; a missing or damaged one is one clear error."""
+        path = self.path / SUMMARY
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise UserError(f"{path}: no finished run's summary ({first_line(e)})") from None
+
     def write_json(self, name: str, obj: Any) -> Path:
-        self._own(name)
+        runfiles.register(self.path, [name])
         return write_text(self.path / name, jsonsafe.dumps(obj, indent=2) + "\n")
 
     def metrics_lines(self) -> list[str]:
@@ -147,37 +172,17 @@ class RunFolder:
 
     def append_metrics(self, metrics: dict[str, Any]) -> None:
         """One line per finished epoch; the whole file is replaced, so a crash never leaves half a line."""
-        self._own(METRICS)
         write_text(self.path / METRICS, "".join(self.metrics_lines()) + jsonsafe.dumps(metrics) + "\n")
 
     def keep_metrics(self, lines: int) -> None:
         """On resume: epochs logged after the checkpoint are run again, so their lines go."""
         write_text(self.path / METRICS, "".join(self.metrics_lines()[:lines]))
 
-    def latest(self) -> Optional[Path]:
-        """The newest complete checkpoint, or None."""
-        return checkpoints.latest(self.path)
-
-    def save_checkpoint(self, acc: Any, progress: dict[str, Any], keep: Optional[int]) -> Path:
-        """A resumable checkpoint (every process calls this), older ones rotated out beyond `keep`."""
-        if self.main:
-            self._own(checkpoints.CHECKPOINTS)
-        return checkpoints.save(acc, self.path, progress, keep)
-
-    def load_checkpoint(self, acc: Any, folder: Path) -> dict[str, Any]:
-        return checkpoints.load(acc, folder)
-
-    def save_delta(self, model: Any, recipe: Recipe, class_names: list[str], data_config: dict,
-                   base: dict[str, str], extra: Optional[dict[str, Any]] = None) -> Path:
-        """What the run learned, as RUN_DIR/delta.safetensors."""
-        self._own(delta.DELTA_NAME)
-        return delta.save_delta(self.path / delta.DELTA_NAME, model, recipe, class_names, data_config, base, extra)
-
     def finish(self, summary: dict[str, Any], title: str = "") -> None:
         """The run is done, as one step: training curve, model card, no more whole-model checkpoints (the
         delta is what it keeps), and last the finished mark, summary.json (written beside its name first,
         so a full disk stops the run before its checkpoints are gone). An --overwrite's old run goes then."""
-        self._own(CURVE, CARD, SUMMARY)
+        runfiles.register(self.path, [CURVE, CARD, SUMMARY])
         evals = read_metrics(self.path)
         losses = [(step, loss) for e in evals for step, loss in e.get("loss_curve", [])]
         if summary.get("solver", {}).get("solver") == "exact":  # no steps: the cross-validation is the curve
@@ -220,32 +225,15 @@ def card(folder: Path, repo_id: Optional[str] = None, license: Optional[str] = N
         summary = summary if summary is not None else json.loads((folder / SUMMARY).read_text())
         data = json.loads((folder / DATA).read_text())
         plan = (folder / PLAN).read_text() if (folder / PLAN).is_file() else None
-        return modelcard.render(read_recipe(folder).to_dict(), summary, data["class_names"], plan,
+        return modelcard.render(RunFolder(folder).read_recipe().to_dict(), summary, data["class_names"], plan,
                                 data.get("val_split"), repo_id, license)
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise UserError(f"cannot describe the run in {folder}: {first_line(e)}") from None
 
 
-def read_recipe(run_dir: Path) -> Recipe:
-    """The recipe a run folder records; a missing, empty or damaged one is one clear error."""
-    path = Path(run_dir) / RECIPE
-    if not path.is_file():
-        raise UserError(f"{run_dir} is not a run folder (no {RECIPE})")
-    try:
-        raw = yamlsafe.load_file(path, "recipe")
-        if not isinstance(raw, dict):
-            raise ValueError("not a mapping of recipe sections")
-        return from_dict(raw, name=Path(run_dir).name)
-    except (ValueError, UserError) as e:
-        raise UserError(f"{path} is damaged ({first_line(e)}); restore it, or --overwrite to start again") from None
-
-
-def read_strategy(run_dir: Path) -> Optional[dict[str, Any]]:
-    """The resolved strategy a run folder recorded ({"strategy": ..., "scoring_seconds": ...}), or None
-    for a folder from before it was recorded (its recipe's strategy then rebuilds the same plan)."""
+def read_strategy(run_dir: Path) -> dict[str, Any]:
+    """The resolved strategy a run folder recorded ({"strategy": ..., "scoring_seconds": ...})."""
     path = Path(run_dir) / STRATEGY
-    if not path.is_file():
-        return None
     try:
         recorded = json.loads(path.read_text())
         return {"strategy": recorded["strategy"], "scoring_seconds": float(recorded["scoring_seconds"])}
@@ -255,7 +243,7 @@ def read_strategy(run_dir: Path) -> Optional[dict[str, Any]]:
 
 def _check_same_recipe(recipe: Recipe, run_dir: Path) -> None:
     """Resuming with another recipe would silently mix two runs: refuse, naming what differs."""
-    old, new = _flat(read_recipe(run_dir).to_dict()), _flat(recipe.to_dict())
+    old, new = _flat(RunFolder(run_dir).read_recipe().to_dict()), _flat(recipe.to_dict())
     differ = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k not in RESUME_MAY_DIFFER)
     if differ:
         raise UserError(f"cannot resume {run_dir} with a different recipe: {', '.join(differ)} differ "
@@ -263,7 +251,7 @@ def _check_same_recipe(recipe: Recipe, run_dir: Path) -> None:
 
 
 # what data.json records that must hold for a resumed run to continue the same one
-SAME_DATA = ("train_samples", "val_samples", "num_classes", "class_names")
+SAME_DATA = ("train_samples", "val_samples", "num_classes", "class_names", "rows_sha256")
 
 
 def _check_same_data(run_dir: Path, info: dict[str, Any]) -> None:
