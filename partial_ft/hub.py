@@ -98,7 +98,7 @@ def write_local(run_dir: str | Path, target: Path, repo_id: str, license: Option
     if target.exists() and not (target.is_dir() and not any(target.iterdir())):
         raise UserError(f"--local-dir {target} must be a new or empty folder")
     with tempfile.TemporaryDirectory() as staging:
-        stage(run_dir, Path(staging), repo_id, license)  # every check passes before anything is written near the target
+        stage(run_dir, Path(staging), repo_id, license)  # every check passes before the target is touched
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".pft-"))
