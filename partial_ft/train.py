@@ -7,9 +7,10 @@ evaluation.py, the run folder in rundir.py, what a run keeps in delta.py.
 from __future__ import annotations
 
 import math
+import signal
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from accelerate import Accelerator
@@ -95,9 +96,15 @@ def prepare(recipe: Recipe, strategy: Any = None) -> Setup:
                  made.note, made.seconds, probe.choose(t.solver, decision.cut))
 
 
-def run(recipe: Recipe, overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
+EpochHook = Callable[[dict[str, Any]], bool]  # gets an epoch's metrics line; True asks the run to stop
+
+
+def run(recipe: Recipe, overwrite: bool = False, resume: bool = False,
+        on_epoch_end: Optional[EpochHook] = None) -> dict[str, Any]:
     """Train as the recipe says and write the run folder; returns the summary. With `resume`, continue
-    the run in the folder from its last checkpoint. SIGTERM / Ctrl-C checkpoint and raise Interrupted."""
+    the run in the folder from its last checkpoint. SIGTERM / Ctrl-C checkpoint and raise Interrupted.
+    `on_epoch_end(metrics)` is called after each epoch's evaluation; when it returns True the run stops
+    as on SIGTERM (a checkpoint, then Interrupted): a sweep's pruner stops a losing candidate this way."""
     last = check(recipe, overwrite, resume)  # a bad or busy output path fails before any work (no writes)
     recorded = read_strategy(recipe.run_dir) if last is not None else None  # resuming: no new scoring pass
     s = prepare(recipe, recorded["strategy"] if recorded else None)
@@ -115,7 +122,7 @@ def run(recipe: Recipe, overwrite: bool = False, resume: bool = False) -> dict[s
         acc.wait_for_everyone()
         tracking.start(acc, recipe.name, recipe.to_dict())  # inside the run folder: it exists now
         with signals.stop_on_signals() as stop:
-            summary, model = train(s, folder, resume_from, stop)
+            summary, model = train(s, folder, resume_from, stop, on_epoch_end)
         if acc.is_main_process:
             path = folder.save_delta(model, recipe, s.bundle.class_names, s.data_config, s.base,
                                      {"strategy": s.plan.spec})  # data-driven choices resolved: no data to load
@@ -211,7 +218,8 @@ def _build_loop(s: Setup, folder: RunFolder, stop: StopFlag) -> tuple[Loop, Opti
     return loop, cached
 
 
-def train(s: Setup, folder: RunFolder, resume_from: Optional[Path], stop: StopFlag) -> tuple[dict[str, Any], nn.Module]:
+def train(s: Setup, folder: RunFolder, resume_from: Optional[Path], stop: StopFlag,
+          on_epoch_end: Optional[EpochHook] = None) -> tuple[dict[str, Any], nn.Module]:
     """The driver: epochs of training, each followed by evaluation and a checkpoint. Returns (summary,
     trained model)."""
     loop, cached = _build_loop(s, folder, stop)
@@ -232,6 +240,8 @@ def train(s: Setup, folder: RunFolder, resume_from: Optional[Path], stop: StopFl
         while s.solver == "loop" and not loop.finished(p):
             batches = train_one_epoch(loop, p)
             end_of_epoch(loop, p)
+            if on_epoch_end is not None and on_epoch_end(p.metrics):
+                stop.signum = signal.SIGTERM  # stopped as a scheduler stops it: checkpoint, Interrupted
             p = p.next_epoch()
             if not loop.finished(p):
                 saved = loop.save(p)
