@@ -6,12 +6,14 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Optional
 
 import optuna
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
+from ..rundir import SUMMARY
 from . import records, study
 from .grid import candidates
 from .jobs import Outcome, kept, run_job
@@ -77,13 +79,15 @@ class Engine:
         study.set_ready(self.storage, self.name)
 
     def restart(self) -> None:
-        """The only process of this sweep: runs left RUNNING by a process that stopped, and failed runs,
-        are queued again."""
+        """The only process of this sweep: runs left RUNNING by a process that stopped, failed runs, and
+        finished runs whose folder lost its summary are queued again; the others are said to be done."""
         for sid in self._sids():
-            trials = records.live(self.storage.get_all_trials(sid, deepcopy=False))
-            for t in trials:
-                if t.state == TrialState.RUNNING or t.state == TrialState.FAIL and "where" in t.user_attrs:
+            for t in records.live(self.storage.get_all_trials(sid, deepcopy=False)):
+                gone = t.state == TrialState.COMPLETE and not (Path(t.user_attrs.get("run_dir", "")) / SUMMARY).is_file()
+                if t.state == TrialState.RUNNING or t.state == TrialState.FAIL and "where" in t.user_attrs or gone:
                     self._requeue(sid, t)
+                elif t.state == TrialState.COMPLETE:
+                    print(f"{t.user_attrs['where']}: val_top1 {t.value:.4f}  (finished before: skipped)", flush=True)
 
     def _requeue(self, sid: int, t: FrozenTrial) -> None:
         keep = {k: v for k, v in t.user_attrs.items() if k in ("config", "seed", "kind", "order")}
