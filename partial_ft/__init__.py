@@ -3,6 +3,8 @@
 Public API:
     apply_strategy(model, spec) -> Plan      make only what `spec` selects learnable
     list_strategies()                        the registered strategies
+    size_to_budget(model, spec, budget)      a spec's size option set to learn about (or at most) a budget
+    learned_count(model, spec)               (learned, total) parameters of the plan a spec builds
     merged_state_dict(model)                 a plain timm state dict with full (joined) weights
     load_delta(source)                       a trained model rebuilt from its delta: a run folder, a pushed
                                              folder, a delta file or a Hub repo id
@@ -14,11 +16,12 @@ from pathlib import Path
 from torch import nn
 
 from . import delta, hub
+from .budget import learned_count, size_to_budget
 from .delta import merged_state_dict
 from .strategies import Plan, apply_strategy, list_strategies
 from .version import __version__
 
-__all__ = ["apply_strategy", "list_strategies", "load_delta", "merged_state_dict", "Plan", "__version__"]
+__all__ = ["apply_strategy", "list_strategies", "learned_count", "size_to_budget", "load_delta", "merged_state_dict", "Plan", "__version__"]
 
 
 def load_delta(source: str | Path) -> nn.Module:

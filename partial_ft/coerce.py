@@ -2,13 +2,18 @@
 and strategy options both validate through."""
 from __future__ import annotations
 
+import math
 import types
 import typing
 from typing import Any, Literal, Union
 
-from .errors import UserError, did_you_mean
+from .errors import UserError, did_you_mean, shorten
 
 _BOOL_WORDS = {False: ("no", "off", "false"), True: ("yes", "on", "true")}
+
+
+class NotFinite(UserError):
+    """NaN or infinity where a number is expected."""
 
 
 def coerce(value: Any, hint: Any, where: str) -> Any:
@@ -25,7 +30,10 @@ def coerce(value: Any, hint: Any, where: str) -> Any:
                 return coerce(value, arg, where)
             except UserError as e:
                 errors.append(e)
-        raise UserError(f"{where}: expected {_describe(hint)}, got {value!r}")
+        precise = [e for e in errors if isinstance(e, NotFinite)]
+        if precise:  # a number, but not a finite one: say that, not "expected a number or null"
+            raise precise[0]
+        raise UserError(f"{where}: expected {_describe(hint)}, got {shorten(value)}")
     if origin is Literal:
         if isinstance(value, bool):  # YAML 1.1 reads no/off/yes/on as booleans
             spelled = [a for a in args if isinstance(a, str) and a in _BOOL_WORDS[value]]
@@ -33,14 +41,15 @@ def coerce(value: Any, hint: Any, where: str) -> Any:
                 return spelled[0]
         if value in args:
             return value
-        raise UserError(f"{where}: must be one of {list(args)}, got {value!r}{did_you_mean(value, args)}")
+        hint_ = did_you_mean(value, args) if len(str(value)) <= 80 else ""
+        raise UserError(f"{where}: must be one of {list(args)}, got {shorten(value)}{hint_}")
     if origin is list:
         if not isinstance(value, (list, tuple)):
-            raise UserError(f"{where}: expected a list, got {value!r}")
+            raise UserError(f"{where}: expected a list, got {shorten(value)}")
         return [coerce(v, args[0], where) for v in value] if args else list(value)
     if hint is dict or origin is dict:
         if not isinstance(value, dict):
-            raise UserError(f"{where}: expected a mapping, got {value!r}")
+            raise UserError(f"{where}: expected a mapping, got {shorten(value)}")
         return dict(value)
     if hint is bool:
         if isinstance(value, bool):
@@ -49,17 +58,31 @@ def coerce(value: Any, hint: Any, where: str) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
+        number = _number(value)
+        if number is not None:
+            if not math.isfinite(number):  # .nan / .inf / 1e999: no float option means anything there
+                raise NotFinite(f"{where}: must be a finite number, got {shorten(value)}")
+            return number
     elif hint is str:
         if isinstance(value, str):
             return value
-    raise UserError(f"{where}: expected {_describe(hint)}, got {value!r}")
+    raise UserError(f"{where}: expected {_describe(hint)}, got {shorten(value)}")
+
+
+def _number(value: Any) -> float | None:
+    """A YAML number as a float (inf for an int too large for one), or None when it is not a number."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return float(value) if abs(value) < 2**1023 else math.inf
+    if isinstance(value, float):
+        return value
+    if isinstance(value, str) and len(value) <= 100:  # YAML 1.1 reads 1e-3 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
 
 
 def _describe(hint: Any) -> str:

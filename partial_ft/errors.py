@@ -29,8 +29,28 @@ class NonFiniteLoss(UserError):
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """Return ' (did you mean X?)' for the closest choice, or '' when nothing is close."""
+    if len(str(word)) > 100:  # nothing sensible is that long, and difflib would be slow on it
+        return ""
     close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.5)
     return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def shorten(value: object, limit: int = 80) -> str:
+    """repr(value) cut to `limit` characters, saying how long it was: what an error line may quote (a
+    5 MB value must not become a 5 MB `error:` line)."""
+    if isinstance(value, str) and len(value) > limit:
+        return f"{repr(value[:limit])[:-1]}...' ({len(value):,} characters)"
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
+
+MAX_LINE = 1000  # the most an `error:` line says; a longer one has a huge value inside
+
+
+def one_line(message: str) -> str:
+    """The last line of a message, cut to MAX_LINE characters (a value quoted whole can be megabytes)."""
+    line = message.strip().splitlines()[-1] if message.strip() else message
+    return line if len(line) <= MAX_LINE else f"{line[:MAX_LINE]}... (cut: {len(line):,} characters)"
 
 
 def first_line(e: BaseException) -> str:

@@ -16,6 +16,7 @@ from conftest import run_cli
 from partial_ft.__main__ import main
 from partial_ft.rundir import LOCK, MARKER
 from test_data import _labels, _no_label_parquet, _out_of_range
+from test_yamlsafe import bomb
 
 STRATEGIES = "known: auto, bias, block, filters, full, head, lora, norm"
 
@@ -107,6 +108,27 @@ CASES = {
     "block-index-empty": ("block-empty", [], "an empty list selects no block", False),
     "override-after-overwrite-still-read": ("existing", ["--overwrite", "train.trian=1"],
                                             "unknown key 'train.trian'", False),
+    # issue 21.9: bombs, duplicate keys, huge values (the error line is cut: see the length assertion)
+    "yaml-bomb-in-file": ("bomb-yaml", [], "refused as a YAML bomb", False),
+    "yaml-bomb-override": ("tiny", ["train.log_with=" + bomb(9, flow=True)],
+                           "override 'train.log_with': anchors and aliases expand to 490,329,055 values", False),
+    "yaml-duplicate-key": ("dup-yaml", [], "duplicate key 'lr' (first at line 3) at line 4", False),
+    "huge-value-cut": ("tiny", ["train.epochs=" + "x" * 5_000_000],
+                       "train.epochs: expected an integer, got 'xxxxxxxxxx", False),
+    "huge-name-cut": ("tiny", ["train.opt=" + "x" * 5_000_000], "train.opt 'xxxxxxxxxx", False),
+    # issue 21.8: no float key takes NaN or infinity
+    "lr-inf": ("tiny", ["train.lr=.inf"], "train.lr: must be a finite number, got inf", False),
+    "lr-1e999": ("tiny", ["train.lr=1e999"], "train.lr: must be a finite number, got '1e999'", False),
+    "std-inf": ("tiny", ["data.std=[.inf,.inf,.inf]"], "data.std: must be a finite number, got inf", False),
+    "min-lr-nan": ("tiny", ["train.min_lr=.nan"], "train.min_lr: must be a finite number, got nan", False),
+    "mean-nan": ("tiny", ["data.mean=[.nan,0.5,0.5]"], "data.mean: must be a finite number, got nan", False),
+    "fraction-nan": ("tiny", ["strategy.fraction=.nan"], "strategy.fraction: must be a finite number", False),
+    "num-workers-beyond-the-machine": ("tiny", ["data.num_workers=100000"],
+                                       "data.num_workers 100,000 is more than this machine can use: at most", False),
+    # test_resnet's first conv is 3 -> 16 channels (3x3): its updates have rank at most min(16, 27) = 16
+    "lora-rank-above-a-layer": ("lora-17", [], "strategy.rank 17 is above the size of layer 'conv1.0' (its weight "
+                                "updates have rank at most 16)", False),
+    "clip-grad-inf": ("tiny", ["train.clip_grad=.inf"], "train.clip_grad: must be a finite number", True),
 }
 
 
@@ -124,8 +146,9 @@ def _setup(kind: str, tiny_recipe, tmp_path: Path) -> tuple[Path, Path, list[str
         path = tmp_path / "latin1.yaml"
         path.write_bytes("model: {name: test_resnet}\n# caf\xe9\n".encode("latin-1"))
         return path, run_dir, []
-    if kind in ("bad-yaml", "code-yaml", "typo-section"):
-        text = {"bad-yaml": f"output: {{dir: {run_dir}}}\ntrain:\n  epochs: 3\n   lr: 0.1\n",
+    if kind in ("bad-yaml", "code-yaml", "typo-section", "bomb-yaml", "dup-yaml"):
+        text = {"bomb-yaml": f"output: {{dir: {run_dir}}}\n" + bomb(9),
+                "dup-yaml": f"output: {{dir: {run_dir}}}\ntrain:\n  lr: 0.1\n  lr: 0.2\n","bad-yaml": f"output: {{dir: {run_dir}}}\ntrain:\n  epochs: 3\n   lr: 0.1\n",
                 "code-yaml": "model: !!python/object/apply:os.system ['echo owned > /tmp/owned']\n",
                 "typo-section": f"trian: {{epochs: 3}}\noutput: {{dir: {run_dir}}}\n"}[kind]
         path = tmp_path / "mistake.yaml"
@@ -135,7 +158,7 @@ def _setup(kind: str, tiny_recipe, tmp_path: Path) -> tuple[Path, Path, list[str
             "out-of-range": {"dataset": str(_out_of_range(tmp_path))},
             "huge-label": {"dataset": str(_labels(tmp_path, "huge", [0, 1, 2_000_000_000, 1]))},
             "val-only": {"dataset": str(_labels(tmp_path, "val-only", [0, 1, 0, 1], [0, 1, 2, 2]))}}.get(kind, {})
-    strategy = {"block-99": {"name": "block", "index": 99}, "block-empty": {"name": "block", "index": []},
+    strategy = {"block-99": {"name": "block", "index": 99}, "lora-17": {"name": "lora", "rank": 17}, "block-empty": {"name": "block", "index": []},
                 "head": {"name": "head"},
                 "disagree": [{"name": "filters", "fraction": 0.25, "fixed": "zero"},
                              {"name": "filters", "fraction": 0.25, "dim": "in", "fixed": "random"}]}.get(kind)
@@ -179,6 +202,7 @@ def test_every_user_mistake_is_one_error_line_exit_2_and_no_run_folder(case, tin
         code, err = e.value.code, capsys.readouterr().err
     assert code == 2, err[-3000:]
     assert err.startswith("error: ") and len(err.strip().splitlines()) == 1, err[-3000:]
+    assert len(err) < 1100, err[:3000]  # readable: a huge value is cut
     assert message in err and "Traceback" not in err
     if before is not None:
         assert _snapshot(run_dir) == before  # not one file added, removed or changed

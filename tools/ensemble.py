@@ -18,13 +18,13 @@ from pathlib import Path
 
 import datasets
 import torch
-import yaml
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from sweep import Job, make_raw, run_one  # noqa: E402
 
 from partial_ft import data, load_delta, loaders  # noqa: E402
 from partial_ft import recipe as recipes  # noqa: E402
+from partial_ft import yamlsafe  # noqa: E402
 
 
 @torch.no_grad()
@@ -43,7 +43,7 @@ def member_logits(run_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
 
 def train_member(args: argparse.Namespace, spec: dict, seed: int, run_dir: Path) -> None:
     """One member through the sweep's runner (a finished member is kept, not trained again)."""
-    raw = make_raw(yaml.safe_load(Path(args.recipe).read_text()), args.overrides, spec, seed, run_dir)
+    raw = make_raw(yamlsafe.load_file(args.recipe, "recipe"), args.overrides, spec, seed, run_dir)
     job = run_one(Job(run_dir, raw, where=str(run_dir)), args.launcher)
     if job.error:
         raise SystemExit(f"error: {job.where}: {job.error}")

@@ -120,7 +120,7 @@ class Strategy:
     fn: StrategyFn
     options: type
     aliases: tuple[str, ...] = ()
-    size_option: Optional[str] = None  # a float option in (0, 1] that sets how much learns (budget matching)
+    size_option: Optional[str] = None  # a float option in (0, 1] or an int option >= 1 that sets how much learns
     budget_option: Optional[str] = None  # an option that takes the parameter budget itself (fraction or count)
 
     @property
@@ -139,7 +139,8 @@ _ALIASES: dict[str, str] = {}
 def register(name: str, options: type = Options, aliases: tuple[str, ...] = (), size_option: Optional[str] = None,
              budget_option: Optional[str] = None) -> Callable[[StrategyFn], StrategyFn]:
     """Decorator: register `fn` as strategy `name` (duplicates refused, as timm does for models).
-    `size_option` names the option in (0, 1] that scales how much learns, if there is one;
+    `size_option` names the option (a float in (0, 1] or an int >= 1) that scales how much learns, if there
+    is one (budget.size_to_budget bisects it);
     `budget_option` the option that takes a parameter budget directly (budget matching sets it)."""
 
     def wrap(fn: StrategyFn) -> StrategyFn:

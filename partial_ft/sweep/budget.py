@@ -1,53 +1,21 @@
-"""Budget matching: choose each strategy's size so that all learn about the same number of parameters
-(a grid's `budget:`), and the equal-count random controls beside them (a grid's `controls:`).
-
-A budget below 1 is a fraction of the model's parameters, otherwise a count. Strategies that register a
-`size_option` (e.g. `filters`' fraction) are tuned by bisection on the real plan's learned count;
-those with a `budget_option` (e.g. `auto`'s budget) are given the budget as a count and meet it themselves;
-the others (full, head, block, norm, bias) have a fixed size and are reported as they are.
+"""A grid's `budget:` and `controls:`: every strategy sized to learn about the same number of parameters,
+and the equal-count random control beside each (the sizing itself is partial_ft.budget's).
 `tools/budget.py` is its command line.
 """
 from __future__ import annotations
 
-import copy
 from typing import Optional
 
 from .. import recipe as recipes
+from ..budget import learned_count, size_to_budget
 from ..data import load as load_data
 from ..models import build
-from ..strategies import apply_strategy
-from ..strategies.registry import get
-
-
-def learned_count(model, init_model, spec: dict, seed: int) -> tuple[int, int]:
-    plan = apply_strategy(copy.deepcopy(model), spec, seed=seed, init_model=init_model)
-    return plan.learned, plan.total
 
 
 def match(model, init_model, spec: dict, target: float, seed: int = 0, steps: int = 30) -> tuple[dict, int]:
     """The spec with its size option set so that learned params come closest to `target`
     (a fraction < 1 of the total, or a count); returns (spec, learned)."""
-    spec = {k: v for k, v in spec.items() if k != "count"}
-    option = get(spec["name"]).size_option
-    total = sum(p.numel() for p in model.parameters())
-    goal = target * total if target < 1 else target
-    if get(spec["name"]).budget_option:  # it chooses under the budget itself (from data: not planned here)
-        return {**spec, get(spec["name"]).budget_option: int(goal)}, int(goal)
-    learned, total = learned_count(model, init_model, spec, seed)
-    if option is None:
-        return spec, learned
-    lo, hi = 1e-6, 1.0
-    best = (float("inf"), spec, learned)
-    for _ in range(steps):  # learned(fraction) is non-decreasing: bisect
-        mid = (lo * hi) ** 0.5 if hi / lo > 4 else (lo + hi) / 2
-        trial = {**spec, option: round(mid, 6)}
-        learned, _ = learned_count(model, init_model, trial, seed)
-        best = min(best, (abs(learned - goal), trial, learned), key=lambda b: b[0])
-        if learned < goal:
-            lo = mid
-        else:
-            hi = mid
-    return best[1], best[2]
+    return size_to_budget(model, spec, target, seed=seed, init_model=init_model, steps=steps)
 
 
 def match_all(recipe: recipes.Recipe, specs: list[dict], target: float) -> list[dict]:
@@ -59,8 +27,7 @@ def match_all(recipe: recipes.Recipe, specs: list[dict], target: float) -> list[
     out = []
     for spec in specs:
         matched, learned = match(model, init_model, spec, target, recipe.train.seed)
-        off = learned / goal - 1
-        print(f"budget {goal:,.0f}: {matched} learns {learned:,} ({off:+.1%})", flush=True)
+        print(f"budget {goal:,.0f}: {matched} learns {learned:,} ({learned / goal - 1:+.1%})", flush=True)
         out.append(matched)
     return out
 
@@ -74,7 +41,7 @@ def controls(recipe: recipes.Recipe, specs: list[dict], control: dict,
     model, init_model = build(recipe.model, bundle.num_classes, seed=recipe.train.seed)
     out = []
     for spec in specs:
-        learned, total = learned_count(model, init_model, spec, recipe.train.seed)
+        learned, total = learned_count(model, spec, seed=recipe.train.seed, init_model=init_model)
         if learned >= total:  # learning everything has no random subset to compare with
             print(f"control for {spec}: none (it learns every parameter)", flush=True)
             out.append((spec, None))

@@ -27,6 +27,7 @@ from typing import Any, Optional
 import yaml
 
 from .. import recipe as recipes
+from .. import yamlsafe
 from ..errors import UserError, did_you_mean
 from ..strategies.registry import describe, parse_options, parse_spec
 from .search import Range, Search, parse_search, parse_tune
@@ -129,10 +130,7 @@ def load(path: str | Path) -> Grid:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"grid file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise UserError(f"{path}: invalid YAML: {str(e).splitlines()[0]}") from None
+    raw = yamlsafe.load_file(path, "grid file") or {}
     if not isinstance(raw, dict):
         raise UserError(f"{path}: a grid must be a mapping with keys {list(KEYS)}")
     try:

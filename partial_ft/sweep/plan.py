@@ -7,9 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-import yaml
-
 from .. import recipe as recipes
+from .. import yamlsafe
 from ..errors import UserError
 from . import budget, grid as grids
 from .jobs import Job, make_raw, preflight
@@ -78,7 +77,7 @@ def load(recipe: str | Path, grid: str | Path | grids.Grid, out: str | Path, cli
     grid = grid if isinstance(grid, grids.Grid) else grids.load(grid)
     base_path = Path(recipe)
     recipes.load(base_path)  # the base recipe itself is valid
-    base = yaml.safe_load(base_path.read_text()) or {}
+    base = yamlsafe.load_file(base_path, "recipe") or {}
     if not isinstance(base, dict):
         raise UserError(f"{base_path}: a recipe must be a mapping")
     plan = Plan(grid, base_path, base, list(cli), Path(out), [], finals)
