@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -145,36 +146,40 @@ def test_a_killed_workers_run_is_taken_over_and_resumed(tiny_recipe, tmp_path):
     assert len(list(csv.DictReader((out / "results.csv").open()))) == 1
 
 
-def _postgres(tmp_path):
-    """A throwaway PostgreSQL server in tmp_path (Debian's postgresql package), run as user postgres."""
-    bins = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
-    if not bins or os.geteuid() != 0 or shutil.which("runuser") is None:
+@pytest.fixture
+def postgres():
+    """A throwaway PostgreSQL server (Debian's postgresql package) in a folder of its own, run as user
+    postgres; its URL. Skipped where the package (or root, to switch users) is absent."""
+    initdb = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    if not initdb or os.geteuid() != 0 or shutil.which("runuser") is None:
         pytest.skip("PostgreSQL (Debian's postgresql package, run as root for runuser) is not installed here")
-    pytest.importorskip("psycopg2")
-    data, port = tmp_path / "pg", 54000 + os.getpid() % 1000
-    tmp_path.chmod(0o777)
-    as_pg = ["runuser", "-u", "postgres", "--"]
-    pg = bins[-1].parent
-    subprocess.run([*as_pg, str(pg / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
-                   check=True, capture_output=True)
-    subprocess.run([*as_pg, str(pg / "pg_ctl"), "-D", str(data), "-w", "-l", str(tmp_path / "pg.log"), "-o",
-                    f"-p {port} -k {tmp_path} -c listen_addresses=''", "start"], check=True, capture_output=True)
-    stop = [*as_pg, str(pg / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"]
-    return f"postgresql://postgres@/postgres?host={tmp_path}&port={port}", stop
+    pytest.importorskip("psycopg")  # what SQLAlchemy 2 uses for postgresql://
+    import pwd
 
-
-def test_a_sweep_on_a_postgresql_study(tiny_recipe, tmp_path):
-    url, stop = _postgres(tmp_path)
+    user = pwd.getpwnam("postgres")
+    home = Path(tempfile.mkdtemp(prefix="partial_ft-pg-"))  # not under pytest's root-only tmp folders
+    os.chown(home, user.pw_uid, user.pw_gid)
+    pg, port, as_pg = initdb[-1].parent, 54000 + os.getpid() % 1000, ["runuser", "-u", "postgres", "--"]
     try:
-        grid = _grid(tmp_path, seeds=[0], strategies=[{"name": "head"}], overrides=["train.max_steps=1"],
-                     tune={"train.lr": [0.01, 0.1]})
-        out = tmp_path / "out"
-        assert run_sweep(tiny_recipe("base"), grid, out, storage=url, options=Options(launcher="inprocess")).failures == []
-        trials = _trials(out, storage=url)
-        assert [s for s, _ in trials["sweep/tune/0"]] == ["COMPLETE"] * 2 and len(trials["sweep/final"]) == 1
-        assert not (out / "study.journal").exists() and (out / "results.csv").is_file()
+        subprocess.run([*as_pg, str(pg / "initdb"), "-D", str(home / "data"), "-A", "trust", "-U", "postgres"],
+                       check=True, capture_output=True)
+        subprocess.run([*as_pg, str(pg / "pg_ctl"), "-D", str(home / "data"), "-w", "-l", str(home / "log"), "-o",
+                        f"-p {port} -k {home} -c listen_addresses=''", "start"], check=True, capture_output=True)
+        yield f"postgresql://postgres@/postgres?host={home}&port={port}"
     finally:
-        subprocess.run(stop, capture_output=True)
+        subprocess.run([*as_pg, str(pg / "pg_ctl"), "-D", str(home / "data"), "-m", "immediate", "stop"],
+                       capture_output=True)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def test_a_sweep_on_a_postgresql_study(tiny_recipe, tmp_path, postgres):
+    grid = _grid(tmp_path, seeds=[0], strategies=[{"name": "head"}], overrides=["train.max_steps=1"],
+                 tune={"train.lr": [0.01, 0.1]})
+    out = tmp_path / "out"
+    assert run_sweep(tiny_recipe("base"), grid, out, storage=postgres, options=Options(launcher="inprocess")).failures == []
+    trials = _trials(out, storage=postgres)
+    assert [s for s, _ in trials["sweep/tune/0"]] == ["COMPLETE"] * 2 and [s for s, _ in trials["sweep/final"]] == ["COMPLETE"]
+    assert not (out / "study.journal").exists() and (out / "results.csv").is_file()
 
 
 BAD = [  # (grid changes, extra CLI arguments, what the one error line says)

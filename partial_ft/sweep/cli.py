@@ -49,8 +49,14 @@ def command(args: argparse.Namespace) -> int:
         path = api.report(*where)
         print(path.read_text() + f"wrote {path.with_suffix('.csv')} and {path}" if path else "no final run has finished yet")
         return 0
+    from ..signals import Interrupted, Stopped
+
     options = Options(args.launcher, args.jobs, args.heartbeat, args.worker)
-    done = api.run_sweep(args.recipe, args.grid, args.out, args.overrides, args.storage, args.study, options)
+    try:
+        done = api.run_sweep(args.recipe, args.grid, args.out, args.overrides, args.storage, args.study, options)
+    except (Interrupted, Stopped) as e:  # an in-process run: it saved what it could; the study remembers the rest
+        print(f"error: {e}; run the same command again to continue the sweep", file=sys.stderr)
+        return 128 + e.signum
     if done.tables is not None:
         print(done.tables.read_text())
         print(f"wrote {done.tables.with_suffix('.csv')} and {done.tables}")

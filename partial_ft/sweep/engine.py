@@ -134,7 +134,7 @@ class Engine:
             if claimed is not None:
                 self._run(*claimed, options, beat, device)
                 continue
-            if self._all_finished(options.worker):
+            if self._all_finished(options.worker and options.heartbeat):
                 return
             time.sleep(IDLE_SECONDS)
 
@@ -158,14 +158,15 @@ class Engine:
         trial = study.claim(self.storage, sid, tuned)
         return None if trial is None else (name, sid, trial)
 
-    def _all_finished(self, worker: bool) -> bool:
-        """Nothing waiting or running anywhere; a worker takes over runs whose worker stopped beating."""
+    def _all_finished(self, beat: float) -> bool:
+        """Nothing waiting or running anywhere; a worker (`beat`: its heartbeat period; 0: not a worker)
+        takes over runs whose worker stopped beating."""
         busy = False
         now = time.time()
         for sid in self._sids():
             for t in self.storage.get_all_trials(sid, deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING)):
                 busy = True
-                if worker and t.state == TrialState.RUNNING and study.stale(t, now) and \
+                if beat and t.state == TrialState.RUNNING and study.stale(t, now, beat) and \
                         study.take_over(self.storage, self.name, sid, t):
                     print(f"took over {t.user_attrs.get('where', f'trial {t.number}')}: its worker stopped",
                           flush=True)

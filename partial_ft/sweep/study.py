@@ -59,7 +59,9 @@ def open_storage(url: Optional[str], out: Path) -> BaseStorage:
         raise UserError(f"--storage {url!r} is not a storage URL (postgresql://…, mysql://…, sqlite:///PATH or "
                         "journal:PATH)")
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url))
+        # wrapped as optuna.load_study wraps it (its trial cache): the sweep's claims and the studies' trials
+        # must go through one and the same storage object
+        return optuna.storages.get_storage(optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url)))
     except Exception as e:  # SQLAlchemy: unknown dialect, missing driver, server unreachable, bad credentials
         raise UserError(f"--storage {_hide_password(url)}: cannot open it: {first_line(e)[:300]}") from None
 
@@ -165,13 +167,13 @@ def superseded(trials: list[FrozenTrial]) -> set[int]:
     return {t.user_attrs["takes_over"] for t in trials if "takes_over" in t.user_attrs}
 
 
-def stale(trial: FrozenTrial, now: float) -> bool:
-    """A RUNNING trial whose worker missed three heartbeats."""
-    beat = trial.system_attrs.get("heartbeat_seconds")
+def stale(trial: FrozenTrial, now: float, beat: float) -> bool:
+    """A RUNNING trial whose worker missed three heartbeats (its own period, or `beat` when it stopped
+    before its first: then counted from the trial's start)."""
     last = trial.system_attrs.get("heartbeat")
-    if beat is None or last is None:
-        return False
-    return now - last > 3 * beat
+    if last is None:
+        last = trial.datetime_start.timestamp() if trial.datetime_start else now
+    return now - last > 3 * trial.system_attrs.get("heartbeat_seconds", beat)
 
 
 def take_over(storage: BaseStorage, name: str, sid: int, trial: FrozenTrial) -> bool:
