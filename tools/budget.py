@@ -1,4 +1,4 @@
-"""Budget matching from the command line (the work is partial_ft.sweep.budget's):
+"""Budget matching from the command line (the work is partial_ft.sweep.budget's, over the public API):
 
     python tools/budget.py --recipe recipes/quickstart.yaml --budget 0.02 --strategy name=filters,dim=in
 """
@@ -7,9 +7,8 @@ from __future__ import annotations
 import argparse
 
 import datasets
-import yaml
 
-from partial_ft import recipe as recipes
+from partial_ft import load_recipe, parse_yaml
 from partial_ft.sweep import budget
 
 
@@ -21,8 +20,9 @@ def main() -> None:
                    help="a strategy as key=value pairs, e.g. name=filters,dim=in (repeatable)")
     args = p.parse_args()
     datasets.disable_progress_bars()
-    specs = [{k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in s.split(","))} for s in args.strategy]
-    budget.match_all(recipes.load(args.recipe), specs, args.budget)
+    specs = [{k: parse_yaml(v, f"--strategy {k}") for k, v in (kv.split("=", 1) for kv in s.split(","))}
+             for s in args.strategy]
+    budget.match_all(load_recipe(args.recipe), specs, args.budget)
 
 
 if __name__ == "__main__":

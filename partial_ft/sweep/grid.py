@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +30,8 @@ import yaml
 from .. import recipe as recipes
 from .. import yamlsafe
 from ..errors import UserError, did_you_mean
-from ..strategies.registry import describe, parse_options, parse_spec
+from ..strategies.registry import parse_options, parse_spec
+from ..strategies.types import describe
 from .search import Range, Search, parse_search, parse_tune
 
 KEYS = ("seeds", "overrides", "budget", "strategies", "tune", "search", "tune_fraction", "datasets", "models",
@@ -160,8 +162,10 @@ def _build(raw: dict) -> Grid:
                 tune_fraction=raw.get("tune_fraction", 0.2), controls=raw.get("controls"))
     if not grid.seeds:
         raise UserError("'seeds' must list at least one seed")
-    if grid.budget is not None and (not isinstance(grid.budget, (int, float)) or grid.budget <= 0):
-        raise UserError(f"'budget' must be a positive number, got {grid.budget!r}")
+    budget = grid.budget
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float))
+                               or not math.isfinite(budget) or budget <= 0):
+        raise UserError(f"'budget' must be a positive finite number, got {budget!r}")
     if not isinstance(grid.tune_fraction, float) or not 0 < grid.tune_fraction < 1:
         raise UserError(f"'tune_fraction' must be a number in (0, 1), got {grid.tune_fraction!r}")
     tune = _mapping(raw.get("tune") or {}, "'tune'")
