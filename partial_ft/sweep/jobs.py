@@ -85,13 +85,13 @@ def kept(summary: dict) -> dict:
 
 def finished_before(job: Job) -> Optional[dict]:
     """The summary of a finished run in the job's folder whose recorded recipe is the job's; else None."""
-    path = job.run_dir / rundir.SUMMARY
-    if not path.is_file():
+    if not (job.run_dir / rundir.SUMMARY).is_file():
         return None
+    folder = rundir.RunFolder(job.run_dir)
     try:
-        old = _flat(rundir.read_recipe(job.run_dir).to_dict())
-        summary = json.loads(path.read_text())
-    except (UserError, OSError, ValueError):
+        old = _flat(folder.read_recipe().to_dict())
+        summary = folder.read_summary()
+    except UserError:
         return None  # unreadable: train it again
     new = _flat(recipes.from_dict(job.raw, name=job.run_dir.name).to_dict())
     same = all(old.get(k) == new.get(k) for k in old.keys() | new.keys() if k not in rundir.RESUME_MAY_DIFFER)
@@ -114,9 +114,11 @@ def _flat(resolved: dict, prefix: str = "") -> dict[str, Any]:
 def _mode(job: Job) -> tuple[bool, bool]:
     """(overwrite, resume): resume a run that stopped at a checkpoint (a worker taking over a dead one's run),
     else start afresh."""
-    if checkpoints.latest(job.run_dir) is not None and not (job.run_dir / rundir.SUMMARY).is_file():
-        return False, True
-    return True, False
+    try:
+        stopped = checkpoints.latest(job.run_dir) is not None and not (job.run_dir / rundir.SUMMARY).is_file()
+    except UserError:  # a damaged checkpoint record: start afresh
+        stopped = False
+    return (False, True) if stopped else (True, False)
 
 
 def _stopper(job: Job, report: Optional[Report]) -> Optional[Told]:
@@ -259,5 +261,5 @@ def _launch(job: Job, recipe_path: Path, launcher: str, told: Optional[Told], de
         lines = [line for line in text.splitlines() if line.strip()]
         error = next((line for line in reversed(lines) if line.startswith("error:")), "\n".join(lines[-15:]))
         return Outcome("failed", error=error.removeprefix("error: ") or f"exit code {p.returncode}")
-    summary = json.loads((job.run_dir / rundir.SUMMARY).read_text())
+    summary = rundir.RunFolder(job.run_dir).read_summary()
     return Outcome("complete", summary, epochs=len(seen), top1=summary["val_top1"], seconds=summary["train_seconds"])
