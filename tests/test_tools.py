@@ -277,6 +277,8 @@ def test_make_transfer_writes_a_loadable_backbone_and_the_target_imagefolder(tmp
     p = _tool("make_transfer.py", "--out", str(out), "--model", "test_resnet", "--epochs", "1")
     assert p.returncode == 0, p.stderr[-2000:]
     record = json.loads((out / "source.json").read_text())
+    assert "source test_resnet on digits 0-4: 100%" in p.stderr  # a progress bar, not silence until the end
+    assert p.stdout.startswith("wrote the target task, digits 5-9")
     assert record["classes"] == [0, 1, 2, 3, 4] and record["target"]["classes"] == [5, 6, 7, 8, 9]
     assert sorted(d.name for d in (out / "digits59" / "train").iterdir()) == ["5", "6", "7", "8", "9"]
     recipe = recipes.load(ROOT / "recipes" / "transfer_digits.yaml", [
