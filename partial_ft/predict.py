@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import glob
 import csv
-import json
 import os
 import sys
 import time
@@ -22,9 +21,13 @@ from typing import IO, Any, Optional
 import torch
 from torch import nn
 
-from . import cuts, delta, hub, loaders
+from . import cuts, delta, hub, jsonsafe, loaders
 from .data_columns import IMAGE_SUFFIXES
 from .errors import UserError
+
+# One batch of 16,384 images at 224 px is 9.9 GB of floats: more fits no device better, it only runs out of
+# memory (or, on the CPU, swaps) after every image has been listed and the model loaded.
+MAX_BATCH = 16_384
 
 
 def expand_inputs(patterns: list[str]) -> list[Path]:
@@ -181,7 +184,7 @@ class Writer:
 
     def write(self, record: dict[str, Any]) -> None:
         if self.fmt == "jsonl":
-            self.stream.write(json.dumps(record) + "\n")
+            self.stream.write(jsonsafe.dumps(record) + "\n")
         else:
             row = columns(record)
             if self.csv is None:
@@ -246,8 +249,9 @@ def run(sources: list[str], inputs: list[str], out: Optional[str] = None, top_k:
         label_ids: bool = False) -> tuple[Counts, Runner]:
     """The `predict` command: JSON lines (or CSV, `fmt`) to `out` (written whole or not at all) or to
     `stream`. Cheap checks (arguments, inputs, output path) come before any model is loaded."""
-    if top_k < 1 or batch_size < 1:
-        raise UserError(f"--top-k and --batch-size must be at least 1 (got {top_k} and {batch_size})")
+    if top_k < 1 or not 1 <= batch_size <= MAX_BATCH:
+        raise UserError(f"--top-k and --batch-size must be at least 1, and --batch-size at most {MAX_BATCH:,} "
+                        f"(got {top_k:,} and {batch_size:,})")
     if ensemble and len(sources) < 2:
         raise UserError("--ensemble averages several SOURCEs; give at least two")
     files = expand_inputs(inputs)

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from . import checkpoints, curves, delta, modelcard, yamlsafe
+from . import checkpoints, curves, delta, jsonsafe, modelcard, yamlsafe
 from .atomic import probe_writable, write_atomic, write_text
 from .errors import UserError, first_line
 from .recipe import Recipe, from_dict
@@ -179,7 +179,7 @@ class RunFolder:
         (self.path / METRICS).unlink(missing_ok=True)
 
     def write_json(self, name: str, obj: Any) -> Path:
-        return write_text(self.path / name, json.dumps(obj, indent=2) + "\n")
+        return write_text(self.path / name, jsonsafe.dumps(obj, indent=2) + "\n")
 
     def write_confusion(self, result: dict[str, Any]) -> Path:
         """`eval`'s confusion matrix as a picture (the numbers are in eval.json)."""
@@ -194,7 +194,7 @@ class RunFolder:
 
     def append_metrics(self, metrics: dict[str, Any]) -> None:
         """One line per finished epoch; the whole file is replaced, so a crash never leaves half a line."""
-        write_text(self.path / METRICS, "".join(self.metrics_lines()) + json.dumps(metrics) + "\n")
+        write_text(self.path / METRICS, "".join(self.metrics_lines()) + jsonsafe.dumps(metrics) + "\n")
 
     def keep_metrics(self, lines: int) -> None:
         """On resume: epochs logged after the checkpoint are run again, so their lines go."""

@@ -66,6 +66,7 @@ def prepare(recipe: Recipe, strategy: Any = None) -> Setup:
     set_seed(t.seed)
     models.check_name(recipe.model.name)  # fail fast, before any data is loaded
     validate.check_optimization(t)
+    validate.check_workers(recipe.data)
     with accelerator.main_process_first():  # the first process fills the datasets cache
         bundle = data.load(recipe.data, seed=t.seed)
     model, init_model = models.build(recipe.model, bundle.num_classes, seed=t.seed)
