@@ -3,7 +3,6 @@ the built-in `digits`, a Hub id, a save_to_disk folder, an imagefolder folder, o
 (a file, a glob or a folder). Every problem the user can fix is a one-line UserError."""
 from __future__ import annotations
 
-import glob
 import os
 from pathlib import Path
 from typing import Optional
@@ -12,6 +11,7 @@ import datasets
 import numpy as np
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, NamedSplit
 
+from . import walk
 from .data_columns import IMAGE_SUFFIXES
 from .errors import UserError, first_line
 from .recipe import DataCfg
@@ -19,7 +19,7 @@ from .recipe import DataCfg
 SAVED_MARKERS = ("dataset_dict.json", "state.json")  # what save_to_disk writes
 
 
-def digits(seed: int = 0, val_fraction: float = 0.2) -> DatasetDict:
+def digits() -> DatasetDict:
     """scikit-learn's bundled 8x8 handwritten digits (1,797 images, 10 classes) as a DatasetDict with an
     Image and a ClassLabel column and a fixed, seeded, stratified train/validation split. Offline."""
     from PIL import Image as PILImage
@@ -32,7 +32,7 @@ def digits(seed: int = 0, val_fraction: float = 0.2) -> DatasetDict:
         {"image": [PILImage.fromarray(p, mode="L") for p in pixels], "label": bunch.target.tolist()},
         features=features,
     )
-    split = full.train_test_split(test_size=val_fraction, seed=seed, stratify_by_column="label")
+    split = full.train_test_split(test_size=0.2, seed=0, stratify_by_column="label")
     return DatasetDict(train=split["train"], validation=split["test"])
 
 
@@ -51,7 +51,7 @@ def load_raw(cfg: DataCfg) -> DatasetDict:
         if path.is_file():
             return _named(_load_files([str(path)]))
         if any(ch in source for ch in "*?["):
-            files = sorted(f for f in glob.glob(str(path), recursive=True) if Path(f).is_file())
+            files = [str(f) for f in walk.glob(str(path)) if f.is_file()]  # never loops on linked folders
             if not files:
                 raise UserError(f"no files match {source}")
             return _named(_load_files(files))

@@ -8,7 +8,6 @@ prefix runs once per batch and only each source's learned rest runs per source.
 """
 from __future__ import annotations
 
-import glob
 import csv
 import os
 import sys
@@ -21,7 +20,7 @@ from typing import IO, Any, Optional
 import torch
 from torch import nn
 
-from . import cuts, delta, hub, jsonsafe, loaders
+from . import cuts, delta, hub, jsonsafe, loaders, walk
 from .data_columns import IMAGE_SUFFIXES
 from .errors import UserError
 
@@ -39,14 +38,14 @@ def expand_inputs(patterns: list[str]) -> list[Path]:
         if path.exists():
             matches = [path]
         elif any(ch in pattern for ch in "*?["):
-            matches = [Path(m) for m in sorted(glob.glob(str(path), recursive=True))]
+            matches = walk.glob(str(path))  # never loops on linked folders
             if not matches:
                 raise UserError(f"no files match {pattern}")
         else:
             raise UserError(f"no such file or folder: {pattern}")
         for match in matches:
             if match.is_dir():
-                found = sorted(f for f in match.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+                found = [f for f in walk.files_below(match) if f.suffix.lower() in IMAGE_SUFFIXES]
                 if not found and match == path:
                     raise UserError(f"folder {pattern} holds no image files ({', '.join(IMAGE_SUFFIXES)})")
                 files += found
@@ -72,7 +71,7 @@ def load_sources(sources: list[str]) -> list[Source]:
     loaded = []
     for name in sources:
         path = hub.resolve(name)
-        loaded.append(Source(name, delta.read_info(path), delta.load_delta(path)))
+        loaded.append(Source(name, delta.read_info(path), delta.rebuild(path)))
     first = loaded[0].info
     for other in loaded[1:]:
         for key, what in (("model", "base model"), ("weights", "starting weights"),
@@ -100,8 +99,8 @@ class Runner:
         if len(models) == 1:
             return cls(sources, device)
         input_size = tuple(sources[0].info["data_config"]["input_size"])
-        probe = torch.randn(2, *input_size, generator=torch.Generator().manual_seed(0)).to(device)
-        found, why = cuts.common_cut(models, probe)
+        sample = torch.randn(2, *input_size, generator=torch.Generator().manual_seed(0)).to(device)
+        found, why = cuts.common_cut(models, sample)
         return cls(sources, device, found, f"shared fixed prefix: {found[0].name}" if found else f"no shared prefix: {why}")
 
     def _timed(self, key: str, fn: Any) -> Any:
@@ -133,7 +132,7 @@ class Runner:
                 f"saving {(n - 1) * prefix:.2f} s of {alone:.2f} s ({100 * (n - 1) * prefix / max(alone, 1e-9):.0f}%)")
 
 
-class Files(torch.utils.data.Dataset):
+class ImageFiles(torch.utils.data.Dataset):
     """Image files as (index, tensor, error): read and transformed as `eval` reads a split."""
 
     def __init__(self, files: list[Path], transform: Any):
@@ -218,7 +217,7 @@ def predict(runner: Runner, files: list[Path], top_k: int = 5, batch_size: int =
         raise UserError("--ensemble averages predictions over the same classes, but the sources' classes differ")
     counts = counts if counts is not None else Counts()
     transform = loaders.eval_transform(sources[0].info["data_config"])
-    dl = torch.utils.data.DataLoader(Files(files, transform), batch_size=batch_size, num_workers=num_workers,
+    dl = torch.utils.data.DataLoader(ImageFiles(files, transform), batch_size=batch_size, num_workers=num_workers,
                                      collate_fn=_collate)
     for batch in tqdm(dl, desc="predict", unit="batch", disable=True if not progress or len(dl) < 2 else None):
         good = []
