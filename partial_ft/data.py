@@ -19,8 +19,8 @@ import numpy as np
 import pyarrow as pa
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 
-from .data_columns import (choose_val_split, classes_missing_from, detect_image_column, detect_label_column,
-                           label_array, prepare_columns)
+from .data_columns import (VAL_SPLIT_NAMES, choose_val_split, classes_missing_from, detect_image_column,
+                           detect_label_column, label_array, prepare_columns)
 from .data_sources import load_raw
 from .errors import UserError
 from .recipe import DataCfg
