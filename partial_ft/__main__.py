@@ -1,6 +1,7 @@
 """Command line: `python -m partial_ft [train] --recipe R [section.key=value ...] [--resume | --overwrite]`,
 `... eval SOURCE`, `... predict SOURCE INPUT...`, `... export SOURCE --out FILE.safetensors`,
-`... push RUN_DIR REPO_ID`, `... strategies`.
+`... push RUN_DIR REPO_ID`, `... strategies`,
+`... advise --recipe R [--budget B] [--time T] [--out DIR] [--train] [section.key=value ...]`.
 
 Argument parsing only; the work lives in train.py. A user mistake prints one `error: ...` line and
 exits with code 2.
@@ -14,7 +15,7 @@ import sys
 
 from .errors import UserError, one_line
 
-COMMANDS = ("train", "eval", "predict", "export", "push", "strategies")
+COMMANDS = ("train", "eval", "predict", "export", "push", "strategies", "advise")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -51,7 +52,25 @@ def _parser() -> argparse.ArgumentParser:
     h.add_argument("--private", action="store_true", help="create the repo private")
     h.add_argument("--local-dir", help="write exactly the files to this new or empty folder instead of uploading")
     sub.add_parser("strategies", help="list the strategies with their options and defaults")
+    _advise_parser(sub)
     return p
+
+
+def _advise_parser(sub: argparse._SubParsersAction) -> None:
+    a = sub.add_parser("advise", help="which strategy for this data, parameter budget and time: tuned candidates, a "
+                       "report, a recommended recipe (docs/advise.md)")
+    a.add_argument("--recipe", required=True, help="recipe YAML file: the data and the backbone")
+    a.add_argument("--budget", default="0.02", help="the most a candidate may learn: a fraction (0, 1) of the model's "
+                   "parameters or a count (default 0.02)")
+    a.add_argument("--time", default="30m", help="wall-clock limit, e.g. 90s, 20m, 2h (default 30m)")
+    a.add_argument("--out", help="the advise folder (default: advice/<recipe name>); advising again continues it")
+    a.add_argument("--train", action="store_true", help="then train the advised recipe on all of train")
+    a.add_argument("--trials", type=int, default=6, help="learning rates tried per candidate, at most (default 6)")
+    a.add_argument("--storage", help="an Optuna storage URL for the tuning studies (default: a file in the folder)")
+    a.add_argument("--worker", action="store_true", help="join the studies in --storage with other processes")
+    a.add_argument("--launcher", choices=["inprocess", "python", "accelerate"], default="inprocess",
+                   help="how tuning runs start (default: in this process)")
+    a.add_argument("overrides", nargs="*", metavar="section.key=value", help="recipe overrides (values are YAML)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,14 +84,14 @@ def main(argv: list[str] | None = None) -> int:
             sub.error = lambda message: _fail(message)
     # overrides may come before or after --overwrite / --resume / --recipe (argparse takes one run of them)
     args, rest = parser.parse_known_args(argv)
-    if args.command == "train":
+    if args.command in ("train", "advise"):
         args.overrides += [a for a in rest if not a.startswith("-")]
         rest = [a for a in rest if a.startswith("-")]
     if rest:
         return _fail(f"unrecognized arguments: {' '.join(rest)}")
     try:
         command = {"strategies": _strategies, "eval": _eval, "predict": _predict, "export": _export, "push": _push,
-                   "train": _train}[args.command]
+                   "train": _train, "advise": _advise}[args.command]
         return command(args)
     except UserError as e:
         return _fail(str(e), e.collective)
@@ -163,6 +182,27 @@ def _export(args: argparse.Namespace) -> int:
     print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB), a plain timm state dict; load it without partial_ft:")
     print(f"  timm.create_model({info['model']['name']!r}, pretrained=True, pretrained_cfg_overlay=dict("
           f"file={str(out)!r}, num_classes={len(info['class_names'])}){kwargs})")
+    return 0
+
+
+def _advise(args: argparse.Namespace) -> int:
+    import datasets
+
+    from .advise.run import Request, advise, parse_budget, parse_time
+
+    if args.trials < 1:
+        raise UserError(f"--trials must be >= 1, got {args.trials}")
+    if args.worker and not args.storage:
+        raise UserError("--worker needs --storage URL: the studies the workers share")
+    request = Request(args.recipe, parse_budget(args.budget), parse_time(args.time), args.time, args.out, args.train,
+                      args.overrides, args.storage, args.worker, args.trials, args.launcher)
+    datasets.disable_progress_bars()
+    outcome = advise(request)
+    print(outcome.text)
+    if outcome.signum:
+        print(f"error: interrupted; the report so far is in {outcome.folder}; the same command continues",
+              file=sys.stderr)
+        return 128 + outcome.signum
     return 0
 
 

@@ -1,0 +1,118 @@
+"""The candidates `advise` compares, each sized to the parameter budget on the real plan, and the checks of
+what the user asked for (budget, data) made before anything is written.
+
+A candidate is plain data: a strategy node and the recipe overrides it needs. Those with a size option
+(`filters`' fraction, `lora`'s rank) get the largest size that fits the budget; those with a budget option
+(`auto`) get the budget; the others have a fixed size. Choices a strategy makes from data (`block` with
+`index: auto`, `auto`'s units) are made here, once, on the carve-out's training part, so the learned count
+is exact and every trial of a candidate trains the same selection. A candidate that learns more than the
+budget is listed as skipped, with its count; `full` is the reference outside the budget.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from accelerate import Accelerator
+from torch import nn
+
+from .. import data, gradients, loaders, models
+from ..budget import budget_count, learned_count, size_to_budget
+from ..data_columns import label_array
+from ..errors import UserError
+from ..recipe import Recipe
+from ..strategies import apply_strategy
+from .table import SKIPPED, Row
+
+PROBE = "probe"
+# (row name, strategy node, recipe values by dotted key, inside the budget). The exact linear probe: the classifier
+# solved to convergence on cached features (no augmentation, so the features are cacheable).
+CANDIDATES: list[tuple[str, dict, dict[str, Any], bool]] = [
+    (PROBE, {"name": "head"}, {"train.solver": "exact", "data.augment": False}, True),
+    ("norm", {"name": "norm"}, {}, True),
+    ("bias", {"name": "bias"}, {}, True),
+    ("block", {"name": "block", "index": "auto"}, {}, True),
+    ("filters", {"name": "filters"}, {}, True),
+    ("auto", {"name": "auto", "score": "fisher"}, {}, True),
+    ("lora", {"name": "lora"}, {}, True),
+    ("full", {"name": "full"}, {}, False),
+]
+
+
+@dataclass
+class Task:
+    """The carve-out task every candidate is tuned on, and the model's size."""
+
+    bundle: data.DataBundle
+    model: nn.Module
+    init_model: Any
+    total: int
+    budget: int
+    minimum: int  # what the classifier alone learns
+
+
+def load_task(recipe: Recipe, budget: float) -> Task:
+    """Load the carve-out (recipe.data.tune_fraction set), build the model, check the budget and the data:
+    a budget below the classifier alone, or a carve-out (or its training part) missing a class, is a
+    UserError naming the numbers."""
+    t = recipe.train
+    bundle = data.load(recipe.data, seed=t.seed)
+    check_carve_out(bundle, recipe.data.tune_fraction)
+    model, init_model = models.build(recipe.model, bundle.num_classes, seed=t.seed)
+    total = sum(p.numel() for p in model.parameters())
+    goal = budget_count(budget, total)
+    minimum = learned_count(model, {"name": "head"}, t.seed, init_model)[0]
+    if goal < minimum:
+        raise UserError(f"--budget {budget:g} is {goal:,} parameters, below what the classifier alone learns: "
+                        f"{minimum:,} ({100 * minimum / total:.3g}% of {total:,}); give at least that")
+    return Task(bundle, model, init_model, total, goal, minimum)
+
+
+def check_carve_out(bundle: data.DataBundle, fraction: float) -> None:
+    """Every class must be in the carve-out and in what is left to train on."""
+    classes = bundle.num_classes
+    for split, what in ((bundle.val, "the carve-out"), (bundle.train, "the training part")):
+        present = np.unique(label_array(split, bundle.label_column).to_numpy())
+        if len(present) < classes:
+            raise UserError(f"the data is too small for a stratified carve-out ({fraction:.0%} of train) with every "
+                            f"class: {what} has {len(split)} images of {len(present)} of the {classes} classes; "
+                            "more images per class are needed (at least two of each)")
+
+
+def size(task: Task, recipe: Recipe) -> list[Row]:
+    """One row per candidate, sized to the budget (skipped with the reason where it cannot fit)."""
+    source = _gradients(task, recipe)
+    rows = []
+    for name, node, settings, inside in CANDIDATES:
+        row = Row(name, None, total=task.total, in_budget=inside, settings=dict(settings), tunes_lr=name != PROBE)
+        try:
+            spec = size_to_budget(task.model, node, task.budget, recipe.train.seed, task.init_model,
+                                  at_most=True)[0] if inside else dict(node)
+            plan = apply_strategy(copy.deepcopy(task.model), spec, seed=recipe.train.seed,
+                                  init_model=task.init_model, gradients=source)
+        except UserError as e:  # e.g. auto: the budget cannot pay for the classifier and the norm layers
+            row.status, row.note = SKIPPED, f"cannot fit the budget: {e}"
+            rows.append(row)
+            continue
+        row.spec, row.learned, row.resolved = spec, plan.learned, plan.spec
+        row.name = name if name == PROBE else plan.label
+        if inside and plan.learned > task.budget:
+            row.status = SKIPPED
+            row.note = f"cannot fit the budget: learns {plan.learned:,} at its smallest, over {task.budget:,}"
+        rows.append(row)
+    return rows
+
+
+def _gradients(task: Task, recipe: Recipe) -> Any:
+    """The gradient source a training run would give strategies (train.prepare's), over the carve-out's
+    training part."""
+    t = recipe.train
+    acc = Accelerator(mixed_precision=t.mixed_precision)
+    data_config = models.data_config(task.model, recipe.data)
+    loader, _ = loaders.train_loader(task.bundle, recipe.data, data_config, t.batch_size, t.seed,
+                                     acc.device.type == "cuda")
+    return gradients.from_loader(loader, acc, nn.CrossEntropyLoss(label_smoothing=t.label_smoothing), t.seed,
+                                 t.channels_last)
+
