@@ -23,14 +23,14 @@ from ..budget import budget_count, learned_count, size_to_budget
 from ..data_columns import label_array
 from ..errors import UserError
 from ..recipe import Recipe
-from ..strategies import apply_strategy
+from ..strategies import apply_strategy, get
 from .table import SKIPPED, Row
 
 PROBE = "probe"
 # (row name, strategy node, recipe values by dotted key, inside the budget). The exact linear probe: the classifier
-# solved to convergence on cached features (no augmentation, so the features are cacheable).
+# solved to convergence on cached features (no augmentation and fixed BatchNorm statistics: cacheable).
 CANDIDATES: list[tuple[str, dict, dict[str, Any], bool]] = [
-    (PROBE, {"name": "head"}, {"train.solver": "exact", "data.augment": False}, True),
+    (PROBE, {"name": "head", "norm_stats": "freeze"}, {"train.solver": "exact", "data.augment": False}, True),
     ("norm", {"name": "norm"}, {}, True),
     ("bias", {"name": "bias"}, {}, True),
     ("block", {"name": "block", "index": "auto"}, {}, True),
@@ -89,7 +89,7 @@ def size(task: Task, recipe: Recipe) -> list[Row]:
         row = Row(name, None, total=task.total, in_budget=inside, settings=dict(settings), tunes_lr=name != PROBE)
         try:
             spec = size_to_budget(task.model, node, task.budget, recipe.train.seed, task.init_model,
-                                  at_most=True)[0] if inside else dict(node)
+                                  at_most=True)[0] if inside and _sizable(node) else dict(node)
             plan = apply_strategy(copy.deepcopy(task.model), spec, seed=recipe.train.seed,
                                   init_model=task.init_model, gradients=source)
         except UserError as e:  # e.g. auto: the budget cannot pay for the classifier and the norm layers
@@ -103,6 +103,12 @@ def size(task: Task, recipe: Recipe) -> list[Row]:
             row.note = f"cannot fit the budget: learns {plan.learned:,} at its smallest, over {task.budget:,}"
         rows.append(row)
     return rows
+
+
+def _sizable(node: dict) -> bool:
+    """Whether the strategy has an option that sizes it (else it has one size, counted on its plan)."""
+    strategy = get(node["name"])
+    return bool(strategy.size_option or strategy.budget_option)
 
 
 def _gradients(task: Task, recipe: Recipe) -> Any:

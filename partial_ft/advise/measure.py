@@ -7,6 +7,7 @@ writing 5 to /proc/self/clear_refs resets; elsewhere it is not measured).
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import re
 import time
@@ -55,18 +56,23 @@ def candidate_raw(base: dict, row: Row, run_dir: Path, epochs: Optional[int] = N
 
 
 def measure(base: dict, row: Row, run_dir: Path, n_eval: int) -> dict[str, Any]:
-    """Train `row` for one epoch into `run_dir` (replaced if there); fill in its seconds per epoch, the
+    """Train `row` for one epoch into `run_dir` (replaced if there; its printed lines go to run_dir.log); fill in its seconds per epoch, the
     set-up seconds around them, peak memory and delta bytes (and, for a row with nothing to tune, its
     result). Returns the summary."""
     recipe = from_dict(candidate_raw(base, row, run_dir, epochs=1), name=row.name)
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
     reset_peak()
     start = time.perf_counter()
-    summary = run(recipe, overwrite=True)
+    with open(run_dir.with_suffix(".log"), "w") as log, contextlib.redirect_stdout(log):  # the run's own lines
+        summary = run(recipe, overwrite=True)
     wall = time.perf_counter() - start
     row.epoch_seconds = max(summary["train_seconds"], 1e-3)
     row.setup_seconds = max(wall - row.epoch_seconds, 0.0)
     epochs, max_steps = base["train"]["epochs"], base["train"]["max_steps"]  # what a trial trains
-    row.trial_epochs = epochs if not max_steps else max(1, -(-max_steps // max(summary["steps"], 1)))
+    if not row.tunes_lr:  # the exact probe: one solve, no epochs
+        row.trial_epochs = 1
+    else:
+        row.trial_epochs = epochs if not max_steps else max(1, -(-max_steps // max(summary["steps"], 1)))
     row.peak_memory_bytes = read_peak()
     row.delta_bytes = summary.get("delta_bytes")
     row.learned = summary["learned_params"]

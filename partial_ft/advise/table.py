@@ -118,10 +118,11 @@ def sentence(rec: Optional[Recommendation], probe: Optional[Row] = None) -> str:
     c, b = rec.choice, rec.best
     head = f"`{c.name}` reaches {_acc(c)} on the carve-out {_cost_words(c)}"
     if c is probe:
-        head = (f"The linear probe is already within noise of the best, so nothing needs to be fine-tuned: "
-                f"it reaches {_acc(c)} on the carve-out {_cost_words(c)}")
+        how = "the most accurate candidate" if c is b else "already within noise of the best"
+        head = (f"The linear probe is {how}, so nothing needs to be fine-tuned: it reaches {_acc(c)} on the "
+                f"carve-out {_cost_words(c)}")
     if c is b:
-        return f"{head}; it is also the most accurate candidate."
+        return f"{head}." if c is probe else f"{head}; it is also the most accurate candidate."
     if not rec.within:
         return (f"No candidate within the budget comes within two standard errors of `{b.name}` "
                 f"({_acc(b)} with {count(b.learned)}); the best within the budget: {head[0].lower()}{head[1:]}.")
