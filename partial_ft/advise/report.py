@@ -65,9 +65,9 @@ def pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
     return front
 
 
-def plot(rows: list[Row], path: Path) -> Path:
+def plot(rows: list[Row], path: Path, budget: Optional[int] = None) -> Path:
     """Carve-out top-1 (± 1 SE) against learned parameters and against seconds per epoch, one panel each,
-    the Pareto front of each panel drawn as a dashed step line through ringed points."""
+    the Pareto front of each panel drawn as a dashed step line through ringed points, the budget dotted."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: never a window
@@ -85,6 +85,8 @@ def plot(rows: list[Row], path: Path) -> Path:
             ax.step([p[0] for p in front], [p[1] for p in front], where="post", ls="--", c="k", lw=1)
             ax.scatter([p[0] for p in front], [p[1] for p in front], s=160, facecolors="none", edgecolors="k",
                        label="Pareto front")
+        if key == "learned" and budget:
+            ax.axvline(budget, ls=":", c="gray", label="the budget")
         ax.set_xscale("log")
         ax.set_xlabel(label)
         ax.set_ylabel("carve-out top-1")
@@ -120,7 +122,7 @@ def write(out: Path, rows: list[Row], header: dict[str, Any], user_raw: dict, ov
         path = write_text(out / ADVISED, f"# advised by `python -m partial_ft advise` for {header['recipe']}\n"
                           + yaml.safe_dump(raw, sort_keys=False))
         command = shlex.join(["python", "-m", "partial_ft", "--recipe", str(path)])
-    plot(rows, out / PLOT)
+    plot(rows, out / PLOT, header["budget"])
     text = markdown(rows, header, rec, probe, command, notes)
     write_text(out / "advice.md", text)
     return text, rec

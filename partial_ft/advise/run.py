@@ -79,6 +79,7 @@ def advise(req: Request) -> Outcome:
         raise UserError(f"--time {req.time_text} is too short: one epoch of the cheapest candidate (the linear "
                         f"probe) was measured at {trial_seconds(probe):.1f} s; give at least that")
     out.mkdir(parents=True, exist_ok=True)
+    state.save(out, fingerprint, rows)  # the folder is advice from now on (continuing reads it)
     header = {"recipe": req.recipe, "budget": task.budget, "total": task.total, "time": req.time_text,
               "n_eval": n_eval, "fraction": TUNE_FRACTION, "seed": TUNE_SEED}
     tuner = Tuner(req.storage, req.worker, req.launcher, out, n_eval, TUNE_FRACTION, TUNE_SEED)
