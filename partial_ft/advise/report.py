@@ -33,7 +33,8 @@ def markdown(rows: list[Row], header: dict[str, Any], rec: Optional[Recommendati
         acc = f"{r.top1:.3f} ± {r.se:.3f}" if r.top1 is not None else "–"
         cells = [f"`{r.name}`", acc, f"{r.learned:,}" if r.learned else "–",
                  f"{100 * r.fraction:.3g}" if r.learned else "–", _num(r.delta_bytes, "{:,}"),
-                 _num(r.epoch_seconds, "{:.3g}"), _num(r.peak_memory_bytes and r.peak_memory_bytes / 2**20, "{:.0f} MiB"),
+                 _num(r.epoch_seconds, "{:.3g}"),
+                 _num(r.peak_memory_bytes and r.peak_memory_bytes / 2**20, "{:.0f} MiB"),
                  _num(r.lr, "{:.3g}") if r.tunes_lr else "exact", f"{r.trials} / {r.pruned}", _note(r)]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", f"![accuracy against learned parameters and time]({PLOT})", "",

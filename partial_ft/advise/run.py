@@ -8,10 +8,14 @@ folder per measured epoch (measure/) and per trial (tune/), and trained/ (--trai
 """
 from __future__ import annotations
 
+import fcntl
 import math
+import os
 import re
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -28,6 +32,7 @@ from .timeplan import cuts, next_step, settle, trial_seconds
 from .tuning import Tuner, study_name
 
 TUNE_FRACTION, TUNE_SEED = 0.2, 0  # the carve-out of train every candidate is tuned on
+LOCK = ".advise.lock"
 
 
 @dataclass
@@ -72,35 +77,40 @@ def advise(req: Request) -> Outcome:
     state.restore(out, fingerprint, rows)
     n_eval = len(task.bundle.val)
     probe = next(r for r in rows if r.name == candidates.PROBE)
-    if probe.status != SKIPPED and probe.epoch_seconds is None:
-        with tempfile.TemporaryDirectory() as tmp:  # nothing is written into the folder before this check
-            _measure(base, probe, Path(tmp) / "probe", n_eval)
-    if probe.epoch_seconds is not None and trial_seconds(probe) > req.seconds:
-        raise UserError(f"--time {req.time_text} is too short: one epoch of the cheapest candidate (the linear "
-                        f"probe) was measured at {trial_seconds(probe):.1f} s; give at least that")
+    _check_time(probe, base, n_eval, req)
     out.mkdir(parents=True, exist_ok=True)
-    state.save(out, fingerprint, rows)  # the folder is advice from now on (continuing reads it)
-    header = {"recipe": req.recipe, "budget": task.budget, "total": task.total, "time": req.time_text,
-              "n_eval": n_eval, "fraction": TUNE_FRACTION, "seed": TUNE_SEED}
     tuner = Tuner(req.storage, req.worker, req.launcher, out, n_eval, TUNE_FRACTION, TUNE_SEED)
     signum = None
-    with stop_on_signals() as stop:
+    with _hold(out, req.worker), stop_on_signals() as stop:
+        state.save(out, fingerprint, rows)  # the folder is advice from now on (continuing reads it)
         try:
             _work(rows, base, out, tuner, n_eval, start + req.seconds, req.trials, stop, fingerprint)
         except (Interrupted, Stopped) as e:
             signum = e.signum
         signum = signum or stop.signum
-    settle(rows, req.trials)
-    state.save(out, fingerprint, rows)
-    notes = cuts(rows, req.trials)
-    if signum:
-        notes.insert(0, "stopped by a signal: this is the report of what was done so far; the same command continues")
+        settle(rows, req.trials)
+        state.save(out, fingerprint, rows)
+    header = {"recipe": req.recipe, "budget": task.budget, "total": task.total, "time": req.time_text,
+              "n_eval": n_eval, "fraction": TUNE_FRACTION, "seed": TUNE_SEED}
+    notes = (["stopped by a signal: this is the report of what was done so far; the same command continues"]
+             if signum else []) + cuts(rows, req.trials)
     text, rec = report.write(out, rows, header, state.user_raw(req.recipe), req.overrides, notes, probe)
     outcome = Outcome(text, rec.choice if rec else None, signum, folder=out)
     if req.train and rec is not None and not signum:
-        outcome.val_top1 = _train(out, rec.choice, text)
+        outcome.val_top1 = _train(out, rec.choice)
         outcome.text = (out / "advice.md").read_text()
     return outcome
+
+
+def _check_time(probe: Row, base: dict, n_eval: int, req: Request) -> None:
+    """One epoch of the cheapest candidate (the probe) must fit the time: measured in a temporary folder,
+    as nothing is written into the advise folder before this check."""
+    if probe.status != SKIPPED and probe.epoch_seconds is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            _measure(base, probe, Path(tmp) / "probe", n_eval)
+    if probe.epoch_seconds is not None and trial_seconds(probe) > req.seconds:
+        raise UserError(f"--time {req.time_text} is too short: one epoch of the cheapest candidate (the linear "
+                        f"probe) was measured at {trial_seconds(probe):.1f} s; give at least that")
 
 
 def _check_out(out: Path) -> None:
@@ -110,6 +120,21 @@ def _check_out(out: Path) -> None:
     if out.is_dir() and any(out.iterdir()) and not (out / state.STATE).is_file():
         raise UserError(f"--out {out} is not empty and holds no advice (no {state.STATE}); advise never writes into "
                         "another folder: choose another --out")
+
+
+@contextmanager
+def _hold(out: Path, worker: bool) -> Iterator[None]:
+    """One advise per folder; --worker processes of one study share it."""
+    fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_SH if worker else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"another advise is running in {out}; wait for it, or join its studies as a worker "
+                            "(--storage URL --worker)") from None
+        yield
+    finally:
+        os.close(fd)
 
 
 def _measure(base: dict, row: Row, run_dir: Path, n_eval: int) -> None:
@@ -146,7 +171,7 @@ def _line(r: Row, what: str) -> str:
     return f"{r.name}: {what}: {r.epoch_seconds:.2f} s/epoch, {r.learned:,} learned{acc}{lr}"
 
 
-def _train(out: Path, row: Row, text: str) -> float:
+def _train(out: Path, row: Row) -> float:
     """Train the advised recipe on all of train; its validation top-1 goes next to the carve-out estimate."""
     summary = run(recipes.load(out / report.ADVISED), overwrite=True)
     line = (f"Trained as advised on all of train: validation top-1 **{summary['val_top1']:.4f}** (the carve-out "

@@ -38,8 +38,8 @@ def restore(out: Path, digest: str, rows: list[Row]) -> None:
     except (OSError, ValueError) as e:
         raise UserError(f"{path} cannot be read ({e}); remove it or choose another --out") from None
     if saved.get("fingerprint") != digest:
-        raise UserError(f"--out {out} holds advice for another recipe or budget (fingerprint {saved.get('fingerprint')}, "
-                        f"this one {digest}); choose another --out")
+        raise UserError(f"--out {out} holds advice for another recipe or budget (fingerprint "
+                        f"{saved.get('fingerprint')}, this one {digest}); choose another --out")
     found = saved.get("rows", {})
     for row in rows:
         for key, value in found.get(row.name, {}).items():
