@@ -99,3 +99,90 @@ def test_time_plan_measures_cheapest_first_then_first_trials_then_the_reference_
                      "candidates near the top", "`lora`: 2 of 6 trials (cut for time)",
                      "`full`: not tuned: a trial (100 s/epoch) did not fit the time left"]
     assert next_step(rows, 0, 6) is None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the command on a tiny task (test_resnet, 373,658 parameters, classifier 970, on digits)
+
+TASK = {"data": {"max_train_samples": 160, "max_val_samples": 64},
+        "train": {"epochs": 1, "max_steps": 3, "batch_size": 32}}
+BAD = [  # (arguments after the recipe, what the one error line says)
+    (["--budget", "500"], "--budget 500 is 500 parameters, below what the classifier alone learns: 970 (0.26% of "
+                          "373,658); give at least that"),
+    (["--budget", "1.5"], "--budget must be a fraction in (0, 1) or a whole parameter count, got '1.5'"),
+    (["--budget", "abc"], "--budget must be a fraction in (0, 1) or a parameter count, got 'abc'"),
+    (["--time", "soon"], "--time must be a duration like 90s, 20m, 2h or 1h30m, got 'soon'"),
+    (["--worker"], "--worker needs --storage URL"),
+    (["data.max_val_samples=5"], "the data is too small for a stratified carve-out (20% of train) with every class: "
+                                 "the carve-out has 5 images of"),
+    (["--time", "0.01s"], "--time 0.01s is too short: one epoch of the cheapest candidate (the linear probe) was "
+                          "measured at"),
+]
+
+
+@pytest.mark.parametrize("args,message", BAD)
+def test_bad_input_is_one_error_line_exit_2_and_nothing_written(tiny_recipe, tmp_path, capsys, args, message):
+    from partial_ft.__main__ import main
+
+    out = tmp_path / "advice"
+    with pytest.raises(SystemExit) as e:
+        main(["advise", "--recipe", str(tiny_recipe("task", **TASK)), "--out", str(out), "--budget", "3000", *args])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert e.value.code == 2
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+    assert not out.exists()
+
+
+def _summaries(out):
+    return {p: p.stat().st_mtime_ns for p in (out / "tune").rglob("summary.json")}
+
+
+def test_advise_stops_on_sigterm_continues_without_repeating_trials_keeps_time_and_its_recipe_trains(
+        tiny_recipe, tmp_path):
+    """A tiny task at a budget of 3,000 parameters: the probe and bias fit; norm (3,050), block, filters, auto
+    and lora (7,013 at rank 1) cannot; full is the reference. SIGTERM after bias's first trial writes the
+    report so far; advising again continues (that trial is not trained again), ends within its time plus
+    one epoch, and its advised recipe trains (--train)."""
+    import json
+    import os
+    import signal
+    import threading
+    import time
+
+    from partial_ft.advise.run import Request, advise
+
+    recipe, out = str(tiny_recipe("task", **TASK)), tmp_path / "advice"
+    done = threading.Event()
+
+    def stop_after_first_trial():
+        while not done.wait(0.2):
+            rows = json.loads((out / "state.json").read_text())["rows"] if (out / "state.json").is_file() else {}
+            if rows.get("bias", {}).get("trials", 0) >= 1:
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+
+    watcher = threading.Thread(target=stop_after_first_trial, daemon=True)
+    watcher.start()
+    first = advise(Request(recipe, budget=3000, seconds=600, time_text="10m", out=str(out), trials=2))
+    done.set()
+    assert first.signum == signal.SIGTERM
+    text = (out / "advice.md").read_text()
+    assert "stopped by a signal" in text and "| `bias` |" in text
+    assert "`lora(rank=1)` | – | 7,013 |" in text and "learns 7,013 at its smallest, over 3,000" in text
+    assert "`norm` | – | 3,050 |" in text and "learns 3,050 at its smallest, over 3,000" in text
+    before = _summaries(out)
+    assert len(before) >= 1
+
+    start = time.monotonic()
+    second = advise(Request(recipe, budget=3000, seconds=40, time_text="40s", out=str(out), trials=2, train=True))
+    elapsed = time.monotonic() - start
+    state = json.loads((out / "state.json").read_text())["rows"]
+    slowest = max(r["setup_seconds"] + r["epoch_seconds"] for r in state.values() if r["epoch_seconds"])
+    assert elapsed <= 40 + slowest + 15, (elapsed, slowest)  # + writing the report and the --train run
+    after = _summaries(out)
+    assert all(after[p] == t for p, t in before.items())  # finished trials kept, not trained again
+    assert state["bias"]["trials"] == 2
+    assert (out / "advice.png").read_bytes()[:4] == b"\x89PNG"
+    assert second.choice is not None and second.val_top1 is not None
+    assert "Trained as advised on all of train: validation top-1" in second.text
+    assert (out / "trained" / "summary.json").is_file()
