@@ -173,12 +173,12 @@ def test_advise_stops_on_sigterm_continues_without_repeating_trials_keeps_time_a
     before = _summaries(out)
     assert len(before) >= 1
 
-    start = time.monotonic()
-    second = advise(Request(recipe, budget=3000, seconds=40, time_text="40s", out=str(out), trials=2, train=True))
-    elapsed = time.monotonic() - start
+    start = time.time()
+    second = advise(Request(recipe, budget=3000, seconds=60, time_text="60s", out=str(out), trials=2, train=True))
     state = json.loads((out / "state.json").read_text())["rows"]
     slowest = max(r["setup_seconds"] + r["epoch_seconds"] for r in state.values() if r["epoch_seconds"])
-    assert elapsed <= 40 + slowest + 15, (elapsed, slowest)  # + writing the report and the --train run
+    reported = (out / "advice.png").stat().st_mtime - start  # the report is written when the plan ends
+    assert reported <= 60 + slowest + 5, (reported, slowest)  # (+ drawing the plot)
     after = _summaries(out)
     assert all(after[p] == t for p, t in before.items())  # finished trials kept, not trained again
     assert state["bias"]["trials"] == 2
