@@ -13,6 +13,7 @@ import os
 import shlex
 import sys
 
+from .advise import cli as advise_cli
 from .errors import UserError, one_line
 
 COMMANDS = ("train", "eval", "predict", "export", "push", "strategies", "advise")
@@ -52,25 +53,8 @@ def _parser() -> argparse.ArgumentParser:
     h.add_argument("--private", action="store_true", help="create the repo private")
     h.add_argument("--local-dir", help="write exactly the files to this new or empty folder instead of uploading")
     sub.add_parser("strategies", help="list the strategies with their options and defaults")
-    _advise_parser(sub)
+    advise_cli.add_parser(sub)
     return p
-
-
-def _advise_parser(sub: argparse._SubParsersAction) -> None:
-    a = sub.add_parser("advise", help="which strategy for this data, parameter budget and time: tuned candidates, a "
-                       "report, a recommended recipe (docs/advise.md)")
-    a.add_argument("--recipe", required=True, help="recipe YAML file: the data and the backbone")
-    a.add_argument("--budget", default="0.02", help="the most a candidate may learn: a fraction (0, 1) of the model's "
-                   "parameters or a count (default 0.02)")
-    a.add_argument("--time", default="30m", help="wall-clock limit, e.g. 90s, 20m, 2h (default 30m)")
-    a.add_argument("--out", help="the advise folder (default: advice/<recipe name>); advising again continues it")
-    a.add_argument("--train", action="store_true", help="then train the advised recipe on all of train")
-    a.add_argument("--trials", type=int, default=6, help="learning rates tried per candidate, at most (default 6)")
-    a.add_argument("--storage", help="an Optuna storage URL for the tuning studies (default: a file in the folder)")
-    a.add_argument("--worker", action="store_true", help="join the studies in --storage with other processes")
-    a.add_argument("--launcher", choices=["inprocess", "python", "accelerate"], default="inprocess",
-                   help="how tuning runs start (default: in this process)")
-    a.add_argument("overrides", nargs="*", metavar="section.key=value", help="recipe overrides (values are YAML)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(f"unrecognized arguments: {' '.join(rest)}")
     try:
         command = {"strategies": _strategies, "eval": _eval, "predict": _predict, "export": _export, "push": _push,
-                   "train": _train, "advise": _advise}[args.command]
+                   "train": _train, "advise": advise_cli.command}[args.command]
         return command(args)
     except UserError as e:
         return _fail(str(e), e.collective)
@@ -182,27 +166,6 @@ def _export(args: argparse.Namespace) -> int:
     print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB), a plain timm state dict; load it without partial_ft:")
     print(f"  timm.create_model({info['model']['name']!r}, pretrained=True, pretrained_cfg_overlay=dict("
           f"file={str(out)!r}, num_classes={len(info['class_names'])}){kwargs})")
-    return 0
-
-
-def _advise(args: argparse.Namespace) -> int:
-    import datasets
-
-    from .advise.run import Request, advise, parse_budget, parse_time
-
-    if args.trials < 1:
-        raise UserError(f"--trials must be >= 1, got {args.trials}")
-    if args.worker and not args.storage:
-        raise UserError("--worker needs --storage URL: the studies the workers share")
-    request = Request(args.recipe, parse_budget(args.budget), parse_time(args.time), args.time, args.out, args.train,
-                      args.overrides, args.storage, args.worker, args.trials, args.launcher)
-    datasets.disable_progress_bars()
-    outcome = advise(request)
-    print(outcome.text)
-    if outcome.signum:
-        print(f"error: interrupted; the report so far is in {outcome.folder}; the same command continues",
-              file=sys.stderr)
-        return 128 + outcome.signum
     return 0
 
 

@@ -86,14 +86,15 @@ def test_time_plan_measures_cheapest_first_then_first_trials_then_the_reference_
     bias.trials, bias.top1, bias.n_eval = 2, 0.9, N
     assert next_step(rows, 10, 6).row is bias  # lora's 16 s do not fit in 10: bias, the best so far, goes on
     step = next_step(rows, 20, 6)
-    assert (step.kind, step.row) == ("trial", lora)
+    assert (step.kind, step.row, step.n) == ("trial", lora, 1)  # one of its two first trials fits
+    assert next_step(rows, 40, 6).n == 2
     lora.trials, lora.top1, lora.n_eval = 2, 0.95, N
     # full is measured only when 2 x the slowest trial (16 s) fits; until then lora, the best, goes on
     assert (next_step(rows, 31, 6).kind, next_step(rows, 31, 6).row) == ("trial", lora)
     assert (next_step(rows, 32, 6).kind, next_step(rows, 32, 6).row) == ("measure", full)
     full.epoch_seconds, full.trial_epochs = 100.0, 3
     # full's trials do not fit: the time goes to the candidates near the top (lora; bias is far below)
-    assert next_step(rows, 100, 6).row is lora
+    assert (next_step(rows, 100, 6).row, next_step(rows, 100, 6).n) == (lora, 2)  # a round: 2 more
     lines = cuts(rows, 6)
     assert lines == ["`bias`: 2 of 6 trials: more than two standard errors below the best, so the time went to the "
                      "candidates near the top", "`lora`: 2 of 6 trials (cut for time)",

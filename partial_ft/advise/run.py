@@ -158,8 +158,8 @@ def _work(rows: list[Row], base: dict, out: Path, tuner: Tuner, n_eval: int, dea
         if step.kind == "measure":
             _measure(base, step.row, out / "measure" / study_name(step.row.name), n_eval)
         else:
-            tuner.trial(step.row, base)
-            print(_line(step.row, f"trial {step.row.trials}"), flush=True)
+            tuner.trial(step.row, base, step.n)
+            print(_line(step.row, f"{step.row.trials} trials"), flush=True)
         state.save(out, fingerprint, rows)
 
 

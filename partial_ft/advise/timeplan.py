@@ -5,11 +5,12 @@ Every candidate's first epoch is measured (one epoch on the carve-out, cheapest 
 step starts only when its cost, estimated from that measured epoch, fits in the time left. The order:
 
 1. measure every candidate within the budget (a measurement is one epoch: it may overrun by that much);
-2. give each measured candidate its first `FIRST` trials (learning rates across the range);
+2. give each measured candidate its first `FIRST` trials (learning rates across the range), in one call of
+   the sweep engine, so that its pruner can stop the worse one early;
 3. full fine-tuning, the reference, is measured and tried only if the time left pays for it;
 4. the rest of the time goes to the candidates near the top, those whose accuracy is within two standard
-   errors of the best (they can change the answer), cheapest first, one trial each per round, up to
-   `trials` each.
+   errors of the best (they can change the answer), the least tried first, `ROUND` trials each per round,
+   up to `trials` each.
 
 What could not run is named: a candidate never measured, or tuned with fewer trials than planned.
 """
@@ -21,14 +22,17 @@ from typing import Optional
 from .table import DONE, PENDING, SKIPPED, Row, within_noise
 
 FIRST = 2  # trials every candidate gets before the time goes to those near the top
+ROUND = 2  # more trials per candidate near the top, per round
 
 
 @dataclass
 class Step:
-    """What to do next: 'measure' a row's first epoch, or one more 'trial' of its tuning."""
+    """What to do next: 'measure' a row's first epoch, or `n` more 'trial's of its tuning (one call of the
+    sweep engine: its pruner compares the trials of one call)."""
 
     kind: str
     row: Row
+    n: int = 0
 
 
 def trial_seconds(row: Row) -> float:
@@ -38,6 +42,12 @@ def trial_seconds(row: Row) -> float:
 
 def _fits(row: Row, left: float) -> bool:
     return row.epoch_seconds is not None and trial_seconds(row) <= left
+
+
+def _trials(row: Row, upto: int, left: float) -> Optional[Step]:
+    """As many more trials as wanted (up to `upto` in all) and as fit in `left`; None if not one does."""
+    n = min(upto - row.trials, int(left // max(trial_seconds(row), 1e-9))) if _fits(row, left) else 0
+    return Step("trial", row, n) if n >= 1 else None
 
 
 def next_step(rows: list[Row], left: float, trials: int) -> Optional[Step]:
@@ -52,22 +62,25 @@ def next_step(rows: list[Row], left: float, trials: int) -> Optional[Step]:
             return Step("measure", r)
     wanted = {id(r): 1 if not r.tunes_lr else trials for r in live}
     for r in inside:
-        if r.trials < min(FIRST, wanted[id(r)]) and _fits(r, left):
-            return Step("trial", r)
+        step = _trials(r, min(FIRST, wanted[id(r)]), left)
+        if step is not None:
+            return step
     for r in refs:  # the reference: only when the time left pays for its first trials at the slowest known rate
         slowest = max((trial_seconds(x) for x in inside if x.epoch_seconds and x.tunes_lr), default=0.0)
         if r.epoch_seconds is None and left >= FIRST * slowest:
             return Step("measure", r)
-        if r.trials < FIRST and _fits(r, left):
-            return Step("trial", r)
+        step = _trials(r, FIRST, left)
+        if step is not None:
+            return step
     tried = [r for r in live if r.top1 is not None]
     if not tried:
         return None
     best = max(tried, key=lambda r: r.top1)
     near = sorted((r for r in tried if within_noise(r, best)), key=lambda r: (r.trials, r.learned))
-    for r in near:
-        if r.trials < wanted[id(r)] and _fits(r, left):
-            return Step("trial", r)
+    for r in near:  # a round: each near the top gets up to ROUND more, the least tried first
+        step = _trials(r, min(wanted[id(r)], r.trials + ROUND), left)
+        if step is not None:
+            return step
     return None
 
 

@@ -2,8 +2,11 @@
 log range, TPE, successive-halving pruning) in the advise folder's study storage (or --storage), so that
 finished trials are kept and any number of --worker processes can share them.
 
-The time plan decides how many trials each candidate gets, so each call asks the study for one more trial
-than it has.
+The time plan decides how many trials each candidate gets: each call asks for `n` more. A call is a study
+of its own (named by the candidate and the trials it holds, so that a shared --storage never sees one
+study asked for two sizes); the runs of earlier calls are reused from their folders (the engine reuses a
+finished run whose recorded recipe is the same, and resumes a pruned one from its checkpoint), and the
+seeded sampler draws the same learning rates first, so no finished trial is trained again.
 """
 from __future__ import annotations
 
@@ -29,16 +32,17 @@ class Tuner:
         self.storage, self.worker, self.launcher = storage, worker, launcher
         self.out, self.n_eval, self.tune_fraction, self.seed = out, n_eval, tune_fraction, seed
 
-    def trial(self, row: Row, base: dict) -> None:
-        """One more trial of `row`'s study; the row gets the study's best so far (chosen lr, top-1, counts)."""
+    def trial(self, row: Row, base: dict, n: int = 1) -> None:
+        """`n` more trials of `row`; the row gets the best so far (chosen lr, top-1, counts)."""
         path = self.out / BASE
         raw = {k: v for k, v in base.items() if k != "strategy"}
         raw["data"] = {k: v for k, v in raw["data"].items() if k not in ("tune_fraction", "tune_seed")}
         write_text(path, yaml.safe_dump(raw, sort_keys=False))
         overrides = [f"{k}={json.dumps(v)}" for k, v in row.settings.items()]
-        search = {"trials": row.trials + 1, "sampler": "tpe", "pruner": "halving", "min_epochs": 1}
+        total = row.trials + n
+        search = {"trials": total, "sampler": "tpe", "pruner": "halving", "min_epochs": 1}
         tuned = tune(path, row.resolved, {"train.lr": dict(LR_RANGE)}, self.out, overrides, search,
-                     self.tune_fraction, self.seed, self.storage, f"advise-{study_name(row.name)}",
+                     self.tune_fraction, self.seed, self.storage, f"advise-{study_name(row.name)}-{total}",
                      Options(launcher=self.launcher, worker=self.worker))
         row.trials = len(tuned.trials)
         row.pruned = sum(t.state == "pruned" for t in tuned.trials)
