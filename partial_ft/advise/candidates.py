@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 from accelerate import Accelerator
@@ -81,15 +81,20 @@ def check_carve_out(bundle: data.DataBundle, fraction: float) -> None:
                             "more images per class are needed (at least two of each)")
 
 
-def size(task: Task, recipe: Recipe) -> list[Row]:
-    """One row per candidate, sized to the budget (skipped with the reason where it cannot fit)."""
-    source = _gradients(task, recipe)
+def size(task: Task, recipe: Recipe, only: Optional[str] = None) -> list[Row]:
+    """One row per candidate (or only the one named `only`), sized to the budget; skipped with the reason
+    where it cannot fit. The gradient source for data-driven choices is built only when one needs it."""
+    source = None
     rows = []
     for name, node, settings, inside in CANDIDATES:
+        if only is not None and name != only:
+            continue
         row = Row(name, None, total=task.total, in_budget=inside, settings=dict(settings), tunes_lr=name != PROBE)
         try:
             spec = size_to_budget(task.model, node, task.budget, recipe.train.seed, task.init_model,
                                   at_most=True)[0] if inside and _sizable(node) else dict(node)
+            if source is None and only is None:
+                source = _gradients(task, recipe)
             plan = apply_strategy(copy.deepcopy(task.model), spec, seed=recipe.train.seed,
                                   init_model=task.init_model, gradients=source)
         except UserError as e:  # e.g. auto: the budget cannot pay for the classifier and the norm layers

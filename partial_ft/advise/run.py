@@ -71,13 +71,14 @@ def advise(req: Request) -> Outcome:
     out = Path(req.out) if req.out else Path("advice") / Path(req.recipe).stem
     _check_out(out)
     task = candidates.load_task(recipe, req.budget)
-    rows = candidates.size(task, recipe)
     base = recipe.to_dict()
     fingerprint = state.fingerprint(base, task.budget)
-    state.restore(out, fingerprint, rows)
     n_eval = len(task.bundle.val)
-    probe = next(r for r in rows if r.name == candidates.PROBE)
+    probe = candidates.size(task, recipe, only=candidates.PROBE)[0]  # the cheapest: it must fit the time
+    state.restore(out, fingerprint, [probe])
     _check_time(probe, base, n_eval, req)
+    rows = [probe, *(r for r in candidates.size(task, recipe) if r.name != candidates.PROBE)]
+    state.restore(out, fingerprint, rows[1:])
     out.mkdir(parents=True, exist_ok=True)
     tuner = Tuner(req.storage, req.worker, req.launcher, out, n_eval, TUNE_FRACTION, TUNE_SEED)
     signum = None
