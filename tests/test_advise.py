@@ -105,8 +105,8 @@ def test_time_plan_measures_cheapest_first_then_first_trials_then_the_reference_
 # ---------------------------------------------------------------------------------------------------------
 # the command on a tiny task (test_resnet, 373,658 parameters, classifier 970, on digits)
 
-TASK = {"data": {"max_train_samples": 160, "max_val_samples": 64},
-        "train": {"epochs": 1, "max_steps": 3, "batch_size": 32}}
+TASK = {"data": {"max_train_samples": 160, "max_val_samples": 64},  # 128 to train on, 32 in the carve-out
+        "train": {"epochs": 3, "max_steps": None, "batch_size": 32}}
 BAD = [  # (arguments after the recipe, what the one error line says)
     (["--budget", "500"], "--budget 500 is 500 parameters, below what the classifier alone learns: 970 (0.26% of "
                           "373,658); give at least that"),
@@ -141,10 +141,10 @@ def _summaries(out):
 def test_advise_stops_on_sigterm_continues_without_repeating_trials_keeps_time_and_its_recipe_trains(
         tiny_recipe, tmp_path):
     """A tiny task at a budget of 3,000 parameters: the probe and bias fit; norm (3,050), block, filters, auto
-    and lora (7,013 at rank 1) cannot; full is the reference. SIGTERM once bias's first trial has finished
-    (its second is running) writes the report so far; advising again continues (the finished trial is not
-    trained again, the stopped one resumes), ends within its time plus one epoch, and its advised recipe
-    trains (--train)."""
+    and lora (7,013 at rank 1) cannot; full is the reference. SIGTERM in the second epoch of bias's second
+    trial (its first has finished) writes the report so far; advising again continues (the finished trial
+    is not trained again, the stopped one resumes from its checkpoint), ends within its time plus one
+    epoch, and its advised recipe trains (--train)."""
     import json
     import os
     import signal
@@ -156,13 +156,14 @@ def test_advise_stops_on_sigterm_continues_without_repeating_trials_keeps_time_a
     recipe, out = str(tiny_recipe("task", **TASK)), tmp_path / "advice"
     done = threading.Event()
 
-    def stop_after_first_trial():
+    def stop_in_second_trial():
         while not done.wait(0.1):
-            if (out / "tune").is_dir() and _summaries(out):
+            runs = [p for p in (out / "tune").glob("bias*") if p.is_dir()] if (out / "tune").is_dir() else []
+            if len(runs) == 2 and all((p / "metrics.jsonl").is_file() for p in runs):  # both past epoch 1
                 os.kill(os.getpid(), signal.SIGTERM)
                 return
 
-    watcher = threading.Thread(target=stop_after_first_trial, daemon=True)
+    watcher = threading.Thread(target=stop_in_second_trial, daemon=True)
     watcher.start()
     first = advise(Request(recipe, budget=3000, seconds=600, time_text="10m", out=str(out), trials=2))
     done.set()
