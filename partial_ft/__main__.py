@@ -44,14 +44,18 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="write the JSON lines to this file (default: stdout)")
     r.add_argument("--batch-size", type=int, default=64, help="images per batch (default 64)")
     r.add_argument("--skip-bad", action="store_true", help="skip unreadable images (named and counted on stderr)")
-    x = sub.add_parser("export", help="write a plain timm state dict (full weights) from a run's delta")
+    x = sub.add_parser("export", help="write a plain timm state dict (full weights) and timm's config.json "
+                                      "(preprocessing, classes) from a run's delta")
     x.add_argument("run_dir", metavar="SOURCE", help="a run folder, a pushed folder, a delta file or a Hub repo id")
-    x.add_argument("--out", required=True, help="the .safetensors file to write")
+    x.add_argument("--out", required=True, help="the .safetensors file to write (config.json goes beside it; "
+                   "name it model.safetensors to load its folder with timm's local-dir:)")
     h = sub.add_parser("push", help="upload a run's delta, recipe, class names, summary and model card to the Hub")
     h.add_argument("run_dir", metavar="RUN_DIR")
     h.add_argument("repo_id", metavar="REPO_ID", help="owner/name of the Hub model repo (created when missing)")
     h.add_argument("--private", action="store_true", help="create the repo private")
     h.add_argument("--local-dir", help="write exactly the files to this new or empty folder instead of uploading")
+    h.add_argument("--license", metavar="ID", help="the model card's license, a Hub license id (e.g. apache-2.0); "
+                   "without it the card says `license: other` and that none was given")
     sub.add_parser("strategies", help="list the strategies with their options and defaults")
     advise_cli.add_parser(sub)
     return p
@@ -152,20 +156,20 @@ def _predict(args: argparse.Namespace) -> int:
 def _push(args: argparse.Namespace) -> int:
     from .hub import HUB_FILES, push
 
-    where = push(args.run_dir, args.repo_id, private=args.private, local_dir=args.local_dir)
+    where = push(args.run_dir, args.repo_id, private=args.private, local_dir=args.local_dir, license=args.license)
     print(f"{'wrote' if args.local_dir else 'pushed'} {', '.join(HUB_FILES)} to {where}")
     return 0
 
 
 def _export(args: argparse.Namespace) -> int:
-    from .delta import export
+    from .export import export, load_line
     from .hub import resolve
 
-    out, info = export(resolve(args.run_dir), args.out)
-    kwargs = "".join(f", {k}={v!r}" for k, v in info["model"]["kwargs"].items())
-    print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB), a plain timm state dict; load it without partial_ft:")
-    print(f"  timm.create_model({info['model']['name']!r}, pretrained=True, pretrained_cfg_overlay=dict("
-          f"file={str(out)!r}, num_classes={len(info['class_names'])}){kwargs})")
+    out, config, info = export(resolve(args.run_dir), args.out)
+    print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB), a plain timm state dict, and {config} (its "
+          "preprocessing and classes); load it without partial_ft:")
+    print(f"  model = {load_line(out, info)}")
+    print("  transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))")
     return 0
 
 

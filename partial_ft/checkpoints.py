@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Optional
 
+from . import jsonsafe
 from .atomic import write_text
 from .errors import UserError, first_line, load_reason
 
@@ -59,7 +60,7 @@ def save(acc: Any, run_dir: Path, progress: dict[str, Any], keep: Optional[int] 
     acc.save_state(str(tmp))
     acc.wait_for_everyone()
     if acc.is_main_process:
-        (tmp / STATE_NAME).write_text(json.dumps(progress) + "\n")
+        (tmp / STATE_NAME).write_text(jsonsafe.dumps(progress) + "\n")
         _fsync_tree(tmp)  # the data is on disk before any name points at it
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)

@@ -1,4 +1,5 @@
-"""What a run learned: the delta (save, load, fingerprint), plain-timm export and `merged_state_dict`.
+"""What a run learned: the delta (save, load, fingerprint) and `merged_state_dict` (export.py writes it
+out for plain timm).
 
 A delta (`delta.safetensors`) holds the learned values only: each partly learned weight's learned
 slice (`<module>.weight_learned`), the whole parameters that learned (the new classifier, ...) and the
@@ -22,8 +23,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from . import models
-from .atomic import check_file_target, write_atomic
+from . import delta_checks, models
+from .atomic import write_atomic
 from .errors import UserError, first_line
 from .partial import updates_norm_stats
 from .recipe import ModelCfg
@@ -131,6 +132,7 @@ def read_info(source: str | Path) -> dict[str, Any]:
     """The delta's metadata (base model, strategy, seed, class names, data config, versions, ...), each
     required field checked for presence and type."""
     path = delta_path(source)
+    delta_checks.check_header_size(path)  # before safetensors parses it
     try:
         with safe_open(str(path), framework="pt") as f:
             raw = f.metadata() or {}
@@ -148,6 +150,8 @@ def read_info(source: str | Path) -> dict[str, Any]:
         ModelCfg(**info["model"])
     except TypeError as e:
         raise UserError(f"delta {path}: metadata 'model' is not a model section ({first_line(e)})") from None
+    delta_checks.check_class_names(path, info["class_names"])
+    delta_checks.check_fingerprint_parts(path, info)
     return info
 
 
@@ -167,16 +171,18 @@ def load_delta(source: str | Path) -> nn.Module:
     path = delta_path(source)
     info = read_info(path)
     cfg = ModelCfg(**info["model"])
-    seed, num_classes = int(info["seed"]), len(info["class_names"])
-    model, init_model = models.build(cfg, num_classes, seed=seed)
-    apply_strategy(model, info["strategy"], seed=seed, init_model=init_model)
-    parts = fingerprint_parts(model)
     if "fingerprint_parts" not in info:
         raise UserError(f"delta {path} was written by an older partial_ft (one whole-model fingerprint); load or "
                         "export it with that version")
+    seed, num_classes = int(info["seed"]), len(info["class_names"])
+    delta_checks.check_classifier(path, cfg, num_classes, delta_checks.header_tensors(path))
+    model, init_model = models.build(cfg, num_classes, seed=seed)
+    apply_strategy(model, info["strategy"], seed=seed, init_model=init_model)
+    parts = fingerprint_parts(model)
     if _combine(parts) != info["fingerprint"]:
         raise UserError(_mismatch(path, cfg, seed, info, parts))
     _copy_in(model, _read_tensors(path), path)
+    models.set_run_config(model, info["data_config"], info["class_names"])  # timm's data config = the run's
     return model.eval()
 
 
@@ -195,21 +201,20 @@ def _copy_in(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> No
     if set(state) != expected:
         missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
         raise UserError(f"delta {path} does not match its strategy: missing {missing[:3]}, unexpected {extra[:3]}")
+    delta_checks.check_tensors(path, own, state)
     with torch.no_grad():
         for key, value in state.items():
-            if own[key].shape != value.shape:
-                raise UserError(f"delta {path}: {key} has shape {tuple(value.shape)}, "
-                                f"the model {tuple(own[key].shape)}")
             own[key].copy_(value)
 
 
 def _mismatch(path: Path, cfg: ModelCfg, seed: int, info: dict[str, Any], parts: dict[str, str]) -> str:
     """The error for a rebuilt base whose fixed values differ: which parts, which versions."""
-    recorded = info.get("fingerprint_parts")
-    where = ""
-    if isinstance(recorded, dict):
-        differ = sorted(k for k in recorded.keys() | parts.keys() if recorded.get(k) != parts.get(k))
-        where = f" (differing parts: {', '.join(differ[:6])}{', ...' if len(differ) > 6 else ''})"
+    recorded = info["fingerprint_parts"]
+    differ = sorted(k for k in recorded.keys() | parts.keys() if recorded.get(k) != parts.get(k))
+    if not differ:  # the parts agree, so the recorded whole-fingerprint was edited
+        return (f"delta {path}: its metadata 'fingerprint' is not the hash of its own 'fingerprint_parts' (the file "
+                "was altered: train again or restore it)")
+    where = f" (differing parts: {', '.join(differ[:6])}{', ...' if len(differ) > 6 else ''})"
     trained = info.get("versions") if isinstance(info.get("versions"), dict) else {}
     return (f"delta {path} does not fit its rebuilt base: the fixed weights of {_weights_source(cfg, seed)} differ "
             f"from those it was trained on{where} (trained with torch {trained.get('torch')}, timm "
@@ -225,20 +230,3 @@ def _weights_source(cfg: Any, seed: int) -> str:
     if cfg.pretrained:
         return f"'{cfg.name}' with timm's pretrained weights"
     return f"'{cfg.name}' at its random init (seed {seed})"
-
-
-def export(source: str | Path, out: str | Path) -> tuple[Path, dict[str, Any]]:
-    """Write a plain timm state dict (full weights, learned and fixed joined) that timm loads without
-    partial_ft; returns (path, delta metadata). Refuses to write over the delta itself, into a folder,
-    below a file or into a read-only place; nothing is replaced on error."""
-    out = check_file_target(out, "export --out")
-    src = delta_path(source)
-    if out.exists() and out.resolve() == src.resolve():
-        raise UserError(f"export --out {out} is the run's own delta; choose another file")
-    info = read_info(src)
-    state = {k: v.contiguous() for k, v in merged_state_dict(load_delta(src)).items()}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"format": "pt", "architecture": info["model"]["name"], "num_classes": str(len(info["class_names"])),
-            "class_names": json.dumps(info["class_names"])}
-    write_atomic(out, lambda tmp: save_file(state, str(tmp), metadata=meta))
-    return out, info

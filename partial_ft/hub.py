@@ -17,6 +17,7 @@ from typing import Optional
 
 from .delta import DELTA_NAME
 from .errors import UserError, first_line
+from .modelcard import check_license
 from .rundir import CARD, DATA, RECIPE, SUMMARY, card
 
 HUB_FILES = (DELTA_NAME, RECIPE, DATA, SUMMARY, CARD)
@@ -67,16 +68,17 @@ def check_repo_id(repo_id: str) -> None:
         raise UserError(f"repo id '{repo_id}': {first_line(e)}") from None
 
 
-def stage(run_dir: str | Path, out: Path, repo_id: Optional[str] = None) -> list[Path]:
+def stage(run_dir: str | Path, out: Path, repo_id: Optional[str] = None, license: Optional[str] = None) -> list[Path]:
     """Write HUB_FILES for the run in `run_dir` (a finished run folder or a pushed layout) into the
     existing folder `out`: copies of the delta, recipe and summary, the class names as data.json, and a
-    model card whose loading instructions name `repo_id`. Returns the paths written."""
+    model card whose loading instructions name `repo_id`, under `license` (a Hub license id). Returns the
+    paths written."""
     run_dir = Path(run_dir)
     needed = [DELTA_NAME, RECIPE, SUMMARY, DATA]
     missing = [name for name in needed if not (run_dir / name).is_file()]
     if not run_dir.is_dir() or missing:
         raise UserError(f"{run_dir} is not a finished run folder (missing {', '.join(missing) or 'the folder'})")
-    text = card(run_dir, repo_id)  # reads (and so checks) recipe, summary and class names
+    text = card(run_dir, repo_id, license)  # reads (and so checks) recipe, summary and class names
     for name in (DELTA_NAME, RECIPE, SUMMARY):
         shutil.copyfile(run_dir / name, out / name)
     # class names only: the run's data.json may name local paths and the carved split's row indices
@@ -86,11 +88,14 @@ def stage(run_dir: str | Path, out: Path, repo_id: Optional[str] = None) -> list
     return [out / name for name in HUB_FILES]
 
 
-def push(run_dir: str | Path, repo_id: str, private: bool = False, local_dir: Optional[str | Path] = None) -> str:
+def push(run_dir: str | Path, repo_id: str, private: bool = False, local_dir: Optional[str | Path] = None,
+         license: Optional[str] = None) -> str:
     """Upload a run's delta, recipe, class names, summary and model card to the Hub repo `repo_id`
     (created when missing, private with `private`); with `local_dir`, write exactly those files there
-    instead (a new or empty folder). Returns the repo's URL or the folder."""
+    instead (a new or empty folder). `license` (a Hub license id) goes into the card. Returns the repo's
+    URL or the folder."""
     check_repo_id(repo_id)
+    check_license(license)
     if local_dir is not None:
         if private:
             raise UserError("--private applies to uploads; it means nothing with --local-dir")
@@ -98,7 +103,7 @@ def push(run_dir: str | Path, repo_id: str, private: bool = False, local_dir: Op
         if target.exists() and not (target.is_dir() and not any(target.iterdir())):
             raise UserError(f"--local-dir {target} must be a new or empty folder")
         with tempfile.TemporaryDirectory() as tmp:
-            stage(run_dir, Path(tmp), repo_id)  # every check passes before the target is touched
+            stage(run_dir, Path(tmp), repo_id, license)  # every check passes before the target is touched
             target.mkdir(parents=True, exist_ok=True)
             for name in HUB_FILES:
                 shutil.copyfile(Path(tmp) / name, target / name)
@@ -106,7 +111,7 @@ def push(run_dir: str | Path, repo_id: str, private: bool = False, local_dir: Op
     from huggingface_hub import HfApi
 
     with tempfile.TemporaryDirectory() as tmp:
-        stage(run_dir, Path(tmp), repo_id)
+        stage(run_dir, Path(tmp), repo_id, license)
         api = HfApi()
         try:
             url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")

@@ -193,9 +193,23 @@ def collate_indexed(batch: list) -> tuple[list[int], Optional[torch.Tensor], Opt
     return [i for i, _ in good], x, torch.tensor([item[1] for _, item in good], dtype=torch.long)
 
 
+# DataLoader workers per CPU this process may use. Workers decode and augment images: past one per core
+# they only queue for it, and a few per core still cover reads that wait on a slow disk or network. A
+# number far beyond (data.num_workers=100000) forks until the machine runs out of processes and hangs.
+WORKERS_PER_CPU = 4
+
+
+def max_workers() -> int:
+    """The most DataLoader workers a process of this machine starts (WORKERS_PER_CPU x usable CPUs)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return WORKERS_PER_CPU * max(1, cpus)
+
+
 def loader(ds: torch.utils.data.Dataset, batch_size: int, shuffle: bool, num_workers: int, seed: int,
            pin_memory: bool = False, collate_fn: Optional[Any] = None) -> torch.utils.data.DataLoader:
-    """A DataLoader with seeded shuffling and persistent workers; `collate_fn` defaults to collate()."""
+    """A DataLoader with seeded shuffling and persistent workers; `collate_fn` defaults to collate().
+    Workers beyond max_workers() are not started (a run recorded on a larger machine, evaluated here)."""
+    num_workers = min(num_workers, max_workers())
     return torch.utils.data.DataLoader(
         ds, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, collate_fn=collate_fn or collate,
         persistent_workers=num_workers > 0, pin_memory=pin_memory, drop_last=False,

@@ -74,6 +74,19 @@ def build(cfg: ModelCfg, num_classes: int, seed: int = 0) -> tuple[nn.Module, Ca
     return model, init_model
 
 
+def classifier_shapes(cfg: ModelCfg, num_classes: int) -> dict[str, tuple[int, ...]]:
+    """{name: shape} of the new classifier's parameters for `num_classes` outputs, from the architecture
+    built on the meta device (no memory, no weights). Empty when timm cannot build it so (then the real
+    build says why)."""
+    try:
+        with torch.device("meta"):
+            model = timm.create_model(cfg.name, pretrained=False, num_classes=num_classes, **cfg.kwargs)
+    except Exception:  # noqa: BLE001 - only a pre-check: the real build reports the problem
+        return {}
+    params = dict(model.named_parameters())
+    return {name: tuple(params[name].shape) for name in sorted(classifier_params(model))}
+
+
 def _pretrained_reason(e: Exception) -> str:
     from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
 
@@ -140,3 +153,20 @@ def data_config(model: nn.Module, cfg: DataCfg) -> dict:
     args = {"input_size": input_size, "mean": cfg.mean, "std": cfg.std, "interpolation": cfg.interpolation,
             "crop_pct": cfg.crop_pct}
     return dict(resolve_model_data_config(model, args=args))
+
+
+# the source checkpoint's test-time hints; they describe its weights, not the run's preprocessing
+_SOURCE_HINTS = ("test_input_size", "test_crop_pct", "test_pool_size", "label_offset", "label_descriptions")
+
+
+def set_run_config(model: nn.Module, data_config: dict, class_names: list[str]) -> nn.Module:
+    """Make the model's `pretrained_cfg` describe the run: its eval preprocessing (input size,
+    interpolation, mean, std, crop) and its classes, so that timm's `resolve_data_config({}, model=m)`
+    and `create_transform` give exactly the run's eval transform. Returns the model."""
+    cfg = {k: v for k, v in dict(getattr(model, "pretrained_cfg", None) or {}).items() if k not in _SOURCE_HINTS}
+    run = {k: tuple(v) if isinstance(v, list) else v for k, v in data_config.items()}
+    if tuple(run["input_size"][1:]) != tuple(cfg.get("input_size", (3, 224, 224))[1:]):
+        cfg["pool_size"] = None  # the source's final feature map size no longer holds (as timm's export says)
+    cfg.update(run, num_classes=len(class_names), label_names=list(class_names))
+    model.pretrained_cfg = cfg
+    return model

@@ -9,7 +9,6 @@ prefix runs once per batch and only each source's learned rest runs per source.
 from __future__ import annotations
 
 import glob
-import json
 import os
 import sys
 import time
@@ -21,9 +20,13 @@ from typing import IO, Any, Optional
 import torch
 from torch import nn
 
-from . import cuts, delta, hub, loaders
+from . import cuts, delta, hub, jsonsafe, loaders
 from .data_columns import IMAGE_SUFFIXES
 from .errors import UserError
+
+# One batch of 16,384 images at 224 px is 9.9 GB of floats: more fits no device better, it only runs out of
+# memory (or, on the CPU, swaps) after every image has been listed and the model loaded.
+MAX_BATCH = 16_384
 
 
 def expand_inputs(patterns: list[str]) -> list[Path]:
@@ -208,8 +211,9 @@ def run(sources: list[str], inputs: list[str], out: Optional[str] = None, top_k:
         skip_bad: bool = False, ensemble: bool = False, stream: IO[str] = sys.stdout) -> tuple[Counts, Runner]:
     """The `predict` command: JSON lines to `out` (written whole or not at all) or to `stream`. Cheap
     checks (arguments, inputs, output path) come before any model is loaded."""
-    if top_k < 1 or batch_size < 1:
-        raise UserError(f"--top-k and --batch-size must be at least 1 (got {top_k} and {batch_size})")
+    if top_k < 1 or not 1 <= batch_size <= MAX_BATCH:
+        raise UserError(f"--top-k and --batch-size must be at least 1, and --batch-size at most {MAX_BATCH:,} "
+                        f"(got {top_k:,} and {batch_size:,})")
     if ensemble and len(sources) < 2:
         raise UserError("--ensemble averages several SOURCEs; give at least two")
     files = expand_inputs(inputs)
@@ -223,13 +227,13 @@ def run(sources: list[str], inputs: list[str], out: Optional[str] = None, top_k:
     records = predict(runner, files, top_k, batch_size, skip_bad, ensemble, workers, counts)
     if target is None:
         for record in records:
-            print(json.dumps(record), file=stream, flush=True)
+            print(jsonsafe.dumps(record), file=stream, flush=True)
         return counts, runner
     tmp = target.with_name(f".{target.name}.tmp")
     try:
         with tmp.open("w") as f:
             for record in records:
-                f.write(json.dumps(record) + "\n")
+                f.write(jsonsafe.dumps(record) + "\n")
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)

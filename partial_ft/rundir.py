@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from . import checkpoints, curves, delta, modelcard, yamlsafe
+from . import checkpoints, curves, delta, jsonsafe, modelcard, yamlsafe
 from .atomic import probe_writable, write_atomic, write_text
 from .errors import UserError, first_line
 from .recipe import Recipe, from_dict
@@ -178,7 +178,7 @@ class RunFolder:
         (self.path / METRICS).unlink(missing_ok=True)
 
     def write_json(self, name: str, obj: Any) -> Path:
-        return write_text(self.path / name, json.dumps(obj, indent=2) + "\n")
+        return write_text(self.path / name, jsonsafe.dumps(obj, indent=2) + "\n")
 
     def metrics_lines(self) -> list[str]:
         path = self.path / METRICS
@@ -186,7 +186,7 @@ class RunFolder:
 
     def append_metrics(self, metrics: dict[str, Any]) -> None:
         """One line per finished epoch; the whole file is replaced, so a crash never leaves half a line."""
-        write_text(self.path / METRICS, "".join(self.metrics_lines()) + json.dumps(metrics) + "\n")
+        write_text(self.path / METRICS, "".join(self.metrics_lines()) + jsonsafe.dumps(metrics) + "\n")
 
     def keep_metrics(self, lines: int) -> None:
         """On resume: epochs logged after the checkpoint are run again, so their lines go."""
@@ -215,20 +215,25 @@ class RunFolder:
         write_text(self.path / CARD, card(self.path))
         evals = [json.loads(line) for line in self.metrics_lines()]
         losses = [(step, loss) for e in evals for step, loss in e.get("loss_curve", [])]
-        write_atomic(self.path / CURVE, lambda tmp: curves.plot(losses, evals, tmp, title))
+        if summary.get("solver", {}).get("solver") == "exact":  # no steps: the cross-validation is the curve
+            write_atomic(self.path / CURVE, lambda tmp: curves.plot_solver(summary["solver"], summary["val_top1"],
+                                                                           tmp, title))
+        else:
+            write_atomic(self.path / CURVE, lambda tmp: curves.plot(losses, evals, tmp, title))
         checkpoints.remove(self.path)
 
 
-def card(folder: Path, repo_id: Optional[str] = None) -> str:
+def card(folder: Path, repo_id: Optional[str] = None, license: Optional[str] = None) -> str:
     """The model card of the finished run in `folder` (a run folder, or a pushed one: plan.txt and the
-    validation split are optional there); `repo_id` names the Hub repo in its loading instructions."""
+    validation split are optional there); `repo_id` names the Hub repo in its loading instructions,
+    `license` is its Hub license id (None: none given)."""
     folder = Path(folder)
     try:
         summary = json.loads((folder / SUMMARY).read_text())
         data = json.loads((folder / DATA).read_text())
         plan = (folder / PLAN).read_text() if (folder / PLAN).is_file() else None
         return modelcard.render(read_recipe(folder).to_dict(), summary, data["class_names"], plan,
-                                data.get("val_split"), repo_id)
+                                data.get("val_split"), repo_id, license)
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise UserError(f"cannot describe the run in {folder}: {first_line(e)}") from None
 

@@ -31,6 +31,13 @@ def check_optimization(t: Any) -> None:
         raise UserError(f"train.sched '{t.sched}': {first_line(e)}") from None
 
 
+def check_workers(cfg: DataCfg) -> None:
+    """data.num_workers within what this machine can start (loaders.max_workers: a few per CPU)."""
+    if cfg.num_workers > loaders.max_workers():
+        raise UserError(f"data.num_workers {cfg.num_workers:,} is more than this machine can use: at most "
+                        f"{loaders.max_workers()} ({loaders.WORKERS_PER_CPU} per CPU it may use)")
+
+
 def build_transforms(cfg: DataCfg, data_config: dict) -> tuple[Any, Any, bool]:
     """timm's train and eval transforms for the recipe, tried on a small image so that a value timm or
     torchvision refuses (an auto-augment policy, a size) is an error naming the data keys, now."""

@@ -244,7 +244,7 @@ def test_eval_equals_summary_and_export_loads_into_bare_timm(straight, tmp_path,
 
     exported = tmp_path / "export" / "model.safetensors"
     assert main(["export", str(run_dir), "--out", str(exported)]) == 0
-    assert "pretrained_cfg_overlay" in capsys.readouterr().out
+    assert "local-dir:" in capsys.readouterr().out  # model.safetensors: timm loads its folder (config.json)
     bare = timm.create_model("test_resnet", pretrained=True,
                              pretrained_cfg_overlay=dict(file=str(exported), num_classes=10)).eval()
     rebuilt = load_delta(run_dir)

@@ -123,6 +123,11 @@ CASES = {
     "min-lr-nan": ("tiny", ["train.min_lr=.nan"], "train.min_lr: must be a finite number, got nan", False),
     "mean-nan": ("tiny", ["data.mean=[.nan,0.5,0.5]"], "data.mean: must be a finite number, got nan", False),
     "fraction-nan": ("tiny", ["strategy.fraction=.nan"], "strategy.fraction: must be a finite number", False),
+    "num-workers-beyond-the-machine": ("tiny", ["data.num_workers=100000"],
+                                       "data.num_workers 100,000 is more than this machine can use: at most", False),
+    # test_resnet's first conv is 3 -> 16 channels (3x3): its updates have rank at most min(16, 27) = 16
+    "lora-rank-above-a-layer": ("lora-17", [], "strategy.rank 17 is above the size of layer 'conv1.0' (its weight "
+                                "updates have rank at most 16)", False),
     "clip-grad-inf": ("tiny", ["train.clip_grad=.inf"], "train.clip_grad: must be a finite number", True),
 }
 
@@ -153,7 +158,7 @@ def _setup(kind: str, tiny_recipe, tmp_path: Path) -> tuple[Path, Path, list[str
             "out-of-range": {"dataset": str(_out_of_range(tmp_path))},
             "huge-label": {"dataset": str(_labels(tmp_path, "huge", [0, 1, 2_000_000_000, 1]))},
             "val-only": {"dataset": str(_labels(tmp_path, "val-only", [0, 1, 0, 1], [0, 1, 2, 2]))}}.get(kind, {})
-    strategy = {"block-99": {"name": "block", "index": 99}, "block-empty": {"name": "block", "index": []},
+    strategy = {"block-99": {"name": "block", "index": 99}, "lora-17": {"name": "lora", "rank": 17}, "block-empty": {"name": "block", "index": []},
                 "head": {"name": "head"},
                 "disagree": [{"name": "filters", "fraction": 0.25, "fixed": "zero"},
                              {"name": "filters", "fraction": 0.25, "dim": "in", "fixed": "random"}]}.get(kind)

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from conftest import TINY, write_recipe
 from partial_ft import load_delta, modelcard, rundir
@@ -90,27 +89,55 @@ SUMMARY = {"strategy": "block(index=middle)", "learned_params": 530698, "total_p
            "learned_fraction": 0.0475, "val_top1": 0.91, "val_top5": 0.99, "val_loss": 0.3, "epochs": 3, "steps": 90}
 
 
-@pytest.mark.parametrize("model, dataset, base, datasets", [
-    ({"name": "resnet18.a1_in1k", "pretrained": True}, "uoft-cs/cifar10", "timm/resnet18.a1_in1k", ["uoft-cs/cifar10"]),
-    ({"name": "resnet18", "pretrained": True}, "cifar10", "timm/resnet18.a1_in1k", ["cifar10"]),
-    ({"name": "resnet18", "pretrained": False}, "digits", None, None),  # random init: no Hub base
-    ({"name": "resnet18", "pretrained": True, "checkpoint": "/w/base.safetensors"}, "./data/folder", None, None),
+CARVED = {"carved_from": "train", "fraction": 0.1, "seed": 0}
+DATA_CONFIG = {"input_size": [3, 40, 40], "interpolation": "bilinear", "mean": [0.5, 0.5, 0.5],
+               "std": [0.5, 0.5, 0.5], "crop_pct": 0.875, "crop_mode": "center"}
+
+
+@pytest.mark.parametrize("model, dataset, base, datasets, val_split, split, license", [
+    ({"name": "resnet18.a1_in1k", "pretrained": True}, "uoft-cs/cifar10", "timm/resnet18.a1_in1k", ["uoft-cs/cifar10"],
+     "validation", "validation", "apache-2.0"),
+    ({"name": "resnet18", "pretrained": True}, "cifar10", "timm/resnet18.a1_in1k", ["cifar10"], "test", "test", "mit"),
+    ({"name": "resnet18", "pretrained": False}, "digits", None, None,  # random init: no Hub base
+     CARVED, "train (seeded carve-out, 0.1)", None),
+    ({"name": "resnet18", "pretrained": True, "checkpoint": "/w/base.safetensors"}, "./data/folder", None, None,
+     "validation", "validation", "cc-by-nc-4.0"),
 ])
-def test_model_card_front_matter_is_hub_metadata(model, dataset, base, datasets):
+def test_model_card_front_matter_is_hub_metadata(model, dataset, base, datasets, val_split, split, license):
+    """Every card parses with huggingface_hub's ModelCard / ModelCardData (offline), and its fields are
+    the ones written down here: no literal quotes in the split, `license: other` when none was given."""
+    from huggingface_hub import ModelCard
+
     recipe = {"model": {"checkpoint": None, "kwargs": {}, **model}, "data": {"dataset": dataset},
               "strategy": {"name": "block"}, "train": {"seed": 0}, "output": {"dir": None}}
-    card = modelcard.render(recipe, SUMMARY, [f"c{i}" for i in range(10)], "layer  learned", "validation", REPO)
-    _, front, body = card.split("---\n", 2)
-    meta = yaml.safe_load(front)
-    assert meta["library_name"] == "partial_ft" and meta.get("base_model") == base
-    assert meta.get("datasets") == datasets
-    assert "partial_ft" in meta["tags"] and meta["metrics"] == ["accuracy"]
-    results = meta["model-index"][0]["results"][0]
-    assert [(m["type"], m["value"]) for m in results["metrics"]] == [("accuracy", 0.91), ("top_5_accuracy", 0.99)]
-    for text in ("530,698 of 11,181,642 parameters (4.75%)", "block(index=middle)", "top-1 0.9100",
-                 f'load_delta("{REPO}")', "export someone/tiny-digits", "pretrained_cfg_overlay", "layer  learned",
-                 "## Recipe"):
-        assert text in body, text
+    text = modelcard.render(recipe, {**SUMMARY, "data_config": DATA_CONFIG}, [f"c{i}" for i in range(10)],
+                            "layer  learned", val_split, REPO, license)
+    card = ModelCard(text, ignore_metadata_errors=False)
+    data = card.data
+    assert (data.library_name, data.base_model, data.datasets, data.license) == (
+        "partial_ft", base, datasets, license or "other")
+    assert "partial_ft" in data.tags and data.metrics == ["accuracy"] and data.model_name == REPO
+    assert [(r.metric_type, r.metric_value, r.dataset_split) for r in data.eval_results] == [
+        ("accuracy", 0.91, split), ("top_5_accuracy", 0.99, split)]
+    assert "''" not in text  # the split once carried literal quotes ('''validation''')
+    body = card.text
+    for line in ("530,698 of 11,181,642 parameters (4.75%)", "block(index=middle)", "top-1 0.9100",
+                 f'load_delta("{REPO}")', "export someone/tiny-digits --out exported/model.safetensors",
+                 'timm.create_model("local-dir:exported", pretrained=True)', "resolve_data_config({}, model=model)",
+                 "40×40 px, bilinear interpolation, crop 0.875 (center)", "layer  learned", "## Recipe",
+                 "No license was given" if license is None else f"License: `{license}`."):
+        assert line in body, line
+    assert ("No license was given" in body) == (license is None)
+
+
+def test_push_license_must_be_a_hub_license_id(run, tmp_path):
+    from huggingface_hub import ModelCard
+
+    with pytest.raises(UserError, match="'apache2' is not a Hub license identifier .did you mean 'apache-2.0'"):
+        push(run, REPO, local_dir=tmp_path / "out", license="apache2")
+    assert not (tmp_path / "out").exists()
+    push(run, REPO, local_dir=tmp_path / "out", license="apache-2.0")
+    assert ModelCard.load(tmp_path / "out" / "README.md").data.license == "apache-2.0"
 
 
 def test_run_folder_card_parses_with_huggingface_hub(run):
@@ -118,6 +145,7 @@ def test_run_folder_card_parses_with_huggingface_hub(run):
 
     card = ModelCard(rundir.card(run))
     assert card.data.library_name == "partial_ft" and card.data.model_name == "test_resnet"
+    assert card.data.license == "other" and card.data.eval_results[0].dataset_split == "validation"
     assert card.data.eval_results[0].metric_value == json.loads((run / "summary.json").read_text())["val_top1"]
 
 
@@ -142,10 +170,13 @@ def test_cli_push_local_dir_then_predict_from_it_equals_the_run(run, tmp_path, c
 @pytest.mark.parametrize("argv, message", [
     (["predict", "RUN", "IMAGES", "--ensemble"], "--ensemble averages several SOURCEs"),
     (["predict", "RUN", "IMAGES", "--top-k", "0"], "--top-k and --batch-size must be at least 1"),
+    (["predict", "RUN", "IMAGES", "--batch-size", "1000000000"], "--batch-size at most 16,384 (got 5 and 1,000,000,000)"),
+    (["predict", "RUN", "IMAGES", "--batch-size", "16385"], "--batch-size at most 16,384"),
     (["predict", "RUN", "IMAGES", "--out", "NOWHERE/p.jsonl"], "does not exist"),
     (["predict", "someone/not-cached", "IMAGES"], "nor a Hub repo in the local cache"),
     (["predict", "RUN", "NOWHERE"], "no such file or folder"),
     (["push", "RUN", REPO], "cannot push to someone/tiny-digits"),  # offline: the upload is refused
+    (["push", "RUN", REPO, "--license", "Apache 2"], "'Apache 2' is not a Hub license identifier"),
     (["eval", "someone/not-cached"], "nor a Hub repo in the local cache"),
     (["export", "./nope", "--out", "OUT.safetensors"], "no delta at ./nope"),
 ])
