@@ -170,7 +170,7 @@ def test_advise_stops_on_sigterm_continues_without_repeating_trials_keeps_time_a
     assert first.signum == signal.SIGTERM
     text = (out / "advice.md").read_text()
     assert "stopped by a signal" in text and "| `bias` | – | 2,010 |" in text
-    assert "`lora(rank=1)` | – | 7,013 |" in text and "learns 7,013 at its smallest, over 3,000" in text
+    assert "`lora` | – | 7,013 |" in text and "learns 7,013 at its smallest (lora(rank=1)), over 3,000" in text
     assert "`norm` | – | 3,050 |" in text and "learns 3,050 at its smallest, over 3,000" in text
     before = _summaries(out)
     assert len(before) == 1

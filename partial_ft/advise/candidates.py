@@ -102,10 +102,12 @@ def size(task: Task, recipe: Recipe, only: Optional[str] = None) -> list[Row]:
             rows.append(row)
             continue
         row.spec, row.learned, row.resolved = spec, plan.learned, plan.spec
-        row.name = name if name == PROBE else plan.label
         if inside and plan.learned > task.budget:
+            smallest = f" ({plan.label})" if plan.label != name else ""
             row.status = SKIPPED
-            row.note = f"cannot fit the budget: learns {plan.learned:,} at its smallest, over {task.budget:,}"
+            row.note = f"cannot fit the budget: learns {plan.learned:,} at its smallest{smallest}, over {task.budget:,}"
+        elif name != PROBE:
+            row.name = plan.label
         rows.append(row)
     return rows
 
