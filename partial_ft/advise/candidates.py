@@ -92,7 +92,7 @@ def size(task: Task, recipe: Recipe, only: Optional[str] = None) -> list[Row]:
         row = Row(name, None, total=task.total, in_budget=inside, settings=dict(settings), tunes_lr=name != PROBE)
         try:
             spec = size_to_budget(task.model, node, task.budget, recipe.train.seed, task.init_model,
-                                  at_most=True)[0] if inside and _sizable(node) else dict(node)
+                                  at_most=True, steps=20)[0] if inside and _sizable(node) else dict(node)
             if source is None and only is None:
                 source = _gradients(task, recipe)
             plan = apply_strategy(copy.deepcopy(task.model), spec, seed=recipe.train.seed,
