@@ -29,6 +29,7 @@ def command(args: argparse.Namespace) -> int:
     """Run advise as the arguments say; print the report; 128 + signal number when a signal stopped it."""
     import datasets
 
+    from ..signals import Interrupted, Stopped
     from .run import Request, advise, parse_budget, parse_time
 
     if args.trials < 1:
@@ -38,7 +39,11 @@ def command(args: argparse.Namespace) -> int:
     request = Request(args.recipe, parse_budget(args.budget), parse_time(args.time), args.time, args.out, args.train,
                       args.overrides, args.storage, args.worker, args.trials, args.launcher)
     datasets.disable_progress_bars()
-    outcome = advise(request)
+    try:
+        outcome = advise(request)
+    except (Interrupted, Stopped) as e:  # before the advise folder was written: nothing to report yet
+        print(f"error: interrupted before any advice was written ({e})", file=sys.stderr)
+        return 128 + e.signum
     print(outcome.text)
     if outcome.signum:
         print(f"error: interrupted; the report so far is in {outcome.folder}; the same command continues",
