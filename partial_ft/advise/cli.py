@@ -5,6 +5,7 @@ import argparse
 import sys
 
 from ..errors import UserError
+from ..signals import Interrupted, Stopped
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -29,7 +30,6 @@ def command(args: argparse.Namespace) -> int:
     """Run advise as the arguments say; print the report; 128 + signal number when a signal stopped it."""
     import datasets
 
-    from ..signals import Interrupted, Stopped
     from .run import Request, advise, parse_budget, parse_time
 
     if args.trials < 1:
