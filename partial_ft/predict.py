@@ -71,7 +71,7 @@ def load_sources(sources: list[str]) -> list[Source]:
     loaded = []
     for name in sources:
         path = hub.resolve(name)
-        loaded.append(Source(name, delta.read_info(path), delta.load_delta(path)))
+        loaded.append(Source(name, delta.read_info(path), delta.rebuild(path)))
     first = loaded[0].info
     for other in loaded[1:]:
         for key, what in (("model", "base model"), ("weights", "starting weights"),
@@ -99,8 +99,8 @@ class Runner:
         if len(models) == 1:
             return cls(sources, device)
         input_size = tuple(sources[0].info["data_config"]["input_size"])
-        probe = torch.randn(2, *input_size, generator=torch.Generator().manual_seed(0)).to(device)
-        found, why = cuts.common_cut(models, probe)
+        sample = torch.randn(2, *input_size, generator=torch.Generator().manual_seed(0)).to(device)
+        found, why = cuts.common_cut(models, sample)
         return cls(sources, device, found, f"shared fixed prefix: {found[0].name}" if found else f"no shared prefix: {why}")
 
     def _timed(self, key: str, fn: Any) -> Any:
@@ -132,7 +132,7 @@ class Runner:
                 f"saving {(n - 1) * prefix:.2f} s of {alone:.2f} s ({100 * (n - 1) * prefix / max(alone, 1e-9):.0f}%)")
 
 
-class Files(torch.utils.data.Dataset):
+class ImageFiles(torch.utils.data.Dataset):
     """Image files as (index, tensor, error): read and transformed as `eval` reads a split."""
 
     def __init__(self, files: list[Path], transform: Any):
@@ -181,7 +181,7 @@ def predict(runner: Runner, files: list[Path], top_k: int = 5, batch_size: int =
         raise UserError("--ensemble averages predictions over the same classes, but the sources' classes differ")
     counts = counts if counts is not None else Counts()
     transform = loaders.eval_transform(sources[0].info["data_config"])
-    dl = torch.utils.data.DataLoader(Files(files, transform), batch_size=batch_size, num_workers=num_workers,
+    dl = torch.utils.data.DataLoader(ImageFiles(files, transform), batch_size=batch_size, num_workers=num_workers,
                                      collate_fn=_collate)
     for batch in tqdm(dl, desc="predict", unit="batch", disable=True if not progress or len(dl) < 2 else None):
         good = []

@@ -16,17 +16,20 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from .layers import classifier_params, weight_layers
-from .registry import Context, Options, Selection, register, register_export_hook
+from ..layers import classifier_params, weight_layers
+from .context import Context
+from .registry import register, register_export_hook
+from .types import Options, Selection, option
 
 
 @dataclass
 class LoraOptions(Options):
-    rank: int = 8
-    alpha: Optional[float] = None  # scaling alpha / rank; default: alpha = rank (scale 1)
-    dropout: float = 0.0
-    layers: Literal["conv", "linear", "all"] = "all"
-    modules: Optional[str] = None  # a regex on module names to narrow the targets, e.g. 'attn|mlp'
+    rank: int = option(8, "the rank r of each update B·A")
+    alpha: Optional[float] = option(None, "scaling alpha / rank (default: alpha = rank, scale 1)")
+    dropout: float = option(0.0, "dropout on the adapters' input")
+    layers: Literal["conv", "linear", "all"] = option("all", "which layers get adapters")
+    modules: Optional[str] = option(None, "a regex searched in each layer's full module name, narrowing "
+                                                     "the adapted layers to those it matches, e.g. `^conv1$`")
 
     def validate(self) -> None:
         if self.rank < 1:
