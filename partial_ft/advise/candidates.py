@@ -119,13 +119,10 @@ def _sizable(node: dict) -> bool:
 
 
 def _gradients(task: Task, recipe: Recipe) -> Any:
-    """The gradient source a training run would give strategies (train.prepare's), over the carve-out's
-    training part."""
+    """The gradient source a training run gives strategies (prepare's), over the carve-out's training part."""
     t = recipe.train
     acc = Accelerator(mixed_precision=t.mixed_precision)
-    data_config = models.data_config(task.model, recipe.data)
-    loader, _ = loaders.train_loader(task.bundle, recipe.data, data_config, t.batch_size, t.seed,
-                                     acc.device.type == "cuda")
-    return gradients.from_loader(loader, acc, nn.CrossEntropyLoss(label_smoothing=t.label_smoothing), t.seed,
-                                 t.channels_last)
-
+    tfs = loaders.transforms(recipe.data, models.data_config(task.model, recipe.data))
+    return gradients.for_training(loaders.train_dataset(task.bundle, recipe.data, tfs, t.seed), t.batch_size,
+                                  recipe.data.num_workers, acc, nn.CrossEntropyLoss(label_smoothing=t.label_smoothing),
+                                  t.seed, t.channels_last)
