@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Optional
 
 from .. import recipe as recipes
-from ..atomic import probe_writable
+from ..atomic import check_writable
 from ..errors import UserError
 from ..signals import Interrupted, Stopped, stop_on_signals
 from ..train import run
@@ -92,7 +92,7 @@ def advise(req: Request) -> Outcome:
         settle(rows, req.trials)
         state.save(out, fingerprint, rows)
     header = {"recipe": req.recipe, "budget": task.budget, "total": task.total, "time": req.time_text,
-              "n_eval": n_eval, "fraction": TUNE_FRACTION, "seed": TUNE_SEED}
+              "used": time.monotonic() - start, "n_eval": n_eval, "fraction": TUNE_FRACTION, "seed": TUNE_SEED}
     notes = (["stopped by a signal: this is the report of what was done so far; the same command continues"]
              if signum else []) + cuts(rows, req.trials)
     text, rec = report.write(out, rows, header, state.user_raw(req.recipe), req.overrides, notes, probe)
@@ -117,7 +117,7 @@ def _check_time(probe: Row, base: dict, n_eval: int, req: Request) -> None:
 def _check_out(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a folder")
-    probe_writable(out, "--out")
+    check_writable(out, "--out")
     if out.is_dir() and any(out.iterdir()) and not (out / state.STATE).is_file():
         raise UserError(f"--out {out} is not empty and holds no advice (no {state.STATE}); advise never writes into "
                         "another folder: choose another --out")
