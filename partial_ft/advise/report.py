@@ -25,7 +25,8 @@ def markdown(rows: list[Row], header: dict[str, Any], rec: Optional[Recommendati
     """advice.md: what was asked, the table, the plot, the recommendation, what was cut, the command."""
     lines = [f"# Advice: {header['recipe']}", "",
              f"Budget {count(header['budget'])} parameters ({100 * header['budget'] / header['total']:.3g}% of "
-             f"{count(header['total'])}), time {header['time']} ({header['used']:.0f} s used), carve-out of train: {header['n_eval']} images "
+             f"{count(header['total'])}), time {header['time']} ({header['used']:.0f} s used), carve-out of train: "
+             f"{header['n_eval']} images "
              f"({header['fraction']:.0%}, stratified, seed {header['seed']}; the validation split is never used).",
              "", "| candidate | carve-out top-1 | learned | % | delta bytes | s/epoch | peak memory | lr | trials "
              "(run / pruned) | note |", "|---|---|---|---|---|---|---|---|---|---|"]
