@@ -56,14 +56,15 @@ def candidate_raw(base: dict, row: Row, run_dir: Path, epochs: Optional[int] = N
 
 
 def measure(base: dict, row: Row, run_dir: Path, n_eval: int) -> dict[str, Any]:
-    """Train `row` for one epoch into `run_dir` (replaced if there; its printed lines go to run_dir.log);
+    """Train `row` for one epoch into `run_dir` (replaced if there; what it prints goes to run_dir.log);
     fill in its seconds per epoch, the set-up seconds around them, peak memory and delta bytes (and, for a
     row with nothing to tune, its result). Returns the summary."""
     recipe = from_dict(candidate_raw(base, row, run_dir, epochs=1), name=row.name)
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     reset_peak()
     start = time.perf_counter()
-    with open(run_dir.with_suffix(".log"), "w") as log, contextlib.redirect_stdout(log):  # the run's lines
+    with open(run_dir.with_suffix(".log"), "w") as log, contextlib.redirect_stdout(log), \
+            contextlib.redirect_stderr(log):  # the run's own lines and warnings
         summary = run(recipe, overwrite=True)
     wall = time.perf_counter() - start
     row.epoch_seconds = max(summary["train_seconds"], 1e-3)
