@@ -16,8 +16,8 @@ from . import checkpoints, curves, delta, jsonsafe, modelcard, runfiles, yamlsaf
 from .atomic import check_writable, staged, write_atomic, write_text
 from .errors import UserError, first_line
 from .recipe import Recipe, from_dict
-from .runfiles import (CARD, CURVE, DATA, EVAL, LOGS, MARKER, METRICS, OWN, PLAN, PREVIOUS, RECIPE, STRATEGY,  # noqa: F401
-                       SUMMARY, is_ours)
+from .runfiles import (CARD, CONFUSION, CURVE, DATA, EVAL, LOGS, MARKER, METRICS, OWN, PLAN, PREVIOUS,  # noqa: F401
+                       RECIPE, STRATEGY, SUMMARY, is_ours)
 from .runlock import LOCK, RunLock
 
 # keys that may change between a run and its resumption: they do not change the numbers
@@ -165,6 +165,14 @@ class RunFolder:
     def write_json(self, name: str, obj: Any) -> Path:
         runfiles.register(self.path, [name])
         return write_text(self.path / name, jsonsafe.dumps(obj, indent=2) + "\n")
+
+    def write_confusion(self, result: dict[str, Any]) -> Path:
+        """`eval`'s confusion matrix as a picture (the numbers are in eval.json)."""
+        title = f"{result['dataset']}, split {result['split']}: top-1 {result['val_top1']:.4f}"
+        m = result["confusion_matrix"]
+        runfiles.register(self.path, [CONFUSION])
+        return write_atomic(self.path / CONFUSION, lambda tmp: curves.plot_confusion(m["matrix"], m["labels"], tmp,
+                                                                                     title))
 
     def metrics_lines(self) -> list[str]:
         path = self.path / METRICS

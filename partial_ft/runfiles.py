@@ -29,9 +29,11 @@ MARKER = ".partial_ft-run"
 PREVIOUS = ".partial_ft-previous"  # the run an --overwrite replaces, until the new one has finished
 RECIPE, PLAN, DATA, METRICS, SUMMARY, EVAL = "recipe.yaml", "plan.txt", "data.json", "metrics.jsonl", "summary.json", "eval.json"
 CARD, CURVE, LOGS = "README.md", "training_curve.png", "logs"  # the model card; loss and val top-1 vs step; trackers
+CONFUSION = "confusion_matrix.png"  # written by `eval`, beside eval.json
 STRATEGY = "strategy.json"  # the strategy with data-driven choices resolved (what --resume rebuilds)
 # what a run may write, and so all a manifest may name (anything else in the folder is the user's)
-OWN = frozenset({RECIPE, PLAN, DATA, METRICS, SUMMARY, EVAL, STRATEGY, DELTA_NAME, CHECKPOINTS, CARD, LOGS, CURVE})
+OWN = frozenset({RECIPE, PLAN, DATA, METRICS, SUMMARY, EVAL, STRATEGY, DELTA_NAME, CHECKPOINTS, CARD, LOGS, CURVE,
+                 CONFUSION})
 # partial_ft's own bookkeeping in a run folder
 BOOKKEEPING = frozenset({MARKER, LOCK, PREVIOUS})
 
