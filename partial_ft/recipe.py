@@ -62,6 +62,10 @@ class DataCfg:
     color_jitter: float = 0.0
     auto_augment: Optional[str] = None
     re_prob: float = 0.0
+    # timm Mixup on training batches (alphas of its Beta draws; 0: off), with soft-target cross-entropy
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    mixup_prob: float = 1.0  # the share of batches mixed
     skip_bad_images: bool = False
     # decode every image once into memory; batches augmented on the training device (see preload.py)
     preload: Literal["auto", "true", "false"] = "auto"
@@ -84,6 +88,11 @@ class TrainCfg:
     min_lr: float = 0.0
     clip_grad: Optional[float] = None  # max gradient norm
     label_smoothing: float = 0.0
+    # timm ModelEmaV3 average of the learned tensors, evaluated and saved as the delta when on
+    ema: bool = False
+    ema_decay: float = 0.999
+    layer_decay: Optional[float] = None  # layer-wise lr decay (timm): lr x layer_decay^(layers below the top)
+    keep: Literal["last", "best"] = "last"  # best: the epoch with the best top-1 on a tuning carve-out
     grad_accum_steps: int = 1
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     cache_features: Literal["auto", "on", "off"] = "auto"  # train from cached features of the fixed prefix
@@ -203,6 +212,10 @@ def _check_ranges(r: Recipe) -> None:
         (r.train.warmup_epochs >= 0, "train.warmup_epochs must be >= 0"),
         (r.train.clip_grad is None or r.train.clip_grad > 0, "train.clip_grad must be > 0"),
         (0 <= r.train.label_smoothing < 1, "train.label_smoothing must be in [0, 1)"),
+        (0 <= r.train.ema_decay < 1, "train.ema_decay must be in [0, 1)"),
+        (r.train.layer_decay is None or 0 < r.train.layer_decay <= 1, "train.layer_decay must be in (0, 1]"),
+        (r.data.mixup >= 0 and r.data.cutmix >= 0, "data.mixup and data.cutmix must be >= 0 (0: off)"),
+        (0 <= r.data.mixup_prob <= 1, "data.mixup_prob must be in [0, 1]"),
         (r.train.log_every >= 1, "train.log_every must be >= 1"),
         (r.train.checkpoint_every is None or r.train.checkpoint_every >= 1,
          "train.checkpoint_every must be >= 1 (null: only at epoch ends)"),
@@ -220,9 +233,32 @@ def _check_ranges(r: Recipe) -> None:
         (0 <= r.train.seed < 2**32, "train.seed must be in [0, 2**32)"),
         (not r.model.pretrained or not r.model.checkpoint, "set model.pretrained or model.checkpoint, not both"),
     ]
-    for ok, message in checks + _data_checks(r.data, r.model.kwargs.get("in_chans", 3)):
+    for ok, message in checks + _data_checks(r.data, r.model.kwargs.get("in_chans", 3)) + _loop_checks(r):
         if not ok:
             raise UserError(message)
+
+
+def loop_features(r: Recipe) -> list[str]:
+    """The recipe keys on that act on training steps, which the exact solver (no steps) cannot honour."""
+    d, t = r.data, r.train
+    return [key for key, on in (("data.mixup", d.mixup > 0), ("data.cutmix", d.cutmix > 0), ("train.ema", t.ema),
+                                ("train.layer_decay", t.layer_decay is not None), ("train.keep: best", t.keep == "best"))
+            if on]
+
+
+def _loop_checks(r: Recipe) -> list[tuple[bool, str]]:
+    features = loop_features(r)
+    return [
+        (r.train.keep != "best" or r.data.tune_fraction is not None,
+         "train.keep: best picks the epoch by its validation top-1, so it needs validation carved out of train "
+         "(data.tune_fraction); on the real validation split it would report a peeked number"),
+        (r.train.solver != "exact" or not features,
+         f"train.solver: exact solves the classifier in one go, with no steps to apply {', '.join(features)} to "
+         "(set train.solver: loop or auto)"),
+        (r.train.cache_features != "on" or not (r.data.mixup > 0 or r.data.cutmix > 0),
+         "train.cache_features: on cannot mix images (data.mixup / data.cutmix): cached features are computed once "
+         "from unmixed images (set cache_features: auto or off)"),
+    ]
 
 
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos", "random")

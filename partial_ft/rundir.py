@@ -196,12 +196,15 @@ class RunFolder:
         """The newest complete checkpoint, or None."""
         return checkpoints.latest(self.path)
 
-    def save_checkpoint(self, acc: Any, progress: dict[str, Any], keep: Optional[int]) -> Path:
-        """A resumable checkpoint (every process calls this), older ones rotated out beyond `keep`."""
-        return checkpoints.save(acc, self.path, progress, keep)
+    def save_checkpoint(self, acc: Any, progress: dict[str, Any], keep: Optional[int],
+                        tensors: Optional[dict[str, Any]] = None) -> Path:
+        """A resumable checkpoint (every process calls this), older ones rotated out beyond `keep`;
+        `tensors` are the loop's own (an EMA, the best epoch's values)."""
+        return checkpoints.save(acc, self.path, progress, keep, tensors)
 
-    def load_checkpoint(self, acc: Any, folder: Path) -> dict[str, Any]:
-        return checkpoints.load(acc, folder)
+    def load_checkpoint(self, acc: Any, folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(the loop's position, the loop's own tensors) a checkpoint holds."""
+        return checkpoints.load(acc, folder), checkpoints.load_tensors(folder)
 
     def save_delta(self, model: Any, recipe: Recipe, class_names: list[str], data_config: dict,
                    base: dict[str, str], extra: Optional[dict[str, Any]] = None) -> Path:

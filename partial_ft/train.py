@@ -6,6 +6,7 @@ evaluation.py, the run folder in rundir.py, what a run keeps in delta.py.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,12 +20,14 @@ from timm.scheduler import create_scheduler_v2
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import cache, collective, data, delta, gradients, loaders, models, preload, probe, signals, tracking, validate
+from . import cache, collective, data, delta, gradients, loaders, mixing, models, preload, probe, signals, tracking, validate
+from .ema import LearnedEma
 from .errors import NonFiniteLoss
 from .evaluation import evaluate
 from .partial import partial_buffer_names
 from .progress import Progress, summarize
-from .recipe import Recipe
+from .keep import Keeper
+from .recipe import Recipe, loop_features
 from .rundir import RunFolder, check, read_strategy
 from .signals import Interrupted, StopFlag
 from .strategies import Plan, apply_strategy
@@ -82,8 +85,9 @@ def prepare(recipe: Recipe, strategy: Any = None) -> Setup:
     with signals.stop_on_signals():
         plan = apply_strategy(model, recipe.strategy if strategy is None else strategy, seed=t.seed,
                               init_model=init_model, gradients=source)
-    decision = cache.decide(model, t.cache_features, deterministic, tuple(data_config["input_size"]),
-                            len(bundle.train) + len(bundle.val))
+    decision = cache.Decision(None, "not used: data.mixup / data.cutmix mix images") if mixing.mixes(recipe.data) \
+        else cache.decide(model, t.cache_features, deterministic, tuple(data_config["input_size"]),
+                          len(bundle.train) + len(bundle.val))
     batches = (t.batch_size, loaders.eval_batch_size(t.eval_batch_size, t.batch_size, accelerator.device))
     made = preload.make_loaders(bundle, recipe.data, data_config, batches, t.seed, accelerator.device,
                                 decision.cut is not None)  # auto: not for what the cache reads once anyway
@@ -92,7 +96,7 @@ def prepare(recipe: Recipe, strategy: Any = None) -> Setup:
         model.to(memory_format=torch.channels_last)
     base = delta.fingerprint_parts(model) if accelerator.is_main_process else {}  # the main process saves deltas
     return Setup(recipe, accelerator, bundle, model, plan, data_config, made.train, made.val, base, decision,
-                 made.note, made.seconds, probe.choose(t.solver, decision.cut))
+                 made.note, made.seconds, "loop" if loop_features(recipe) else probe.choose(t.solver, decision.cut))
 
 
 def run(recipe: Recipe, overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
@@ -164,6 +168,9 @@ class Loop:
     learned: list[nn.Parameter]
     epochs: int
     stop: StopFlag
+    mixer: Optional[mixing.Mixer]  # data.mixup / cutmix: mixes each training batch, soft targets
+    ema: Optional[LearnedEma]  # train.ema: the average of the learned tensors, evaluated and kept
+    keeper: Keeper  # train.keep: last or best epoch
 
     def finished(self, p: Progress) -> bool:
         t = self.setup.recipe.train
@@ -171,8 +178,24 @@ class Loop:
 
     def save(self, p: Progress) -> Path:
         """A resumable checkpoint of where the loop is (every process calls this)."""
-        return self.folder.save_checkpoint(self.setup.accelerator, {**asdict(p), "scheduler": self.scheduler.state_dict()},
-                                           keep=self.setup.recipe.train.keep_checkpoints)
+        tensors = {**(self.ema.state() if self.ema else {}), **self.keeper.tensors}
+        return self.folder.save_checkpoint(self.setup.accelerator, {**asdict(p), "scheduler": self.scheduler.state_dict(),
+                                           "keep": self.keeper.state()}, self.setup.recipe.train.keep_checkpoints,
+                                           tensors)
+
+    def base_lr(self) -> float:
+        """The scheduled lr (layer-wise decay scales it per parameter group by the group's `lr_scale`)."""
+        group = self.optimizer.param_groups[0]
+        return group["lr"] / group.get("lr_scale", 1.0)
+
+
+def make_optimizer(model: nn.Module, t: Any) -> torch.optim.Optimizer:
+    """timm's optimizer over the learned parameters only (it skips requires_grad=False, and puts biases
+    and norm weights in a no-weight-decay group). With train.layer_decay, timm's layer-wise groups: each
+    carries an lr_scale that timm's schedulers apply, layer_decay^(layers above it), counted over the
+    network's layers whether they learn or not, so a learned block's lr follows its depth in the network."""
+    return create_optimizer_v2(model, opt=t.opt, lr=t.lr, weight_decay=t.weight_decay, momentum=t.momentum,
+                               layer_decay=t.layer_decay)
 
 
 def _build_loop(s: Setup, folder: RunFolder, stop: StopFlag) -> tuple[Loop, Optional[cache.Cached]]:
@@ -190,9 +213,7 @@ def _build_loop(s: Setup, folder: RunFolder, stop: StopFlag) -> tuple[Loop, Opti
                   f"extracted in {i['extract_seconds']:.1f} s", flush=True)
     elif acc.is_main_process and t.cache_features != "off":
         print(f"feature cache: {s.cache.note}", flush=True)
-    # the optimizer sees learned parameters only (timm skips requires_grad=False, and puts biases and
-    # norm weights in a no-weight-decay group)
-    optimizer = create_optimizer_v2(s.model, opt=t.opt, lr=t.lr, weight_decay=t.weight_decay, momentum=t.momentum)
+    optimizer = make_optimizer(s.model, t)
     # fixed slices are identical on every process (seeded); DDP must not broadcast them every step
     torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
         net, partial_buffer_names(net))
@@ -206,8 +227,10 @@ def _build_loop(s: Setup, folder: RunFolder, stop: StopFlag) -> tuple[Loop, Opti
     scheduler, _ = create_scheduler_v2(optimizer, sched=t.sched, num_epochs=epochs, warmup_epochs=t.warmup_epochs,
                                        min_lr=t.min_lr, step_on_epochs=False, updates_per_epoch=updates_per_epoch)
     learned = [p for p in model.parameters() if p.requires_grad]
-    loop = Loop(s, folder, model, forward, optimizer, scheduler, train_loader, val_loader,
-                nn.CrossEntropyLoss(label_smoothing=t.label_smoothing), learned, epochs, stop)
+    mixer, criterion = mixing.make(recipe.data, len(s.bundle.class_names), t.label_smoothing)
+    ema = LearnedEma(s.model, t.ema_decay) if t.ema else None  # after prepare: the model is on its device
+    loop = Loop(s, folder, model, forward, optimizer, scheduler, train_loader, val_loader, criterion, learned,
+                epochs, stop, mixer, ema, Keeper(t.keep))
     return loop, cached
 
 
@@ -217,8 +240,11 @@ def train(s: Setup, folder: RunFolder, resume_from: Optional[Path], stop: StopFl
     loop, cached = _build_loop(s, folder, stop)
     p = Progress()
     if resume_from is not None:  # model, optimizer, scheduler, RNG states, and where the loop was
-        state = folder.load_checkpoint(s.accelerator, resume_from)
+        state, tensors = folder.load_checkpoint(s.accelerator, resume_from)
         loop.scheduler.load_state_dict(state.pop("scheduler"))  # plain data (Accelerate would unpickle it)
+        loop.keeper.load(state.pop("keep", None), tensors)
+        if loop.ema:
+            loop.ema.load(tensors)
         p = Progress(**state)
         if s.accelerator.is_main_process:
             folder.keep_metrics(p.metrics_lines)
@@ -239,9 +265,14 @@ def train(s: Setup, folder: RunFolder, resume_from: Optional[Path], stop: StopFl
                     raise Interrupted(stop.signum, p.step, saved)
     finally:  # on errors too: persistent workers must not outlive the loop (see loaders.shutdown_workers)
         loaders.shutdown_workers(loop.train_loader, loop.val_loader, batches)
+    if loop.ema:
+        loop.ema.apply()  # the averaged values are what the run keeps
+    best = loop.keeper.restore(s.model)
     summary = summarize(s.recipe, s.plan, p, loop.optimizer, s.accelerator.device, s.accelerator.num_processes,
                         s.bundle.class_names, s.data_config, s.cache.note, cached.info if cached else None)
     summary["preload"] = s.preload
+    if best is not None:  # the kept epoch's measurements, not the last one's
+        summary.update({k: best.get(k) for k in ("val_top1", "val_top5", "val_loss")}, kept_epoch=best["epoch"])
     return summary, s.model
 
 
@@ -270,7 +301,7 @@ def train_one_epoch(loop: Loop, p: Progress) -> Any:
         if not train_step(loop, p, x, y):
             continue  # a skipped non-finite batch, or inside an accumulation
         if p.step % t.log_every == 0:
-            lr = loop.optimizer.param_groups[0]["lr"]
+            lr = loop.base_lr()
             bar.set_postfix(loss=f"{p.loss_sum / p.loss_count:.4f}", img_s=f"{p.meter.epoch_rate():.0f}", lr=f"{lr:.2e}")
             tracking.log(acc, {"loss": p.log_point(), "lr": lr, "images_per_second": p.meter.epoch_rate()}, p.step)
         if t.max_steps and p.step >= t.max_steps:
@@ -293,6 +324,8 @@ def train_step(loop: Loop, p: Progress, x: torch.Tensor, y: torch.Tensor) -> boo
     acc, t = loop.setup.accelerator, loop.setup.recipe.train
     if t.channels_last and x.dim() == 4:
         x = x.contiguous(memory_format=torch.channels_last)
+    if loop.mixer is not None:
+        x, y = loop.mixer(x, y)
     with acc.accumulate(loop.model):
         loss = loop.criterion(loop.forward(x), y)
         if not collective.all_finite(acc, loss):  # before backward
@@ -315,6 +348,8 @@ def train_step(loop: Loop, p: Progress, x: torch.Tensor, y: torch.Tensor) -> boo
     if not acc.sync_gradients:
         return False  # checkpoints and stops only fall between whole (accumulated) steps
     p.step += 1
+    if loop.ema:
+        loop.ema.update(p.step)
     loop.scheduler.step_update(p.step)
     p.meter.step()
     return True
@@ -324,10 +359,11 @@ def end_of_epoch(loop: Loop, p: Progress) -> None:
     """Close the epoch's books, measure on the validation split, log a metrics line."""
     s, acc = loop.setup, loop.setup.accelerator
     p.close_epoch()
-    p.metrics = evaluate(loop.forward, loop.val_loader, acc, len(s.bundle.class_names))
-    p.metrics.update(epoch=p.epoch + 1, step=p.step, train_loss=p.loss_sum / max(p.loss_count, 1),
-                     lr=loop.optimizer.param_groups[0]["lr"], train_seconds=round(p.train_seconds, 3),
-                     loss_curve=p.losses)
+    with loop.ema.applied() if loop.ema else contextlib.nullcontext():  # measure what the run would keep
+        p.metrics = evaluate(loop.forward, loop.val_loader, acc, len(s.bundle.class_names))
+        p.metrics.update(epoch=p.epoch + 1, step=p.step, train_loss=p.loss_sum / max(p.loss_count, 1),
+                         lr=loop.base_lr(), train_seconds=round(p.train_seconds, 3), loss_curve=p.losses)
+        loop.keeper.offer(s.model, p.metrics)
     tracking.log(acc, {k: v for k, v in p.metrics.items() if k != "per_class_top1"}, p.step)
     if acc.is_main_process:
         loop.folder.append_metrics(p.metrics)
