@@ -5,6 +5,7 @@ on a tuning carve-out). Fixed weights stay bit-identical with all of them on."""
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 
 import pytest
@@ -149,3 +150,48 @@ def test_layer_decay_gives_each_learned_tensor_the_lr_of_its_depth(arch, strateg
 def test_extras_refused_where_they_cannot_be_honest(tmp_path, sections, message):
     with pytest.raises(UserError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
         _recipe(tmp_path, "bad", sections)
+
+
+def test_a_grid_tunes_the_extras():
+    """The shipped grid's candidates are valid recipes: every extra is a key a grid's `tune` can vary."""
+    import sys
+
+    from conftest import ROOT
+
+    sys.path.insert(0, str(ROOT / "tools"))
+    import grid as grids
+
+    grid = grids.load(ROOT / "recipes" / "sweeps" / "extras_digits.yaml")
+    assert {"train.ema", "data.mixup", "train.layer_decay"} <= set(grid.tune)
+    seen = set()
+    for candidate in grids.candidates(grid.tune):
+        r = recipes.load(ROOT / "recipes" / "quickstart.yaml", grid.overrides + grids.candidate_overrides(candidate))
+        seen.add((r.train.ema, r.data.mixup, r.train.layer_decay))
+    assert seen == {(e, m, d) for e in (False, True) for m in (0.0, 0.2) for d in (None, 0.75)}
+
+
+def test_stopped_after_an_epoch_then_resumed_equals_the_straight_run(all_on, tmp_path, monkeypatch):
+    """The EMA, the best epoch so far and mixup's draws travel in the checkpoint: a run stopped at its
+    first (epoch-end) checkpoint and resumed ends with the straight run's delta and numbers."""
+    from partial_ft import collective
+    from partial_ft.signals import Interrupted
+
+    straight_dir, straight, _ = all_on
+    recipe = _recipe(tmp_path, "resumed", ALL_ON)
+    latest = recipe.run_dir / "checkpoints" / "latest"
+    def sigterm_after_the_first_checkpoint(acc, stop) -> bool:
+        if latest.exists():
+            stop.signum = signal.SIGTERM  # what the handler records
+        return stop.signum is not None
+
+    monkeypatch.setattr(collective, "stop_requested", sigterm_after_the_first_checkpoint)
+    with pytest.raises(Interrupted):
+        train.run(recipe)
+    monkeypatch.undo()
+    summary = train.run(recipe, resume=True)
+    for key in ("val_top1", "val_top5", "val_loss", "kept_epoch", "steps"):
+        assert summary[key] == straight[key], key
+    from safetensors.torch import load_file
+
+    got, expected = load_file(str(recipe.run_dir / "delta.safetensors")), load_file(str(straight_dir / "delta.safetensors"))
+    assert got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in expected)
