@@ -1,4 +1,5 @@
-"""The training curve of a run (RUN_DIR/training_curve.png): training loss and validation top-1 against step.
+"""The training curve of a run (RUN_DIR/training_curve.png): training loss and validation top-1 against step,
+or, for the exact solver (no steps), its cross-validation curve.
 
 matplotlib is a dependency: the plot is in every run folder, whatever is installed. Drawn with the Agg
 backend (no display needed), at the end of a run, from what the run recorded (loss every
@@ -37,6 +38,35 @@ def plot(losses: list[tuple[int, float]], evals: list[dict[str, Any]], path: Pat
         bottom.set_xlabel("step (optimizer updates)")
         bottom.grid(alpha=0.3)
         fig.savefig(path, dpi=110, format="png")  # the path may be a temporary name without the suffix
+    finally:
+        plt.close(fig)
+    return path
+
+
+def plot_solver(solver: dict[str, Any], val_top1: float, path: Path, title: str = "") -> Path:
+    """The exact solver's choice: cross-validated top-1 on train against the L2 strength (log x), the chosen
+    strength marked, and the refit model's validation top-1 as a reference line. Writes a PNG to `path`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = sorted((float(s), a) for s, a in solver.get("cv_top1", {}).items())
+    fig, ax = plt.subplots(figsize=(7, 4), constrained_layout=True)
+    try:
+        if points:
+            ax.plot([s for s, _ in points], [a for _, a in points], marker="o", color="tab:blue",
+                    label="cross-validated top-1 on train")
+            ax.set_xscale("log")
+        chosen = float(solver["strength"])
+        ax.axvline(chosen, color="tab:orange", linestyle="--", label=f"chosen strength {chosen:.3g}")
+        ax.axhline(val_top1, color="tab:green", linestyle=":", label=f"validation top-1 {val_top1:.4f} (refit)")
+        ax.set_xlabel("L2 strength")
+        ax.set_ylabel("top-1")
+        ax.set_title(title or "exact solver", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower left")
+        fig.savefig(path, dpi=110, format="png")
     finally:
         plt.close(fig)
     return path

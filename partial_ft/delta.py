@@ -23,7 +23,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from . import models
+from . import delta_checks, models
 from .atomic import write_atomic
 from .errors import UserError, first_line
 from .partial import updates_norm_stats
@@ -137,6 +137,7 @@ def read_info(source: str | Path) -> dict[str, Any]:
     """The delta's metadata (base model, strategy, seed, class names, data config, versions, ...), each
     required field checked for presence and type."""
     path = delta_path(source)
+    delta_checks.check_header_size(path)  # before safetensors parses it
     try:
         with safe_open(str(path), framework="pt") as f:
             raw = f.metadata() or {}
@@ -154,6 +155,8 @@ def read_info(source: str | Path) -> dict[str, Any]:
         ModelCfg(**info["model"])
     except TypeError as e:
         raise UserError(f"delta {path}: metadata 'model' is not a model section ({first_line(e)})") from None
+    delta_checks.check_class_names(path, info["class_names"])
+    delta_checks.check_fingerprint_parts(path, info)
     return info
 
 
@@ -173,13 +176,14 @@ def load_delta(source: str | Path) -> nn.Module:
     path = delta_path(source)
     info = read_info(path)
     cfg = ModelCfg(**info["model"])
-    seed, num_classes = int(info["seed"]), len(info["class_names"])
-    model, init_model = models.build(cfg, num_classes, seed=seed)
-    apply_strategy(model, info["strategy"], seed=seed, init_model=init_model)
-    parts = fingerprint_parts(model)
     if "fingerprint_parts" not in info:
         raise UserError(f"delta {path} was written by an older partial_ft (one whole-model fingerprint); load or "
                         "export it with that version")
+    seed, num_classes = int(info["seed"]), len(info["class_names"])
+    delta_checks.check_classifier(path, cfg, num_classes, delta_checks.header_tensors(path))
+    model, init_model = models.build(cfg, num_classes, seed=seed)
+    apply_strategy(model, info["strategy"], seed=seed, init_model=init_model)
+    parts = fingerprint_parts(model)
     if _combine(parts) != info["fingerprint"]:
         raise UserError(_mismatch(path, cfg, seed, info, parts))
     _copy_in(model, _read_tensors(path), path)
@@ -202,21 +206,20 @@ def _copy_in(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> No
     if set(state) != expected:
         missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
         raise UserError(f"delta {path} does not match its strategy: missing {missing[:3]}, unexpected {extra[:3]}")
+    delta_checks.check_tensors(path, own, state)
     with torch.no_grad():
         for key, value in state.items():
-            if own[key].shape != value.shape:
-                raise UserError(f"delta {path}: {key} has shape {tuple(value.shape)}, "
-                                f"the model {tuple(own[key].shape)}")
             own[key].copy_(value)
 
 
 def _mismatch(path: Path, cfg: ModelCfg, seed: int, info: dict[str, Any], parts: dict[str, str]) -> str:
     """The error for a rebuilt base whose fixed values differ: which parts, which versions."""
-    recorded = info.get("fingerprint_parts")
-    where = ""
-    if isinstance(recorded, dict):
-        differ = sorted(k for k in recorded.keys() | parts.keys() if recorded.get(k) != parts.get(k))
-        where = f" (differing parts: {', '.join(differ[:6])}{', ...' if len(differ) > 6 else ''})"
+    recorded = info["fingerprint_parts"]
+    differ = sorted(k for k in recorded.keys() | parts.keys() if recorded.get(k) != parts.get(k))
+    if not differ:  # the parts agree, so the recorded whole-fingerprint was edited
+        return (f"delta {path}: its metadata 'fingerprint' is not the hash of its own 'fingerprint_parts' (the file "
+                "was altered: train again or restore it)")
+    where = f" (differing parts: {', '.join(differ[:6])}{', ...' if len(differ) > 6 else ''})"
     trained = info.get("versions") if isinstance(info.get("versions"), dict) else {}
     return (f"delta {path} does not fit its rebuilt base: the fixed weights of {_weights_source(cfg, seed)} differ "
             f"from those it was trained on{where} (trained with torch {trained.get('torch')}, timm "

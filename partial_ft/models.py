@@ -74,6 +74,19 @@ def build(cfg: ModelCfg, num_classes: int, seed: int = 0) -> tuple[nn.Module, Ca
     return model, init_model
 
 
+def classifier_shapes(cfg: ModelCfg, num_classes: int) -> dict[str, tuple[int, ...]]:
+    """{name: shape} of the new classifier's parameters for `num_classes` outputs, from the architecture
+    built on the meta device (no memory, no weights). Empty when timm cannot build it so (then the real
+    build says why)."""
+    try:
+        with torch.device("meta"):
+            model = timm.create_model(cfg.name, pretrained=False, num_classes=num_classes, **cfg.kwargs)
+    except Exception:  # noqa: BLE001 - only a pre-check: the real build reports the problem
+        return {}
+    params = dict(model.named_parameters())
+    return {name: tuple(params[name].shape) for name in sorted(classifier_params(model))}
+
+
 def _pretrained_reason(e: Exception) -> str:
     from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
 

@@ -181,6 +181,17 @@ def choose(mode: str, cut: Optional[Cut]) -> str:
     return "exact" if mode != "loop" and applies else "loop"
 
 
+def describe(result: ProbeResult) -> str:
+    """What the solver did, in one line: the strengths it tried, the cross-validated choice, the final fit."""
+    tried = sorted(result.cv_top1)
+    span = f" ({tried[0]:.3g} to {tried[-1]:.3g})" if tried else ""
+    cv = result.cv_top1.get(result.strength)
+    chosen = f", cross-validated top-1 {cv:.4f}" if cv is not None else ""
+    return (f"exact solver: {len(tried)} L2 strengths tried{span} by {FOLDS}-fold cross-validation on train; "
+            f"chose {result.strength:.3g}{chosen}; refit on all of train in {result.iterations} L-BFGS "
+            f"iterations (train loss {result.train_loss:.4f}); {result.seconds:.1f} s in all")
+
+
 def train_exact(cached: Cached, num_classes: int, seed: int, acc: Any) -> dict:
     """Solve the classifier on the whole cached training set and write it into the model. The main process
     solves and broadcasts (every process holds the whole cache; one solve, one answer). Returns the record."""
@@ -196,9 +207,7 @@ def train_exact(cached: Cached, num_classes: int, seed: int, acc: Any) -> dict:
         weight.copy_(result.weight.to(weight))
         bias.copy_(result.bias.to(bias))
         info = [result.info()]
-        print(f"exact solver: L2 strength {result.strength:.3g} chosen by {FOLDS}-fold cross-validation on train "
-              f"(cross-validated top-1 {max(result.cv_top1.values(), default=float('nan')):.4f}), "
-              f"{result.iterations} L-BFGS iterations, {result.seconds:.1f} s", flush=True)
+        print(describe(result), flush=True)
     if acc.num_processes > 1:
         weight, bias = broadcast(weight), broadcast(bias)
         info = broadcast_object_list(info)

@@ -18,107 +18,146 @@ from . import strategies  # the registry validates its own node
 from . import yamlsafe
 from .coerce import coerce
 from .errors import UserError, did_you_mean
+from .overrides import ALL_SECTIONS, apply_overrides  # noqa: F401  (apply_overrides: tools/sweep.py)
+
+
+def key(default: Any, help: str) -> Any:
+    """A recipe key: its default and its meaning (docs/recipe.md's tables are generated from these)."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: copy.deepcopy(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
 
 
 @dataclass
 class ModelCfg:
     """Which timm backbone, and where its starting weights come from."""
 
-    name: str = "resnet18"
-    pretrained: bool = False  # timm's pretrained weights (Hub or local cache)
-    checkpoint: Optional[str] = None  # local .safetensors/.pth used as starting weights
-    kwargs: dict = field(default_factory=dict)  # passed to timm.create_model (drop_path_rate, ...)
+    name: str = key("resnet18", "any timm model name (`timm.list_models()`), optionally with a pretrained tag "
+                                "(`resnet18.a1_in1k`)")
+    pretrained: bool = key(False, "load timm's pretrained weights (Hub or local cache)")
+    checkpoint: Optional[str] = key(None, "a local `.safetensors` / `.pth` file of starting weights; a classifier "
+                                          "of another size is replaced")
+    kwargs: dict = key({}, "passed to `timm.create_model` (`drop_path_rate`, `zero_init_last`, `img_size`, ...)")
 
 
 @dataclass
 class DataCfg:
     """Which dataset, which columns and splits, and how images become tensors (timm transforms)."""
 
-    dataset: str = "digits"
-    config: Optional[str] = None  # Hub dataset configuration name
-    image_column: Optional[str] = None  # detected when None
-    label_column: Optional[str] = None  # detected when None
-    train_split: str = "train"
-    val_split: Optional[str] = None  # None: validation, else test, else carved out of train
-    val_fraction: float = 0.1  # used only when the dataset has no validation split
-    # tuning: validate on a stratified, seeded carve-out of train (and train on the rest) instead of the
-    # validation split, which is then never opened (tools/sweep.py's `tune:` sets these)
-    tune_fraction: Optional[float] = None
-    tune_seed: int = 0
-    max_train_samples: Optional[int] = None
-    max_val_samples: Optional[int] = None
-    num_workers: int = 2
+    dataset: str = key("digits", "the built-in `digits`, a Hub id, an imagefolder folder, a `save_to_disk` "
+                                 "folder, or parquet/arrow files")
+    config: Optional[str] = key(None, "Hub dataset configuration")
+    image_column: Optional[str] = key(None, "detected: the Image feature, else image bytes / paths")
+    label_column: Optional[str] = key(None, "detected: the ClassLabel feature, else an integer or string column. "
+                                            "Integer labels are class ids 0..K-1 (the largest defines K, and may "
+                                            "not exceed the number of rows); strings are class names (sorted). "
+                                            "Float labels, a single class, or classes found only in the "
+                                            "validation split are errors")
+    train_split: str = key("train", "training split")
+    val_split: Optional[str] = key(None, "the dataset's `validation` (or `valid`, `val`, `test`) split with "
+                                         "labels, else carved out of train")
+    val_fraction: float = key(0.1, "the stratified, seeded share of train carved out when there is no "
+                                   "validation split (datasets' `train_test_split`: each class in proportion, at "
+                                   "least as many rows as classes; a class with a single row stays in train)")
+    tune_fraction: Optional[float] = key(None, "tuning: validate on this stratified, seeded share carved out of "
+                                               "train (and train on the rest); the validation split is then never "
+                                               "opened (when validation is itself carved from train, that "
+                                               "carve-out is removed first). A sweep's `tune:` sets it")
+    tune_seed: int = key(0, "the seed of that carve-out (the same for every candidate)")
+    max_train_samples: Optional[int] = key(None, "cap on training samples (a seeded subset)")
+    max_val_samples: Optional[int] = key(None, "cap on validation samples")
+    num_workers: int = key(2, "DataLoader worker processes (persistent); with preloaded data, the processes of "
+                              "the one decoding pass")
     # timm data config; None means "resolved from the model" (resolve_model_data_config)
-    input_size: Optional[Union[int, list[int]]] = None
-    mean: Optional[list[float]] = None
-    std: Optional[list[float]] = None
-    interpolation: Optional[str] = None
-    crop_pct: Optional[float] = None
-    # training augmentation (timm create_transform options); augment: false = eval transform
-    augment: bool = True
-    scale: Optional[list[float]] = None
-    ratio: Optional[list[float]] = None
-    hflip: float = 0.5
-    color_jitter: float = 0.0
-    auto_augment: Optional[str] = None
-    re_prob: float = 0.0
-    # timm Mixup on training batches (alphas of its Beta draws; 0: off), with soft-target cross-entropy
-    mixup: float = 0.0
-    cutmix: float = 0.0
-    mixup_prob: float = 1.0  # the share of batches mixed
-    skip_bad_images: bool = False
-    # decode every image once into memory; batches augmented on the training device (see preload.py)
-    preload: Literal["auto", "true", "false"] = "auto"
+    input_size: Optional[Union[int, list[int]]] = key(None, "`N`, `[H, W]` or `[C, H, W]`; default: the model's "
+                                                            "data config")
+    mean: Optional[list[float]] = key(None, "normalisation mean; default: the model's")
+    std: Optional[list[float]] = key(None, "normalisation standard deviation; default: the model's")
+    interpolation: Optional[str] = key(None, "resize interpolation; default: the model's")
+    crop_pct: Optional[float] = key(None, "eval center-crop fraction; default: the model's")
+    augment: bool = key(True, "timm's training transform; `false` trains on the eval transform")
+    scale: Optional[list[float]] = key(None, "random-resized-crop scale range (timm's default)")
+    ratio: Optional[list[float]] = key(None, "random-resized-crop aspect-ratio range (timm's default)")
+    hflip: float = key(0.5, "horizontal flip probability")
+    color_jitter: float = key(0.0, "color jitter strength")
+    auto_augment: Optional[str] = key(None, "timm auto-augment policy, e.g. `rand-m9-mstd0.5`")
+    re_prob: float = key(0.0, "random-erasing probability")
+    mixup: float = key(0.0, "timm Mixup's mixup alpha (0: off); soft-target cross-entropy (see Training extras)")
+    cutmix: float = key(0.0, "timm Mixup's cutmix alpha (0: off); with both on, timm switches per batch")
+    mixup_prob: float = key(1.0, "the share of training batches mixed")
+    skip_bad_images: bool = key(False, "skip unreadable images (counted in the summary) instead of stopping")
+    preload: Literal["auto", "true", "false"] = key("auto", "`auto`, `true` or `false`: decode every image once "
+                                                            "into memory and augment batches on the training "
+                                                            "device (see Concepts); `auto` preloads on a GPU when "
+                                                            "it fits")
 
 
 @dataclass
 class TrainCfg:
     """The optimisation: timm optimizer and scheduler factories, run length, precision, seed."""
 
-    epochs: int = 1
-    max_steps: Optional[int] = None  # optimizer updates; stops early when reached
-    batch_size: int = 64  # per process
-    eval_batch_size: Optional[int] = None  # default: 4 x batch_size on a GPU, 2 x on the CPU
-    lr: float = 1e-3
-    opt: str = "adamw"  # any timm optimizer name (create_optimizer_v2)
-    weight_decay: float = 0.05
-    momentum: float = 0.9
-    sched: str = "cosine"  # any timm scheduler name (create_scheduler_v2)
-    warmup_epochs: int = 0
-    min_lr: float = 0.0
-    clip_grad: Optional[float] = None  # max gradient norm
-    label_smoothing: float = 0.0
-    # timm ModelEmaV3 average of the learned tensors, evaluated and saved as the delta when on
-    ema: bool = False
-    ema_decay: float = 0.999
-    layer_decay: Optional[float] = None  # layer-wise lr decay (timm): lr x layer_decay^(layers below the top)
-    keep: Literal["last", "best"] = "last"  # best: the epoch with the best top-1 on a tuning carve-out
-    grad_accum_steps: int = 1
-    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
-    cache_features: Literal["auto", "on", "off"] = "auto"  # train from cached features of the fixed prefix
-    # exact: solve the classifier to convergence on cached features (L-BFGS, L2 strength chosen on a
-    # carve-out of train); loop: the epoch loop; auto: exact when only the classifier learns on cached features
-    solver: Literal["auto", "exact", "loop"] = "auto"
-    channels_last: bool = False  # NHWC memory layout (faster convolutions on recent GPUs)
-    compile: bool = False  # torch.compile the model (inductor) through Accelerate
-    seed: int = 0
-    log_every: int = 10  # steps between progress-bar refreshes of loss / throughput
-    checkpoint_every: Optional[int] = 500  # steps between resumable checkpoints (also one at each epoch end)
-    keep_checkpoints: Optional[int] = 2  # newest checkpoints kept while running (null: all); a finished run keeps none
-    nan_policy: Literal["stop", "skip_batch"] = "stop"  # a NaN/inf loss: stop the run, or skip that batch
-    progress: bool = True
-    log_with: list[str] = field(default_factory=list)  # Accelerate trackers: tensorboard, wandb, mlflow, ...
+    epochs: int = key(1, "epochs (ignored when `train.max_steps` is set)")
+    max_steps: Optional[int] = key(None, "optimizer updates to run; the last epoch stops early")
+    batch_size: int = key(64, "per process")
+    eval_batch_size: Optional[int] = key(None, "default 4 × batch size on a GPU, 2 × on the CPU")
+    lr: float = key(1e-3, "peak learning rate")
+    opt: str = key("adamw", "any timm optimizer (`create_optimizer_v2`): `sgd`, `momentum`, `adamw`, `lamb`, ...")
+    weight_decay: float = key(0.05, "biases and norm parameters get none (timm's grouping)")
+    momentum: float = key(0.9, "for SGD-type optimizers")
+    sched: str = key("cosine", "any timm scheduler (`create_scheduler_v2`), stepped per update")
+    warmup_epochs: int = key(0, "linear warm-up")
+    min_lr: float = key(0.0, "floor of the schedule")
+    clip_grad: Optional[float] = key(None, "max gradient norm")
+    label_smoothing: float = key(0.0, "cross-entropy label smoothing")
+    ema: bool = key(False, "keep timm's ModelEmaV3 average of the learned tensors; evaluated and saved as the delta")
+    ema_decay: float = key(0.999, "the average's decay, in [0, 1)")
+    layer_decay: Optional[float] = key(None, "timm layer-wise lr decay: lr × layer_decay^(layers above), in (0, 1]")
+    keep: Literal["last", "best"] = key("last", "`last`, or `best`: the epoch with the best top-1, on a tuning "
+                                                "carve-out only (`data.tune_fraction`)")
+    grad_accum_steps: int = key(1, "gradient accumulation")
+    mixed_precision: Literal["no", "fp16", "bf16"] = key("no", "`no`, `fp16` or `bf16` (Accelerate autocast)")
+    cache_features: Literal["auto", "on", "off"] = key(
+        "auto", "`auto`, `on` or `off` (YAML booleans mean on / off): train the layers after the fixed prefix on "
+                "its cached features (see Concepts)")
+    solver: Literal["auto", "exact", "loop"] = key(
+        "auto", "`exact`: when only the classifier learns on cached features, solve it to convergence "
+                "(multinomial logistic regression, full-batch L-BFGS in float64; the L2 strength chosen by "
+                "stratified 5-fold cross-validation on train, never the validation split, then refit on all of "
+                "train; lr, epochs and the optimizer are unused); `loop`: the epoch loop; `auto`: exact whenever "
+                "it applies")
+    channels_last: bool = key(False, "NHWC memory layout for the model and its inputs (faster convolutions with "
+                                     "mixed precision on recent GPUs)")
+    compile: bool = key(False, "`torch.compile` the model (inductor) for training and evaluation; the first steps "
+                               "pay the compilation (minutes on a small CPU)")
+    seed: int = key(0, "seeds the model init, data order, random selections and fixed random parts")
+    log_every: int = key(10, "steps between progress-bar updates")
+    checkpoint_every: Optional[int] = key(500, "steps between resumable checkpoints (one is also written at each "
+                                               "epoch end; `null`: epoch ends only); removed when the run finishes")
+    keep_checkpoints: Optional[int] = key(2, "how many of the newest resumable checkpoints stay on disk during a "
+                                             "run (`null`: all); the one `latest` names is never removed; a "
+                                             "finished run keeps none")
+    nan_policy: Literal["stop", "skip_batch"] = key(
+        "stop", "a NaN or infinite training loss: `stop` at that step with an `error:` line naming the step, epoch "
+                "and value (exit 2; the last checkpoint is kept, so `train.nan_policy=skip_batch --resume` "
+                "continues), or `skip_batch`: no update from that batch, counted in `summary.json`'s "
+                "`nan_skipped_batches`")
+    progress: bool = key(True, "show the progress bar")
+    log_with: list[str] = key([], "experiment trackers, through Accelerate: any of `tensorboard`, `wandb`, "
+                                  "`mlflow`, `comet_ml`, `aim`, `clearml`, `dvclive`, `swanlab`, `trackio` that is "
+                                  "installed (one that is not is an `error:` before training). They get the "
+                                  "resolved recipe as hyperparameters, `loss`, `lr` and `images_per_second` every "
+                                  "`train.log_every` steps, and `val_top1`, `val_top5`, `val_loss`, `train_loss` "
+                                  "each epoch; local ones write under `RUN_DIR/logs/`")
 
 
 @dataclass
 class OutputCfg:
     """Where the run folder goes."""
 
-    dir: Optional[str] = None  # default: runs/<recipe name>
+    dir: Optional[str] = key(None, "the run folder; default `runs/<recipe file name>`")
 
 
 SECTIONS: dict[str, type] = {"model": ModelCfg, "data": DataCfg, "train": TrainCfg, "output": OutputCfg}
-ALL_SECTIONS = ["model", "data", "strategy", "train", "output"]
 
 
 @dataclass
@@ -287,47 +326,3 @@ def _data_checks(d: DataCfg, channels: Any) -> list[tuple[bool, str]]:
                        f"data.{key} must have 1 or {channels} values (one per channel)"))
     checks.append((d.std is None or all(v > 0 for v in d.std), "data.std must be > 0 (images are divided by it)"))
     return checks
-
-
-# --------------------------------------------------------------------------------------------
-# overrides
-
-
-def apply_overrides(raw: dict, overrides: list[str]) -> dict:
-    """Apply `a.b.c=value` strings (values parsed as YAML) to a raw recipe; returns a new dict."""
-    raw = copy.deepcopy(raw)
-    for item in overrides:
-        if "=" not in item:
-            raise UserError(f"override '{item}' must look like section.key=value")
-        dotted, text = item.split("=", 1)
-        keys = dotted.strip().split(".")
-        if len(keys) < 2 or not all(keys):
-            raise UserError(f"override '{item}' must name section.key (e.g. train.epochs=3)")
-        if keys[0] not in ALL_SECTIONS:
-            raise UserError(f"override '{item}': unknown section '{keys[0]}'{did_you_mean(keys[0], ALL_SECTIONS)}")
-        try:
-            value = yamlsafe.load(text, f"override '{dotted.strip()}'") if text.strip() else None
-        except yamlsafe.Refused:
-            raise  # a bomb or a duplicate key, never taken as a plain string
-        except UserError:
-            value = text  # an unparsable value is taken as a plain string
-        _set_path(raw, keys, value, item)
-    return raw
-
-
-def _set_path(node: Any, keys: list[str], value: Any, item: str) -> None:
-    for i, key in enumerate(keys):
-        last = i == len(keys) - 1
-        if isinstance(node, list):
-            if not key.isdigit() or int(key) >= len(node):
-                raise UserError(f"override '{item}': '{key}' is not an index of a {len(node)}-item list")
-            key = int(key)
-        elif isinstance(node, dict):
-            if not last and node.get(key) is None:
-                node[key] = {}
-        else:
-            raise UserError(f"override '{item}': '{keys[i - 1]}' holds a value, not a section")
-        if last:
-            node[key] = value
-        else:
-            node = node[key]

@@ -218,7 +218,11 @@ class RunFolder:
         write_text(self.path / CARD, card(self.path))
         evals = [json.loads(line) for line in self.metrics_lines()]
         losses = [(step, loss) for e in evals for step, loss in e.get("loss_curve", [])]
-        write_atomic(self.path / CURVE, lambda tmp: curves.plot(losses, evals, tmp, title))
+        if summary.get("solver", {}).get("solver") == "exact":  # no steps: the cross-validation is the curve
+            write_atomic(self.path / CURVE, lambda tmp: curves.plot_solver(summary["solver"], summary["val_top1"],
+                                                                           tmp, title))
+        else:
+            write_atomic(self.path / CURVE, lambda tmp: curves.plot(losses, evals, tmp, title))
         checkpoints.remove(self.path)
 
 

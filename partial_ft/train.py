@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -30,7 +31,7 @@ from .keep import Keeper
 from .recipe import Recipe, loop_features
 from .rundir import RunFolder, check, read_strategy
 from .signals import Interrupted, StopFlag
-from .strategies import Plan, apply_strategy
+from .strategies import Plan, apply_strategy, silent_norms
 
 
 @dataclass
@@ -138,6 +139,12 @@ def _print_plan(s: Setup, resume_from: Optional[Path]) -> None:
     scoring = f"; scoring pass {plan.scoring_seconds:.1f} s" if plan.scoring_seconds else ""
     print(f"strategy {plan.label}: learning {plan.learned:,} of {plan.total:,} parameters "
           f"({100 * plan.fraction:.3g}%){scoring}", flush=True)
+    silent = silent_norms(s.model)
+    if silent:
+        print(f"warning: {len(silent)} normalisation layers ({', '.join(silent[:3])}{', ...' * (len(silent) > 3)}) "
+              "have a zero scale that stays fixed, so the residual branches they end output nothing and never "
+              "learn (timm's zero_init_last at random init); learn them (strategy.norm=true) or pass "
+              "model.kwargs.zero_init_last=false", file=sys.stderr, flush=True)
     if s.recipe.data.preload != "false":
         took = f", decoded in {s.preload_seconds:.1f} s" if s.preload_seconds else ""
         print(f"preload: {s.preload}{took}", flush=True)
@@ -149,7 +156,13 @@ def _print_summary(run_dir: Path, summary: dict[str, Any]) -> None:
     top5 = "" if summary["val_top5"] is None else f"  val_top5 {summary['val_top5']:.4f}"
     print(f"run folder {run_dir}: val_top1 {summary['val_top1']:.4f}{top5}  learned "
           f"{summary['learned_params']:,}/{summary['total_params']:,} params "
-          f"({100 * summary['learned_fraction']:.3g}%)  {summary['train_images_per_second']:.0f} img/s", flush=True)
+          f"({100 * summary['learned_fraction']:.3g}%)  {_speed(summary)}", flush=True)
+
+
+def _speed(summary: dict[str, Any]) -> str:
+    if summary.get("solver", {}).get("solver") == "exact":  # no steps: the solve's time is the number
+        return f"solved in {summary['solver']['seconds']:.1f} s"
+    return f"{summary['train_images_per_second']:.0f} img/s"
 
 
 @dataclass
@@ -369,5 +382,5 @@ def end_of_epoch(loop: Loop, p: Progress) -> None:
         loop.folder.append_metrics(p.metrics)
         m = p.metrics
         top5 = "" if m["val_top5"] is None else f"  val_top5 {m['val_top5']:.4f}"
-        print(f"epoch {p.epoch + 1}/{loop.epochs}  step {p.step}  loss {m['train_loss']:.4f}  "
-              f"val_top1 {m['val_top1']:.4f}{top5}", flush=True)
+        where = "solved" if p.solver["solver"] == "exact" else f"epoch {p.epoch + 1}/{loop.epochs}  step {p.step}"
+        print(f"{where}  loss {m['train_loss']:.4f}  val_top1 {m['val_top1']:.4f}{top5}", flush=True)

@@ -83,9 +83,18 @@ def test_cached_head_run_uses_the_solver_asked_for(tiny_recipe, solver, expected
     assert summary["solver"]["solver"] == expected
     if expected == "exact":
         assert summary["steps"] == 0 and summary["solver"]["strength"] > 0 and summary["solver"]["iterations"] > 0
-        assert "exact solver: L2 strength" in p.stdout
+        tried = len(summary["solver"]["cv_top1"])
+        assert tried >= 10  # a decade grid, then the half-decades around the best
+        assert f"exact solver: {tried} L2 strengths tried" in p.stdout
+        assert f"{summary['solver']['iterations']} L-BFGS iterations" in p.stdout
+        lines = p.stdout.splitlines()
+        assert any(line.startswith("solved  loss ") for line in lines), p.stdout
+        assert "epoch 1/1" not in p.stdout and " img/s" not in p.stdout
+        assert lines[-1].endswith(f"solved in {summary['solver']['seconds']:.1f} s")
     else:
         assert summary["steps"] == 2 and "exact solver" not in p.stdout
+        assert "epoch 1/1  step 2  loss " in p.stdout and p.stdout.rstrip().endswith(" img/s")
+    assert (run_dir / "training_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_exact_solver_refused_where_more_than_the_head_learns(tiny_recipe):

@@ -53,7 +53,35 @@ def test_override_into_a_strategy_list(tmp_path):
     assert r.strategy[0]["index"] == "last" and r.strategy[1]["name"] == "bias"
 
 
+FILTERS = {"strategy": {"name": "filters", "fraction": 0.1, "fixed": "random"}}
+
+
+@pytest.mark.parametrize("raw, overrides, expected", [
+    (FILTERS, ["strategy={name: norm}"], {"name": "norm", "head": True, "norm": False, "norm_stats": "update"}),
+    (FILTERS, ["strategy=bias"], {"name": "bias", "head": True, "norm": False, "norm_stats": "update"}),
+    (FILTERS, ["strategy={name: filters, count: 1}"],
+     {"name": "filters", "head": True, "norm": True, "norm_stats": "update", "fraction": None, "count": 1,
+      "dim": "out", "select": "first", "fixed": "keep", "layers": "conv", "seed": None}),
+    (FILTERS, ["strategy=[{name: norm}, {name: bias, head: false}]"],
+     [{"name": "norm", "head": True, "norm": False, "norm_stats": "update"},
+      {"name": "bias", "head": False, "norm": False, "norm_stats": "update"}]),
+    (FILTERS, ["strategy={name: norm}", "strategy.norm_stats=freeze"],
+     {"name": "norm", "head": True, "norm": False, "norm_stats": "freeze"}),
+    ({"strategy": {"name": "norm", "head": False}}, ["strategy.name=bias"],  # common options carry over
+     {"name": "bias", "head": False, "norm": False, "norm_stats": "update"}),
+])
+def test_whole_strategy_node_overrides_replace_it(tmp_path, raw, overrides, expected):
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert recipes.load(path, overrides).strategy == expected
+
+
 @pytest.mark.parametrize("raw, overrides, message", [
+    (FILTERS, ["strategy.name=norm"], "override 'strategy.name=norm': the recipe's strategy options fixed, "
+     "fraction belong to strategy 'filters', not to 'norm'; give the whole node instead, e.g. 'strategy={name: norm}'"),
+    ({"strategy": [{"name": "block", "index": "last"}, {"name": "bias"}]}, ["strategy.0.name=norm"],
+     "strategy.0 options index belong to strategy 'block', not to 'norm'; give the whole node instead, e.g. "
+     "'strategy.0={name: norm}'"),
     ({"trian": {}}, [], "unknown recipe section 'trian' (did you mean 'train'?)"),
     ({"train": {"epoch": 3}}, [], "unknown key 'train.epoch' (did you mean 'epochs'?)"),
     ({"model": {"nmae": "resnet18"}}, [], "unknown key 'model.nmae' (did you mean 'name'?)"),

@@ -14,7 +14,7 @@ from partial_ft.errors import UserError
 from partial_ft.strategies.layers import classifier_params
 from partial_ft.partial import learned_masks
 from partial_ft.strategies import Gradients
-from partial_ft.strategies.layers import bias_params, norm_params
+from partial_ft.strategies.layers import bias_params, norm_params, silent_norms
 
 NUM_CLASSES = 7
 ARCHS = {
@@ -412,3 +412,22 @@ def check_sliced_layer(layer: str, axis: str, index: list[int], device: str = "c
         assert error <= TOLERANCE[dtype], f"{name}: relative error {error:.2e}"
     assert part.weight_fixed.grad is None
     assert yp.dtype == (dtype or torch.float32) and part.weight_learned.grad.dtype == torch.float32
+
+
+@pytest.mark.parametrize("spec, kwargs, silent", [
+    # timm's resnet18 at random init: each of the 8 BasicBlocks ends in a BatchNorm with scale 0 (zero_init_last)
+    ({"name": "bias"}, {}, 8),
+    ({"name": "block", "index": "middle"}, {}, 6),  # layer2's two blocks learn their norms
+    ({"name": "filters", "fraction": 0.1, "norm": False}, {}, 8),
+    ({"name": "filters", "fraction": 0.1}, {}, 0),  # norm: true learns every scale
+    ({"name": "norm"}, {}, 0),
+    ({"name": "full"}, {}, 0),
+    ({"name": "bias"}, {"zero_init_last": False}, 0),
+])
+def test_silent_residual_branches_are_found(spec, kwargs, silent):
+    """The start-of-run warning's count: norm layers with a zero scale that stays fixed."""
+    model = timm.create_model("resnet18", num_classes=NUM_CLASSES, **kwargs)
+    apply_strategy(model, spec)
+    found = silent_norms(model)
+    assert len(found) == silent
+    assert all(name.endswith(".bn2") for name in found)

@@ -35,6 +35,15 @@ def norm_params(model: nn.Module) -> set[str]:
             for p, _ in m.named_parameters(recurse=False)}
 
 
+def silent_norms(model: nn.Module) -> list[str]:
+    """Normalisation layers whose scale is all zero and stays fixed. Whatever feeds them, they output a
+    constant, so the branch they end neither contributes nor gets a gradient: timm's `zero_init_last`
+    residual branches at random init, when a strategy keeps the norm layers fixed."""
+    return [name for name, m in model.named_modules()
+            if is_norm(m) and isinstance(getattr(m, "weight", None), nn.Parameter)
+            and not m.weight.requires_grad and not m.weight.detach().any()]
+
+
 def bias_params(model: nn.Module) -> set[str]:
     """Names of every bias parameter."""
     return {name for name, _ in model.named_parameters() if name.rsplit(".", 1)[-1] == "bias"}
