@@ -6,7 +6,6 @@ evaluation.py, the run folder in rundir.py, what a run keeps in delta.py.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import sys
 from dataclasses import asdict, dataclass
@@ -22,12 +21,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import cache, collective, data, delta, gradients, loaders, mixing, models, preload, probe, signals, tracking, validate
-from .ema import LearnedEma
 from .errors import NonFiniteLoss
 from .evaluation import evaluate
 from .partial import partial_buffer_names
 from .progress import Progress, summarize
-from .keep import Keeper
+from .extras import Extras
 from .recipe import Recipe, loop_features
 from .rundir import RunFolder, check, read_strategy
 from .signals import Interrupted, StopFlag
@@ -181,9 +179,7 @@ class Loop:
     learned: list[nn.Parameter]
     epochs: int
     stop: StopFlag
-    mixer: Optional[mixing.Mixer]  # data.mixup / cutmix: mixes each training batch, soft targets
-    ema: Optional[LearnedEma]  # train.ema: the average of the learned tensors, evaluated and kept
-    keeper: Keeper  # train.keep: last or best epoch
+    extras: Extras  # mixup / cutmix, the EMA, the best epoch kept (each as the recipe asks)
 
     def finished(self, p: Progress) -> bool:
         t = self.setup.recipe.train
@@ -191,10 +187,9 @@ class Loop:
 
     def save(self, p: Progress) -> Path:
         """A resumable checkpoint of where the loop is (every process calls this)."""
-        tensors = {**(self.ema.state() if self.ema else {}), **self.keeper.tensors}
         return self.folder.save_checkpoint(self.setup.accelerator, {**asdict(p), "scheduler": self.scheduler.state_dict(),
-                                           "keep": self.keeper.state()}, self.setup.recipe.train.keep_checkpoints,
-                                           tensors)
+                                           "extras": self.extras.state()}, self.setup.recipe.train.keep_checkpoints,
+                                           self.extras.tensors())
 
     def base_lr(self) -> float:
         """The scheduled lr (layer-wise decay scales it per parameter group by the group's `lr_scale`)."""
@@ -240,10 +235,9 @@ def _build_loop(s: Setup, folder: RunFolder, stop: StopFlag) -> tuple[Loop, Opti
     scheduler, _ = create_scheduler_v2(optimizer, sched=t.sched, num_epochs=epochs, warmup_epochs=t.warmup_epochs,
                                        min_lr=t.min_lr, step_on_epochs=False, updates_per_epoch=updates_per_epoch)
     learned = [p for p in model.parameters() if p.requires_grad]
-    mixer, criterion = mixing.make(recipe.data, len(s.bundle.class_names), t.label_smoothing)
-    ema = LearnedEma(s.model, t.ema_decay) if t.ema else None  # after prepare: the model is on its device
-    loop = Loop(s, folder, model, forward, optimizer, scheduler, train_loader, val_loader, criterion, learned,
-                epochs, stop, mixer, ema, Keeper(t.keep))
+    extras = Extras(recipe, s.model, len(s.bundle.class_names))  # after prepare: the model is on its device
+    loop = Loop(s, folder, model, forward, optimizer, scheduler, train_loader, val_loader, extras.criterion, learned,
+                epochs, stop, extras)
     return loop, cached
 
 
@@ -255,9 +249,7 @@ def train(s: Setup, folder: RunFolder, resume_from: Optional[Path], stop: StopFl
     if resume_from is not None:  # model, optimizer, scheduler, RNG states, and where the loop was
         state, tensors = folder.load_checkpoint(s.accelerator, resume_from)
         loop.scheduler.load_state_dict(state.pop("scheduler"))  # plain data (Accelerate would unpickle it)
-        loop.keeper.load(state.pop("keep", None), tensors)
-        if loop.ema:
-            loop.ema.load(tensors)
+        loop.extras.load(state.pop("extras", None), tensors)
         p = Progress(**state)
         if s.accelerator.is_main_process:
             folder.keep_metrics(p.metrics_lines)
@@ -278,9 +270,7 @@ def train(s: Setup, folder: RunFolder, resume_from: Optional[Path], stop: StopFl
                     raise Interrupted(stop.signum, p.step, saved)
     finally:  # on errors too: persistent workers must not outlive the loop (see loaders.shutdown_workers)
         loaders.shutdown_workers(loop.train_loader, loop.val_loader, batches)
-    if loop.ema:
-        loop.ema.apply()  # the averaged values are what the run keeps
-    best = loop.keeper.restore(s.model)
+    best = loop.extras.finish(s.model)  # the averaged values, the best epoch's: what the run keeps
     summary = summarize(s.recipe, s.plan, p, loop.optimizer, s.accelerator.device, s.accelerator.num_processes,
                         s.bundle.class_names, s.data_config, s.cache.note, cached.info if cached else None)
     summary["preload"] = s.preload
@@ -335,10 +325,9 @@ def train_step(loop: Loop, p: Progress, x: torch.Tensor, y: torch.Tensor) -> boo
     """Forward, backward and (at the end of an accumulation) an optimizer step; True when a step was
     taken. A non-finite loss never reaches the weights: it stops the run or skips the batch."""
     acc, t = loop.setup.accelerator, loop.setup.recipe.train
+    x, y = loop.extras.mix(x, y)  # (before the layout change: mixing concatenates)
     if t.channels_last and x.dim() == 4:
         x = x.contiguous(memory_format=torch.channels_last)
-    if loop.mixer is not None:
-        x, y = loop.mixer(x, y)
     with acc.accumulate(loop.model):
         loss = loop.criterion(loop.forward(x), y)
         if not collective.all_finite(acc, loss):  # before backward
@@ -361,8 +350,7 @@ def train_step(loop: Loop, p: Progress, x: torch.Tensor, y: torch.Tensor) -> boo
     if not acc.sync_gradients:
         return False  # checkpoints and stops only fall between whole (accumulated) steps
     p.step += 1
-    if loop.ema:
-        loop.ema.update(p.step)
+    loop.extras.stepped(p.step)
     loop.scheduler.step_update(p.step)
     p.meter.step()
     return True
@@ -372,11 +360,11 @@ def end_of_epoch(loop: Loop, p: Progress) -> None:
     """Close the epoch's books, measure on the validation split, log a metrics line."""
     s, acc = loop.setup, loop.setup.accelerator
     p.close_epoch()
-    with loop.ema.applied() if loop.ema else contextlib.nullcontext():  # measure what the run would keep
+    with loop.extras.kept_values():  # measure what the run would keep
         p.metrics = evaluate(loop.forward, loop.val_loader, acc, len(s.bundle.class_names))
         p.metrics.update(epoch=p.epoch + 1, step=p.step, train_loss=p.loss_sum / max(p.loss_count, 1),
                          lr=loop.base_lr(), train_seconds=round(p.train_seconds, 3), loss_curve=p.losses)
-        loop.keeper.offer(s.model, p.metrics)
+        loop.extras.offer(s.model, p.metrics)
     tracking.log(acc, {k: v for k, v in p.metrics.items() if k != "per_class_top1"}, p.step)
     if acc.is_main_process:
         loop.folder.append_metrics(p.metrics)
