@@ -2,8 +2,8 @@
 `... eval SOURCE`, `... predict SOURCE INPUT...`, `... export SOURCE --out FILE.safetensors`,
 `... push RUN_DIR REPO_ID`, `... strategies`.
 
-Argument parsing only; the work lives in train.py. A user mistake prints one `error: ...` line and
-exits with code 2.
+Argument parsing and printing only; the work lives in one call per command (train.run, evaluation,
+predict, export, hub). A user mistake prints one `error: ...` line and exits with code 2.
 """
 from __future__ import annotations
 
@@ -105,15 +105,11 @@ def _train(args: argparse.Namespace) -> int:
     datasets.disable_progress_bars()  # our own progress bar is the one that matters
     try:
         run(recipe, overwrite=args.overwrite, resume=args.resume)
-    except Interrupted as e:
+    except (Interrupted, Stopped) as e:
         again = shlex.join(["python", "-m", "partial_ft", "--recipe", args.recipe, *args.overrides, "--resume"])
+        how = "resume with" if isinstance(e, Interrupted) else "start it again with"
         if os.environ.get("RANK", "0") == "0":  # one message, not one per process
-            print(f"error: {e}; resume with: {again}", file=sys.stderr)
-        return 128 + e.signum
-    except Stopped as e:
-        again = shlex.join(["python", "-m", "partial_ft", "--recipe", args.recipe, *args.overrides, "--resume"])
-        if os.environ.get("RANK", "0") == "0":
-            print(f"error: {e}; start it again with: {again}", file=sys.stderr)
+            print(f"error: {e}; {how}: {again}", file=sys.stderr)
         return 128 + e.signum
     return 0
 
@@ -176,11 +172,11 @@ def _strategies(args: argparse.Namespace) -> int:
     for s in list_strategies():
         aliases = f" (alias: {', '.join(s.aliases)})" if s.aliases else ""
         print(f"{s.name}{aliases}: {s.summary}")
+        helps = s.option_help()
         for key, value in s.option_defaults().items():
-            print(f"    {key}: {value}")
+            print(f"    {key}: {value}  # {helps[key]}")
     return 0
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     sys.exit(main())

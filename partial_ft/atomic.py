@@ -33,7 +33,7 @@ def write_text(path: str | Path, text: str) -> Path:
     return write_atomic(path, lambda tmp: tmp.write_text(text))
 
 
-def probe_writable(path: str | Path, what: str) -> None:
+def check_writable(path: str | Path, what: str) -> None:
     """Refuse a path below a regular file, or in a place this process cannot create files in: found by
     really creating a file in the nearest existing folder (os.access says yes to root, and knows nothing
     of read-only file systems)."""
@@ -56,5 +56,5 @@ def check_file_target(path: str | Path, what: str) -> Path:
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{what} {path} is a folder; give a file path")
-    probe_writable(path, what)
+    check_writable(path, what)
     return path

@@ -1,20 +1,19 @@
 """Training augmentation for a whole batch on the training device, each item's draws from (seed, epoch,
 index) alone: timm's random-resized-crop sampling, vectorized, and a horizontal flip, resampled with one
-grid_sample. Used for preloaded data (preload.py); what of timm's train transform it can replace is
-decided here too."""
+grid_sample. Used for preloaded data (preload.py), built from the recipe's data section; which of its
+augmentations cannot run so is decided here too."""
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Optional
-
 import numpy as np
 import torch
 
-SUPPORTED = ("RandomResizedCropAndInterpolation", "RandomResizedCrop", "RandomHorizontalFlip",
-             "MaybeToTensor", "ToTensor", "Normalize")
+from .recipe import DataCfg
+
 _GOLDEN, _M1, _M2 = (np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB))
 DRAWS = 23  # per item: 10 crop attempts x (area, aspect), crop position (2), flip
+DEFAULT_SCALE, DEFAULT_RATIO = (0.08, 1.0), (3 / 4, 4 / 3)  # timm's random resized crop's defaults
 
 
 @dataclass
@@ -33,21 +32,12 @@ class Augment:
         return augment_batch(x, boxes.to(x.device), flip.to(x.device))
 
 
-def device_augment(train_tf: Any, hflip: float) -> tuple[Optional[Augment], list[str]]:
-    """What of timm's train transform runs batched on the device; returns (augment, names of the
-    steps that cannot: color jitter, auto-augment, random erasing...)."""
-    steps = list(getattr(train_tf, "transforms", [train_tf]))
-    unsupported = [type(t).__name__ for t in steps if type(t).__name__ not in SUPPORTED and not _no_op(t)]
-    crop = next((t for t in steps if "RandomResizedCrop" in type(t).__name__), None)
-    if crop is None:
-        return None, unsupported
-    return Augment(tuple(crop.scale), tuple(crop.ratio), hflip), unsupported
-
-
-def _no_op(step: Any) -> bool:
-    """timm adds ColorJitter for color_jitter 0 too: with no factor set, it changes nothing."""
-    factors = ("brightness", "contrast", "saturation", "hue")
-    return type(step).__name__ == "ColorJitter" and all(getattr(step, f, None) is None for f in factors)
+def device_augment(cfg: DataCfg) -> tuple[Augment, list[str]]:
+    """The recipe's training augmentation (data.augment: true) as it runs batched on the device: timm's
+    random resized crop (its default scale and ratio unless data.scale / data.ratio say) and flip.
+    Returns (augment, the data keys set to what cannot run so: color jitter, auto-augment, erasing)."""
+    unsupported = [f"data.{key}" for key in ("color_jitter", "auto_augment", "re_prob") if getattr(cfg, key)]
+    return Augment(tuple(cfg.scale or DEFAULT_SCALE), tuple(cfg.ratio or DEFAULT_RATIO), cfg.hflip), unsupported
 
 
 def _mix(z: np.ndarray) -> np.ndarray:

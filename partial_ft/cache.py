@@ -24,7 +24,7 @@ from torch import nn
 
 from . import cuts, loaders, signals
 from .errors import UserError
-from .partial import freeze_norm_stats, updates_norm_stats
+from .normstats import freeze_norm_stats, updates_norm_stats
 
 
 MAX_GROWTH = 4  # auto: features at most this many times the image's values (early, wide layers are not worth it)
@@ -38,7 +38,7 @@ class Decision:
     note: str
 
 
-def decide(model: nn.Module, mode: str, deterministic: bool, input_size: tuple[int, ...],
+def decide_cut(model: nn.Module, mode: str, deterministic: bool, input_size: tuple[int, ...],
            num_images: int) -> Decision:
     """Whether and where to cache, for `train.cache_features` = mode. Raises UserError for an `on` that
     cannot be honoured; may freeze the prefix's BatchNorm statistics for `on` (said in the note)."""
@@ -49,19 +49,19 @@ def decide(model: nn.Module, mode: str, deterministic: bool, input_size: tuple[i
             raise UserError("train.cache_features: on needs a deterministic train transform, but data.augment "
                             "is true (set data.augment: false, or cache_features: auto)")
         return Decision(None, "not used: the train transform is random (data.augment: true)")
-    probe = torch.randn(2, *input_size, generator=torch.Generator().manual_seed(0))
-    cut, reason = cuts.find_cut(model, probe)
+    sample = torch.randn(2, *input_size, generator=torch.Generator().manual_seed(0))
+    cut, reason = cuts.find_cut(model, sample)
     if cut is None:
         if mode == "on":
             raise UserError(f"train.cache_features: on, but there is nothing to cache: {reason}")
         return Decision(None, f"not used: {reason}")
     with torch.no_grad(), cuts.eval_mode(model):
-        per_image = cut.prefix(probe[:1]).numel()
+        per_image = cut.prefix(sample[:1]).numel()
     budget = _memory_budget(mode)
     need = per_image * 4 * num_images
-    if mode == "auto" and per_image > MAX_GROWTH * probe[0].numel():
+    if mode == "auto" and per_image > MAX_GROWTH * sample[0].numel():
         return Decision(None, f"not used: the features at {cut.name} ({per_image:,} values per image) are over "
-                              f"{MAX_GROWTH}x larger than the images ({probe[0].numel():,})")
+                              f"{MAX_GROWTH}x larger than the images ({sample[0].numel():,})")
     if need > budget:
         if mode == "on":
             raise UserError(f"train.cache_features: on, but the features at {cut.name} need {need / 2**30:.1f} GiB, "
@@ -78,7 +78,7 @@ def decide(model: nn.Module, mode: str, deterministic: bool, input_size: tuple[i
         for n in updating:
             freeze_norm_stats(model.get_submodule(n))
         notes.append(f"{len(updating)} BatchNorm layers below the cut now keep their statistics fixed")
-    if not _same_in_training(model, cut, probe):
+    if not _same_in_training(model, cut, sample):
         if mode == "auto":
             return Decision(None, f"not used: the network below {cut.name} is random in training (dropout or "
                                   "drop-path); cache_features: on would switch it off")
@@ -86,7 +86,7 @@ def decide(model: nn.Module, mode: str, deterministic: bool, input_size: tuple[i
     return Decision(cut, f"features at {cut.name}" + "".join(f"; {n}" for n in notes))
 
 
-def _same_in_training(model: nn.Module, cut: cuts.Cut, probe: torch.Tensor) -> bool:
+def _same_in_training(model: nn.Module, cut: cuts.Cut, sample: torch.Tensor) -> bool:
     """Whether the prefix gives the same features in train mode as in eval mode (buffers and the global
     random generators are restored: this check must not change the run)."""
     buffers = {k: v.clone() for k, v in model.named_buffers()}
@@ -94,9 +94,9 @@ def _same_in_training(model: nn.Module, cut: cuts.Cut, probe: torch.Tensor) -> b
     try:
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
             with cuts.eval_mode(model):
-                expected = cut.prefix(probe)
+                expected = cut.prefix(sample)
             model.train()
-            got = cut.prefix(probe)
+            got = cut.prefix(sample)
     finally:
         for m, mode in modes:
             m.training = mode
@@ -141,8 +141,8 @@ def extract(cut: cuts.Cut, model: nn.Module, dataset: torch.utils.data.Dataset, 
     dl = torch.utils.data.DataLoader(items, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                                      collate_fn=loaders.collate_indexed)
     with cuts.eval_mode(model), autocast():
-        probe = cut.prefix(torch.zeros(1, *input_size, device=device))  # the features' shape and dtype
-        features = torch.zeros((n, *probe.shape[1:]), dtype=probe.dtype)
+        sample = cut.prefix(torch.zeros(1, *input_size, device=device))  # the features' shape and dtype
+        features = torch.zeros((n, *sample.shape[1:]), dtype=sample.dtype)
         labels = torch.zeros(n, dtype=torch.long)
         ok = torch.zeros(n, dtype=torch.bool)
         for index, x, y in dl:

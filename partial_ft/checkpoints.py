@@ -14,6 +14,7 @@ from typing import Any, Optional
 
 from safetensors.torch import load_file, save_file
 
+from . import jsonsafe
 from .atomic import write_text
 from .errors import UserError, first_line, load_reason
 
@@ -64,7 +65,7 @@ def save(acc: Any, run_dir: Path, progress: dict[str, Any], keep: Optional[int] 
     acc.save_state(str(tmp))
     acc.wait_for_everyone()
     if acc.is_main_process:
-        (tmp / STATE_NAME).write_text(json.dumps(progress) + "\n")
+        (tmp / STATE_NAME).write_text(jsonsafe.dumps(progress) + "\n")
         if tensors:
             save_file(tensors, str(tmp / TENSORS_NAME))
         _fsync_tree(tmp)  # the data is on disk before any name points at it

@@ -30,9 +30,8 @@ def coerce(value: Any, hint: Any, where: str) -> Any:
                 return coerce(value, arg, where)
             except UserError as e:
                 errors.append(e)
-        precise = [e for e in errors if isinstance(e, NotFinite)]
-        if precise:  # a number, but not a finite one: say that, not "expected a number or null"
-            raise precise[0]
+        for precise in (e for e in errors if isinstance(e, NotFinite)):  # a number, but not finite: say that
+            raise precise  # (not "expected a number or null")
         raise UserError(f"{where}: expected {_describe(hint)}, got {shorten(value)}")
     if origin is Literal:
         if isinstance(value, bool):  # YAML 1.1 reads no/off/yes/on as booleans

@@ -10,7 +10,7 @@ the suffix sharing the model's parameters and holding every learned one. Three k
     a ResNet's stages and blocks, any nn.Sequential);
   - features: the prefix is `forward_features`, the suffix `forward_head`.
 
-Every candidate is checked by running it against the whole model on a probe batch (in eval mode), so a
+Every candidate is checked by running it against the whole model on a sample batch (in eval mode), so a
 forward that is not a chain where it looks like one (a skip connection, a positional embedding added in
 code) is simply not a cut.
 """
@@ -160,11 +160,11 @@ class _Head(nn.Module):
         return self.model.forward_head(x)
 
 
-def _candidates(model: nn.Module, probe: torch.Tensor, learned: set[str]) -> tuple[list[Cut], _Trace]:
+def _candidates(model: nn.Module, sample: torch.Tensor, learned: set[str]) -> tuple[list[Cut], _Trace]:
     """Every place the model might be cut before its first learned layer, deepest first, not yet verified;
-    and the trace of a forward of `probe` (call in eval mode, without gradients)."""
+    and the trace of a forward of `sample` (call in eval mode, without gradients)."""
     names = {m: n for n, m in model.named_modules()}
-    trace = _trace(model, lambda: model(probe))
+    trace = _trace(model, lambda: model(sample))
     found: list[Cut] = []
     timm_like = all(hasattr(model, a) for a in ("forward_features", "forward_head", "get_classifier"))
     classifier = model.get_classifier() if timm_like else None
@@ -176,7 +176,7 @@ def _candidates(model: nn.Module, probe: torch.Tensor, learned: set[str]) -> tup
             inside = [n for n in trace.end if not (n == head or n.startswith(head + "."))]
             found.append(Cut(PRE_LOGITS, pre_logits, classifier, inside))
     if timm_like:
-        features = _trace(model, lambda: model.forward_features(probe))
+        features = _trace(model, lambda: model.forward_features(sample))
         if not learned & set(features.start):
             found.append(Cut("forward_features", model.forward_features, _Head(model), list(features.end)))
     first_learned = min((trace.start[n] for n in learned if n in trace.start), default=None)
@@ -199,26 +199,26 @@ def _why_not(model: nn.Module, learned: set[str]) -> str:
 NO_CUT = "no fixed part of the network comes before every learned layer and can be cut off"
 
 
-def find_cut(model: nn.Module, probe: torch.Tensor) -> tuple[Optional[Cut], str]:
+def find_cut(model: nn.Module, sample: torch.Tensor) -> tuple[Optional[Cut], str]:
     """The deepest valid cut of `model` (whose learned parameters are already marked), verified on
-    `probe`; or None and the reason."""
+    `sample`; or None and the reason."""
     learned = learned_modules(model)
     if _why_not(model, learned):
         return None, _why_not(model, learned)
     with eval_mode(model), torch.no_grad():
-        found, trace = _candidates(model, probe, learned)
+        found, trace = _candidates(model, sample, learned)
         if not found and min((trace.start[n] for n in learned if n in trace.start), default=None) == 0:
             return None, "the first layer learns (nothing fixed comes before it)"
         for cut in found:  # the first that agrees with the model wins
-            if _agrees(cut, probe, trace.output):
+            if _agrees(cut, sample, trace.output):
                 return cut, ""
     return None, NO_CUT
 
 
-def common_cut(models: list[nn.Module], probe: torch.Tensor) -> tuple[Optional[list[Cut]], str]:
+def common_cut(models: list[nn.Module], sample: torch.Tensor) -> tuple[Optional[list[Cut]], str]:
     """The deepest cut where every model's prefix is the same computation (models over one base whose
     fixed layers before it hold the same values: several deltas of one backbone), one Cut per model,
-    each verified on `probe`; or None and the reason. Running models[0]'s prefix once then serves every
+    each verified on `sample`; or None and the reason. Running models[0]'s prefix once then serves every
     model's suffix."""
     per_model, traces = [], []
     for i, model in enumerate(models):
@@ -226,23 +226,23 @@ def common_cut(models: list[nn.Module], probe: torch.Tensor) -> tuple[Optional[l
         if _why_not(model, learned):
             return None, f"source {i + 1}: {_why_not(model, learned)}"
         with eval_mode(model), torch.no_grad():
-            found, trace = _candidates(model, probe, learned)
+            found, trace = _candidates(model, sample, learned)
         per_model.append({c.name: c for c in found})
         traces.append(trace)
     shared = [c for c in per_model[0].values() if all(c.name in other for other in per_model[1:])]
     with torch.no_grad():
         for cut in shared:  # deepest first
             cuts = [found[cut.name] for found in per_model]
-            if all(_agrees(c, probe, t.output) for c, t in zip(cuts, traces, strict=True)) and \
-                    _same_prefix(models, cuts, probe):
+            if all(_agrees(c, sample, t.output) for c, t in zip(cuts, traces, strict=True)) and \
+                    _same_prefix(models, cuts, sample):
                 return cuts, ""
     return None, "the sources share no fixed prefix: " + (NO_CUT if not shared else
                                                            "their fixed layers differ (other weights or statistics)")
 
 
-def _same_prefix(models: list[nn.Module], cuts: list[Cut], probe: torch.Tensor) -> bool:
+def _same_prefix(models: list[nn.Module], cuts: list[Cut], sample: torch.Tensor) -> bool:
     """Whether every prefix is models[0]'s: the same modules holding the same values (and the model's own
-    tensors, e.g. a position embedding), and the same features on the probe."""
+    tensors, e.g. a position embedding), and the same features on the sample."""
     def values(model: nn.Module, cut: Cut) -> list[torch.Tensor]:
         owners = [model, *(model.get_submodule(n) for n in cut.prefix_modules)]
         return [t for m in owners for t in (*m.parameters(recurse=False), *m.buffers(recurse=False))]
@@ -254,18 +254,18 @@ def _same_prefix(models: list[nn.Module], cuts: list[Cut], probe: torch.Tensor) 
                 not all(a.shape == b.shape and torch.equal(a, b) for a, b in zip(first, other)):
             return False
     with eval_mode(models[0]):
-        reference = cuts[0].prefix(probe)
+        reference = cuts[0].prefix(sample)
     for model, cut in zip(models[1:], cuts[1:]):
         with eval_mode(model):
-            if not torch.equal(cut.prefix(probe), reference):
+            if not torch.equal(cut.prefix(sample), reference):
                 return False
     return True
 
 
-def _agrees(cut: Cut, probe: torch.Tensor, expected: torch.Tensor) -> bool:
-    """Whether suffix(prefix(probe)) is the model's output (any exception: not a valid cut)."""
+def _agrees(cut: Cut, sample: torch.Tensor, expected: torch.Tensor) -> bool:
+    """Whether suffix(prefix(sample)) is the model's output (any exception: not a valid cut)."""
     try:
-        got = cut.suffix(cut.prefix(probe))
+        got = cut.suffix(cut.prefix(sample))
     except Exception:
         return False
     return torch.is_tensor(got) and got.shape == expected.shape and torch.allclose(got, expected, rtol=1e-4,

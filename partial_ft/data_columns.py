@@ -14,6 +14,7 @@ from .errors import UserError
 IMAGE_NAMES = ("image", "img", "images", "pixel_values", "picture", "file", "path", "image_path")
 LABEL_NAMES = ("label", "labels", "fine_label", "class", "target", "category", "y")
 ID_NAMES = ("id", "idx", "index", "image_id", "file_id", "__index_level_0__")
+# not timm's get_img_extensions(): it knows .png/.jpg/.jpeg only, and PIL reads these others as well
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 INDEX_COLUMN = "__index__"  # each row's index in its source split, for error messages
 

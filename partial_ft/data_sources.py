@@ -19,7 +19,7 @@ from .recipe import DataCfg
 SAVED_MARKERS = ("dataset_dict.json", "state.json")  # what save_to_disk writes
 
 
-def digits(seed: int = 0, val_fraction: float = 0.2) -> DatasetDict:
+def digits() -> DatasetDict:
     """scikit-learn's bundled 8x8 handwritten digits (1,797 images, 10 classes) as a DatasetDict with an
     Image and a ClassLabel column and a fixed, seeded, stratified train/validation split. Offline."""
     from PIL import Image as PILImage
@@ -32,7 +32,7 @@ def digits(seed: int = 0, val_fraction: float = 0.2) -> DatasetDict:
         {"image": [PILImage.fromarray(p, mode="L") for p in pixels], "label": bunch.target.tolist()},
         features=features,
     )
-    split = full.train_test_split(test_size=val_fraction, seed=seed, stratify_by_column="label")
+    split = full.train_test_split(test_size=0.2, seed=0, stratify_by_column="label")
     return DatasetDict(train=split["train"], validation=split["test"])
 
 

@@ -26,7 +26,7 @@ from torch import nn
 from . import delta_checks, models
 from .atomic import write_atomic
 from .errors import UserError, first_line
-from .partial import updates_norm_stats
+from .normstats import updates_norm_stats
 from .recipe import ModelCfg
 from .strategies import apply_strategy, for_export
 from .version import __version__
@@ -87,12 +87,8 @@ def fingerprint_parts(model: nn.Module) -> dict[str, str]:
     return {part: h.hexdigest() for part, h in hashes.items()}
 
 
-def fingerprint(model: nn.Module) -> str:
-    """One sha256 over fingerprint_parts: what a delta records and checks."""
-    return _combine(fingerprint_parts(model))
-
-
-def _combine(parts: dict[str, str]) -> str:
+def fingerprint(parts: dict[str, str]) -> str:
+    """One sha256 over fingerprint_parts(model): what a delta records and checks."""
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
@@ -115,7 +111,7 @@ def save_delta(path: Path, model: nn.Module, recipe: Any, class_names: list[str]
         "class_names": list(class_names),
         "data_config": {k: list(v) if isinstance(v, tuple) else v for k, v in data_config.items()},
         "versions": {"partial_ft": __version__, "torch": torch.__version__, "timm": timm.__version__},
-        "fingerprint": _combine(base),
+        "fingerprint": fingerprint(base),
         "fingerprint_parts": base,
         "learned_params": sum(v.numel() for k, v in state.items() if k in params),
         **(extra or {}),
@@ -165,7 +161,7 @@ def _type_name(kind: Any) -> str:
     return " or ".join({str: "string", int: "integer", dict: "mapping", list: "list"}[k] for k in kinds)
 
 
-def load_delta(source: str | Path) -> nn.Module:
+def rebuild(source: str | Path) -> nn.Module:
     """Rebuild a trained model from its delta (`RUN_DIR/delta.safetensors`, or the folder holding it).
 
     The base (timm model, its starting weights or seeded random init, the seeded strategy) is rebuilt
@@ -176,15 +172,12 @@ def load_delta(source: str | Path) -> nn.Module:
     path = delta_path(source)
     info = read_info(path)
     cfg = ModelCfg(**info["model"])
-    if "fingerprint_parts" not in info:
-        raise UserError(f"delta {path} was written by an older partial_ft (one whole-model fingerprint); load or "
-                        "export it with that version")
     seed, num_classes = int(info["seed"]), len(info["class_names"])
     delta_checks.check_classifier(path, cfg, num_classes, delta_checks.header_tensors(path))
     model, init_model = models.build(cfg, num_classes, seed=seed)
     apply_strategy(model, info["strategy"], seed=seed, init_model=init_model)
     parts = fingerprint_parts(model)
-    if _combine(parts) != info["fingerprint"]:
+    if fingerprint(parts) != info["fingerprint"]:
         raise UserError(_mismatch(path, cfg, seed, info, parts))
     _copy_in(model, _read_tensors(path), path)
     models.set_run_config(model, info["data_config"], info["class_names"])  # timm's data config = the run's

@@ -54,8 +54,6 @@ def check_class_names(path: Path, names: list[Any]) -> None:
 
 def check_fingerprint_parts(path: Path, info: dict[str, Any]) -> None:
     parts = info.get("fingerprint_parts")
-    if parts is None:
-        return  # an older delta: delta.py names that
     if not isinstance(parts, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in parts.items()):
         raise UserError(f"delta {path}: metadata 'fingerprint_parts' is not a mapping of names to hashes ({ALTERED})")
 

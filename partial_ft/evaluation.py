@@ -33,6 +33,8 @@ def evaluate(model: nn.Module, loader: torch.utils.data.DataLoader, acc: Acceler
         logits, y = acc.gather_for_metrics((logits, y))
         logits = logits.float()
         loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").item()
+        # (not timm.utils.accuracy: it returns per-batch float percentages; exact counts, per class too,
+        # come from one top-k here)
         top = logits.topk(min(5, num_classes), dim=1).indices
         hit1 = top[:, 0] == y
         correct1 += hit1.sum().item()
@@ -59,9 +61,9 @@ def evaluate_run(run_dir: str | Path, dataset: Optional[str] = None, split: Opti
         raise UserError(f"--max-samples must be >= 1, got {max_samples}")
     local = Path(run_dir).exists()  # a Hub repo id: its files live in huggingface_hub's cache, not written to
     run_dir = hub.resolve(run_dir)
-    recipe = rundir.read_recipe(run_dir)
+    recipe = rundir.RunFolder(run_dir).read_recipe()
     info = delta.read_info(run_dir)
-    model = delta.load_delta(run_dir)
+    model = delta.rebuild(run_dir)
     cfg, t = recipe.data, recipe.train
     if dataset or split or max_samples:
         cfg = replace(cfg, dataset=dataset or cfg.dataset, config=cfg.config if not dataset else None,
@@ -73,7 +75,7 @@ def evaluate_run(run_dir: str | Path, dataset: Optional[str] = None, split: Opti
     if bundle.class_names != info["class_names"]:
         raise UserError(f"dataset '{cfg.dataset}' has classes {bundle.class_names[:10]}, but the run learned "
                         f"{info['class_names'][:10]}: the classifier cannot be evaluated on it")
-    loader = loaders.eval_loader(bundle, cfg, info["data_config"],
+    loader = loaders.eval_loader(bundle, cfg, loaders.eval_transform(info["data_config"]),
                                  loaders.eval_batch_size(t.eval_batch_size, t.batch_size, acc.device), t.seed,
                                  acc.device.type == "cuda")
     model, loader = acc.prepare(model, loader)

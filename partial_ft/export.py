@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 from timm.models._hub import HF_SAFE_WEIGHTS_NAME, save_config_for_hf
 
 from .atomic import check_file_target, write_atomic
-from .delta import delta_path, load_delta, merged_state_dict, read_info
+from .delta import delta_path, merged_state_dict, read_info, rebuild
 from .errors import UserError
 
 CONFIG_NAME = "config.json"  # timm's name: `local-dir:` and `hf-hub:` models read it
@@ -30,7 +30,7 @@ def export(source: str | Path, out: str | Path) -> tuple[Path, Path, dict[str, A
         raise UserError(f"export --out {out}: its folder's {CONFIG_NAME} is where the model's config goes; "
                         "choose another file or folder")
     info = read_info(src)
-    model = load_delta(src)  # its pretrained_cfg is the run's preprocessing and classes
+    model = rebuild(src)  # its pretrained_cfg is the run's preprocessing and classes
     plain = merged_state_dict(model)
     state = {k: v.contiguous() for k, v in plain.items()}
     out.parent.mkdir(parents=True, exist_ok=True)

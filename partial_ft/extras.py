@@ -22,6 +22,7 @@ class Extras:
 
     def __init__(self, recipe: Any, model: nn.Module, num_classes: int):
         t = recipe.train
+        self.model = model  # the whole model (not a cached suffix, not a DDP wrapper): its names are the delta's
         self.mixer, self.criterion = mixing.make(recipe.data, num_classes, t.label_smoothing)
         self.ema: Optional[LearnedEma] = LearnedEma(model, t.ema_decay) if t.ema else None
         self.keeper = Keeper(t.keep)
@@ -41,15 +42,15 @@ class Extras:
         with self.ema.applied() if self.ema else contextlib.nullcontext():
             yield
 
-    def offer(self, model: nn.Module, metrics: dict[str, Any]) -> None:
+    def offer(self, metrics: dict[str, Any]) -> None:
         """An epoch's measurements, inside kept_values(): the keeper copies the values when they are the best."""
-        self.keeper.offer(model, metrics)
+        self.keeper.offer(self.model, metrics)
 
-    def finish(self, model: nn.Module) -> Optional[dict[str, Any]]:
+    def finish(self) -> Optional[dict[str, Any]]:
         """Put the kept values into the model; returns the kept epoch's metrics (None: the last epoch's)."""
         if self.ema:
             self.ema.apply()
-        return self.keeper.restore(model)
+        return self.keeper.restore(self.model)
 
     def state(self) -> dict[str, Any]:
         """Plain data for a checkpoint's train_state.json."""

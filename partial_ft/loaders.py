@@ -7,9 +7,13 @@ import random
 import re
 from typing import Any, Optional
 
+from typing import NamedTuple
+
 import numpy as np
 import torch
 from datasets import Dataset, Image
+from PIL import Image as PILImage
+from PIL import UnidentifiedImageError
 
 from .data import DataBundle
 from .data_columns import INDEX_COLUMN
@@ -22,28 +26,44 @@ def _common(data_config: dict) -> dict[str, Any]:
                 crop_mode=data_config.get("crop_mode"))
 
 
-def eval_transform(data_config: dict) -> Any:
+def eval_transform(data_config: dict, to_uint8: bool = False) -> Any:
     """timm's eval transform for a data config (a run's, as its delta records it): validation, `eval`
-    and `predict` all preprocess through it."""
+    and `predict` all preprocess through it. `to_uint8`: its steps up to the tensor, uint8 C x H x W and
+    not normalized (timm's prefetcher form; what preloading stores)."""
     from timm.data import create_transform
 
-    return create_transform(is_training=False, **_common(data_config))
+    return create_transform(is_training=False, use_prefetcher=to_uint8, **_common(data_config))
 
 
-def transforms(cfg: DataCfg, data_config: dict) -> tuple[Any, Any, bool]:
-    """timm train and eval transforms; returns (train, eval, train_is_deterministic)."""
+class Transforms(NamedTuple):
+    """A run's timm transforms, built once (see transforms())."""
+
+    train: Any
+    eval: Any
+    deterministic: bool  # the train transform draws nothing: it is the eval transform
+
+
+def transforms(cfg: DataCfg, data_config: dict) -> Transforms:
+    """timm train and eval transforms for the recipe's data section and the model's data config, tried on
+    a small image: building them is the check of the values only timm or torchvision can judge (an
+    interpolation, an auto-augment policy, a size), an error naming the data keys, before any writing."""
     from timm.data import create_transform
 
-    common = _common(data_config)
-    eval_tf = eval_transform(data_config)
-    if not cfg.augment:
-        return eval_tf, eval_tf, True
-    train_tf = create_transform(
-        is_training=True, scale=tuple(cfg.scale) if cfg.scale else None, ratio=tuple(cfg.ratio) if cfg.ratio else None,
-        hflip=cfg.hflip, color_jitter=cfg.color_jitter, auto_augment=cfg.auto_augment, re_prob=cfg.re_prob,
-        **{k: v for k, v in common.items() if k not in ("crop_pct", "crop_mode")},
-    )
-    return train_tf, eval_tf, False
+    try:
+        eval_tf = eval_transform(data_config)
+        tfs = Transforms(eval_tf, eval_tf, True) if not cfg.augment else Transforms(create_transform(
+            is_training=True, scale=tuple(cfg.scale) if cfg.scale else None,
+            ratio=tuple(cfg.ratio) if cfg.ratio else None, hflip=cfg.hflip, color_jitter=cfg.color_jitter,
+            auto_augment=cfg.auto_augment, re_prob=cfg.re_prob,
+            **{k: v for k, v in _common(data_config).items() if k not in ("crop_pct", "crop_mode")}), eval_tf, False)
+        image = PILImage.new("RGB", (max(8, data_config["input_size"][-1] // 2),) * 2)
+        for tf in {id(tfs.train): tfs.train, id(tfs.eval): tfs.eval}.values():
+            tf(image)
+    except Exception as e:
+        keys = "data.input_size / crop_pct / interpolation / mean / std / auto_augment / scale / ratio / color_jitter"
+        why = f"unknown value {e}" if isinstance(e, KeyError) else first_line(e)
+        raise UserError(f"the image transforms cannot be built from the recipe ({keys}): {why}") from None
+    return tfs
 
 
 class BadImageError(UserError):
@@ -61,8 +81,6 @@ class BadImageError(UserError):
 
 def to_rgb(image: Any) -> Any:
     """Any PIL image as 8-bit RGB: grayscale, 16-bit, float, RGBA, palette (with transparency), CMYK."""
-    from PIL import Image as PILImage
-
     if image.mode == "RGB":
         return image
     if image.mode in ("I", "F") or image.mode.startswith("I;16"):
@@ -86,8 +104,6 @@ def read_image(value: Optional[dict]) -> Any:
 
 def reason(e: Exception) -> str:
     """Why an image could not be read, in one line."""
-    from PIL import UnidentifiedImageError
-
     if isinstance(e, UnidentifiedImageError):
         return "not a readable image file (unknown format or corrupt data)"
     return re.sub(r" ?<_io\.BytesIO object at 0x[0-9a-f]+>", "", first_line(e))
@@ -193,9 +209,23 @@ def collate_indexed(batch: list) -> tuple[list[int], Optional[torch.Tensor], Opt
     return [i for i, _ in good], x, torch.tensor([item[1] for _, item in good], dtype=torch.long)
 
 
+# DataLoader workers per CPU this process may use. Workers decode and augment images: past one per core
+# they only queue for it, and a few per core still cover reads that wait on a slow disk or network. A
+# number far beyond (data.num_workers=100000) forks until the machine runs out of processes and hangs.
+WORKERS_PER_CPU = 4
+
+
+def max_workers() -> int:
+    """The most DataLoader workers a process of this machine starts (WORKERS_PER_CPU x usable CPUs)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return WORKERS_PER_CPU * max(1, cpus)
+
+
 def loader(ds: torch.utils.data.Dataset, batch_size: int, shuffle: bool, num_workers: int, seed: int,
            pin_memory: bool = False, collate_fn: Optional[Any] = None) -> torch.utils.data.DataLoader:
-    """A DataLoader with seeded shuffling and persistent workers; `collate_fn` defaults to collate()."""
+    """A DataLoader with seeded shuffling and persistent workers; `collate_fn` defaults to collate().
+    Workers beyond max_workers() are not started (a run recorded on a larger machine, evaluated here)."""
+    num_workers = min(num_workers, max_workers())
     return torch.utils.data.DataLoader(
         ds, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, collate_fn=collate_fn or collate,
         persistent_workers=num_workers > 0, pin_memory=pin_memory, drop_last=False,
@@ -213,43 +243,37 @@ def lower_priority(worker_id: int) -> None:
         pass
 
 
-def make_loader(split: Dataset, image_column: str, label_column: str, transform: Any, role: str, cfg: DataCfg,
-                batch_size: int, shuffle: bool, seed: int, pin_memory: bool = False,
-                random_transform: bool = False) -> torch.utils.data.DataLoader:
-    """The DataLoader of one split as the recipe's data section configures it; a `random_transform`
-    draws its augmentation per item from (seed, epoch, index)."""
-    ds = ImageDataset(split, image_column, label_column, transform, role, cfg.skip_bad_images,
-                      augment_seed=seed if random_transform else None)
-    return loader(ds, batch_size, shuffle, cfg.num_workers, seed, pin_memory)
-
-
 def eval_batch_size(requested: Optional[int], batch_size: int, device: torch.device) -> int:
     """`train.eval_batch_size`, or by default 4x the training batch on a GPU (evaluation keeps no
     activations for a backward pass, and larger batches keep the GPU busy) and 2x on the CPU."""
     return requested or (4 if device.type == "cuda" else 2) * batch_size
 
 
-def train_loader(bundle: DataBundle, cfg: DataCfg, data_config: dict, batch_size: int, seed: int,
-                 pin_memory: bool = False) -> tuple[torch.utils.data.DataLoader, bool]:
-    """The training loader (train transform, seeded shuffling); returns (loader, transform_is_deterministic)."""
-    train_tf, _, deterministic = transforms(cfg, data_config)
-    dl = make_loader(bundle.train, bundle.image_column, bundle.label_column, train_tf, "train", cfg, batch_size,
-                     True, seed, pin_memory, random_transform=not deterministic)
-    return dl, deterministic
+def train_dataset(bundle: DataBundle, cfg: DataCfg, tfs: Transforms, seed: int) -> ImageDataset:
+    """The training split as items of the train transform; a random transform draws its augmentation per
+    item from (seed, epoch, index)."""
+    return ImageDataset(bundle.train, bundle.image_column, bundle.label_column, tfs.train, "train",
+                        cfg.skip_bad_images, augment_seed=None if tfs.deterministic else seed)
 
 
-def eval_loader(bundle: DataBundle, cfg: DataCfg, data_config: dict, batch_size: int, seed: int,
+def train_loader(bundle: DataBundle, cfg: DataCfg, tfs: Transforms, batch_size: int, seed: int,
+                 pin_memory: bool = False) -> torch.utils.data.DataLoader:
+    """The training loader (train transform, seeded shuffling)."""
+    return loader(train_dataset(bundle, cfg, tfs, seed), batch_size, True, cfg.num_workers, seed, pin_memory)
+
+
+def eval_loader(bundle: DataBundle, cfg: DataCfg, eval_tf: Any, batch_size: int, seed: int,
                 pin_memory: bool = False) -> torch.utils.data.DataLoader:
     """The validation loader (eval transform, in order): the one builder that training, the `eval`
     command and tools/ensemble.py use, so all three measure the same images the same way."""
-    _, eval_tf, _ = transforms(cfg, data_config)
-    return make_loader(bundle.val, bundle.image_column, bundle.label_column, eval_tf, "validation", cfg,
-                       batch_size, False, seed, pin_memory)
+    ds = ImageDataset(bundle.val, bundle.image_column, bundle.label_column, eval_tf, "validation",
+                      cfg.skip_bad_images)
+    return loader(ds, batch_size, False, cfg.num_workers, seed, pin_memory)
 
 
 def shutdown_workers(*loaders: torch.utils.data.DataLoader) -> None:
     """Stop persistent DataLoader workers now. On an error path they would otherwise live until Python's
-    exit, which ends them with SIGTERM, a signal workers ignore while training (see checkpoint.py)."""
+    exit, which ends them with SIGTERM, a signal workers ignore while training (see signals.py)."""
     for dl in loaders:
         iterator = getattr(dl, "_iterator", None)
         if iterator is not None and hasattr(iterator, "_shutdown_workers"):

@@ -14,7 +14,7 @@ from torch import nn
 
 from .errors import UserError, first_line, load_reason
 from .recipe import DataCfg, ModelCfg
-from .strategies.layers import classifier_params
+from .layers import classifier_params
 
 
 HUB_PREFIXES = ("hf-hub:", "hf_hub:", "local-dir:")  # timm loads these from the Hub / a folder by itself
@@ -170,3 +170,18 @@ def set_run_config(model: nn.Module, data_config: dict, class_names: list[str]) 
     cfg.update(run, num_classes=len(class_names), label_names=list(class_names))
     model.pretrained_cfg = cfg
     return model
+
+
+def try_forward(model: nn.Module, name: str, input_size: tuple[int, ...]) -> None:
+    """One forward of a tiny batch at the data's input size, before anything is written: a size the
+    model cannot take (a ViT whose patch size does not divide it, a too small image) is one error line."""
+    x = torch.zeros(2, *input_size)
+    training = model.training
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            model.eval()
+            model(x)
+    except Exception as e:
+        raise UserError(f"model '{name}' cannot run on data.input_size {list(input_size)}: {first_line(e)}") from None
+    finally:
+        model.train(training)

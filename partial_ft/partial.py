@@ -102,10 +102,6 @@ class _PartialWeight:
             full = full.index_select(self.partial_dim, self.partial_inverse)
         return full.reshape(self.partial_shape)
 
-    def partial_counts(self) -> tuple[int, int]:
-        """(learned scalars, total scalars) of this weight."""
-        return self.weight_learned.numel(), self.weight_learned.numel() + self.weight_fixed.numel()
-
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         # timm layout: the joined weight under `weight`, then everything else but the two parts
         destination[prefix + "weight"] = self.weight if keep_vars else self.weight.detach()
@@ -278,39 +274,3 @@ def partial_buffer_names(model: nn.Module) -> list[str]:
     return [f"{prefix}.{name}" if prefix else name for prefix, m in model.named_modules() if is_partial(m)
             for name in ("weight_fixed", "partial_learned_index", "partial_fixed_index", "partial_inverse")
             if getattr(m, name) is not None]
-
-
-# --------------------------------------------------------------------------------------------
-# BatchNorm statistics kept fixed: the same "never moves" promise for buffers that training would update
-
-
-class FrozenStats:
-    """Mixin for norm layers whose running statistics stay fixed: always in eval mode, as timm's
-    freeze helpers do, while their affine parameters may still learn."""
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self.training = False
-        return self
-
-
-_FROZEN: dict[type, type] = {}
-
-
-def updates_norm_stats(module: nn.Module) -> bool:
-    """A BatchNorm whose running statistics training updates (freeze_norm_stats keeps them fixed)."""
-    return (isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, FrozenStats)
-            and module.track_running_stats and module.running_mean is not None)
-
-
-def freeze_norm_stats(model: nn.Module) -> int:
-    """Keep every BatchNorm's running statistics fixed (eval mode for good); returns how many."""
-    count = 0
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not isinstance(m, FrozenStats):
-            cls = type(m)
-            _FROZEN.setdefault(cls, type(f"FrozenStats{cls.__name__}", (FrozenStats, cls), {}))
-            m.__class__ = _FROZEN[cls]
-            m.train(m.training)
-            count += 1
-    return count

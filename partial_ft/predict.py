@@ -9,7 +9,6 @@ prefix runs once per batch and only each source's learned rest runs per source.
 from __future__ import annotations
 
 import glob
-import json
 import os
 import sys
 import time
@@ -21,9 +20,13 @@ from typing import IO, Any, Optional
 import torch
 from torch import nn
 
-from . import cuts, delta, hub, loaders
+from . import cuts, delta, hub, jsonsafe, loaders
 from .data_columns import IMAGE_SUFFIXES
 from .errors import UserError
+
+# One batch of 16,384 images at 224 px is 9.9 GB of floats: more fits no device better, it only runs out of
+# memory (or, on the CPU, swaps) after every image has been listed and the model loaded.
+MAX_BATCH = 16_384
 
 
 def expand_inputs(patterns: list[str]) -> list[Path]:
@@ -68,7 +71,7 @@ def load_sources(sources: list[str]) -> list[Source]:
     loaded = []
     for name in sources:
         path = hub.resolve(name)
-        loaded.append(Source(name, delta.read_info(path), delta.load_delta(path)))
+        loaded.append(Source(name, delta.read_info(path), delta.rebuild(path)))
     first = loaded[0].info
     for other in loaded[1:]:
         for key, what in (("model", "base model"), ("weights", "starting weights"),
@@ -96,8 +99,8 @@ class Runner:
         if len(models) == 1:
             return cls(sources, device)
         input_size = tuple(sources[0].info["data_config"]["input_size"])
-        probe = torch.randn(2, *input_size, generator=torch.Generator().manual_seed(0)).to(device)
-        found, why = cuts.common_cut(models, probe)
+        sample = torch.randn(2, *input_size, generator=torch.Generator().manual_seed(0)).to(device)
+        found, why = cuts.common_cut(models, sample)
         return cls(sources, device, found, f"shared fixed prefix: {found[0].name}" if found else f"no shared prefix: {why}")
 
     def _timed(self, key: str, fn: Any) -> Any:
@@ -129,7 +132,7 @@ class Runner:
                 f"saving {(n - 1) * prefix:.2f} s of {alone:.2f} s ({100 * (n - 1) * prefix / max(alone, 1e-9):.0f}%)")
 
 
-class Files(torch.utils.data.Dataset):
+class ImageFiles(torch.utils.data.Dataset):
     """Image files as (index, tensor, error): read and transformed as `eval` reads a split."""
 
     def __init__(self, files: list[Path], transform: Any):
@@ -178,7 +181,7 @@ def predict(runner: Runner, files: list[Path], top_k: int = 5, batch_size: int =
         raise UserError("--ensemble averages predictions over the same classes, but the sources' classes differ")
     counts = counts if counts is not None else Counts()
     transform = loaders.eval_transform(sources[0].info["data_config"])
-    dl = torch.utils.data.DataLoader(Files(files, transform), batch_size=batch_size, num_workers=num_workers,
+    dl = torch.utils.data.DataLoader(ImageFiles(files, transform), batch_size=batch_size, num_workers=num_workers,
                                      collate_fn=_collate)
     for batch in tqdm(dl, desc="predict", unit="batch", disable=True if not progress or len(dl) < 2 else None):
         good = []
@@ -208,8 +211,9 @@ def run(sources: list[str], inputs: list[str], out: Optional[str] = None, top_k:
         skip_bad: bool = False, ensemble: bool = False, stream: IO[str] = sys.stdout) -> tuple[Counts, Runner]:
     """The `predict` command: JSON lines to `out` (written whole or not at all) or to `stream`. Cheap
     checks (arguments, inputs, output path) come before any model is loaded."""
-    if top_k < 1 or batch_size < 1:
-        raise UserError(f"--top-k and --batch-size must be at least 1 (got {top_k} and {batch_size})")
+    if top_k < 1 or not 1 <= batch_size <= MAX_BATCH:
+        raise UserError(f"--top-k and --batch-size must be at least 1, and --batch-size at most {MAX_BATCH:,} "
+                        f"(got {top_k:,} and {batch_size:,})")
     if ensemble and len(sources) < 2:
         raise UserError("--ensemble averages several SOURCEs; give at least two")
     files = expand_inputs(inputs)
@@ -223,13 +227,13 @@ def run(sources: list[str], inputs: list[str], out: Optional[str] = None, top_k:
     records = predict(runner, files, top_k, batch_size, skip_bad, ensemble, workers, counts)
     if target is None:
         for record in records:
-            print(json.dumps(record), file=stream, flush=True)
+            print(jsonsafe.dumps(record), file=stream, flush=True)
         return counts, runner
     tmp = target.with_name(f".{target.name}.tmp")
     try:
         with tmp.open("w") as f:
             for record in records:
-                f.write(json.dumps(record) + "\n")
+                f.write(jsonsafe.dumps(record) + "\n")
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)

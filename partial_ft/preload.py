@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import psutil
@@ -35,17 +35,10 @@ FIT_ON = 0.8  # true: refused beyond this share
 ON_DEVICE = 0.05  # images kept in GPU memory when they take at most this share of it
 
 
-def store_steps(eval_tf: Any) -> tuple[Any, torch.Tensor, torch.Tensor]:
-    """Split timm's eval transform at ToTensor: (the PIL steps, as a callable giving uint8 C x H x W;
-    mean; std), so that (uint8 / 255 - mean) / std repeats ToTensor + Normalize exactly."""
-    from torchvision.transforms import Compose
-    from torchvision.transforms.functional import pil_to_tensor
-
-    steps = list(eval_tf.transforms)
-    cut = next(i for i, t in enumerate(steps) if type(t).__name__ in ("MaybeToTensor", "ToTensor"))
-    norm = next(t for t in steps[cut:] if type(t).__name__ == "Normalize")
-    mean, std = (torch.as_tensor(v, dtype=torch.float32).reshape(-1, 1, 1) for v in (norm.mean, norm.std))
-    return Compose([*steps[:cut], pil_to_tensor]), mean, std
+def normalization(data_config: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, std) of the data config as C x 1 x 1, so that (uint8 / 255 - mean) / std repeats the eval
+    transform's ToTensor + Normalize exactly."""
+    return tuple(torch.as_tensor(data_config[k], dtype=torch.float32).reshape(-1, 1, 1) for k in ("mean", "std"))
 
 
 def available_bytes() -> int:
@@ -68,7 +61,7 @@ def decide(mode: str, device: torch.device, need: int, unsupported: list[str],
             raise UserError(f"data.preload: true augments on the device (random resized crop, flip) and cannot "
                             f"run {', '.join(unsupported)} (set data.color_jitter: 0, data.auto_augment: null, "
                             "data.re_prob: 0, or data.preload: false)")
-        return False, f"not used: the train transform has {', '.join(unsupported)}, which run per image"
+        return False, f"not used: {', '.join(unsupported)} augment per image"
     processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # each process of this machine holds a copy
     need, free = need * processes, available_bytes()
     gib = f"{need / 2**30:.2f} GiB" + (f" ({processes} processes)" if processes > 1 else "")
@@ -183,26 +176,25 @@ class Loaders:
     seconds: float = 0.0
 
 
-def make_loaders(bundle: Any, cfg: Any, data_config: dict, batch_sizes: tuple[int, int], seed: int,
-                 device: torch.device, cache_used: bool = False) -> Loaders:
+def make_loaders(bundle: Any, cfg: Any, data_config: dict, tfs: loaders.Transforms, batch_sizes: tuple[int, int],
+                 seed: int, device: torch.device, cache_used: bool = False) -> Loaders:
     """The train and validation DataLoaders: preloaded when `data.preload` says so (see decide()), else
     per-image PIL loaders in worker processes. Preloading decodes every image here, before any run
     folder is written: an unreadable one is a UserError now, not mid-run."""
-    train_tf, eval_tf, deterministic = loaders.transforms(cfg, data_config)
     size = tuple(data_config["input_size"])
-    augment, unsupported = (None, []) if deterministic else device_augment(train_tf, cfg.hflip)
+    augment, unsupported = (None, []) if tfs.deterministic else device_augment(cfg)
     use, note = decide(cfg.preload, device, image_bytes(len(bundle.train) + len(bundle.val), size), unsupported,
                        cache_used)
     if not use:
         pin = device.type == "cuda"
-        return Loaders(loaders.train_loader(bundle, cfg, data_config, batch_sizes[0], seed, pin)[0],
-                       loaders.eval_loader(bundle, cfg, data_config, batch_sizes[1], seed, pin), note)
+        return Loaders(loaders.train_loader(bundle, cfg, tfs, batch_sizes[0], seed, pin),
+                       loaders.eval_loader(bundle, cfg, tfs.eval, batch_sizes[1], seed, pin), note)
     columns = (bundle.image_column, bundle.label_column)
     start = time.perf_counter()
-    eval_store, mean, std = store_steps(eval_tf)
+    eval_store, (mean, std) = loaders.eval_transform(data_config, to_uint8=True), normalization(data_config)
     # augmented training crops from the whole image (crop_pct 1), as the per-image transform does
-    train_store = eval_store if deterministic else \
-        store_steps(loaders.transforms(replace(cfg, augment=False), {**data_config, "crop_pct": 1.0})[1])[0]
+    train_store = eval_store if tfs.deterministic else \
+        loaders.eval_transform({**data_config, "crop_pct": 1.0}, to_uint8=True)
     made = []
     for split, tf, role, aug in ((bundle.train, train_store, "train", augment),
                                  (bundle.val, eval_store, "validation", None)):

@@ -1,5 +1,5 @@
 """Where the training loop is (saved with every checkpoint, so a resumed run continues exactly), its
-throughput meter, and the run's summary (summary.json)."""
+throughput meter, and the optimizer's and the device's memory the summary reports."""
 from __future__ import annotations
 
 import dataclasses
@@ -7,11 +7,8 @@ import resource
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Optional
 
 import torch
-
-from .version import __version__
 
 
 @dataclass
@@ -41,6 +38,13 @@ class Progress:
 
     def __post_init__(self) -> None:
         self.meter = Meter(self)  # not a field: not saved
+
+    def record_batch(self, images: int, loss: float) -> None:
+        """A batch went forward and backward: count its images (all processes') and its loss."""
+        self.epoch_images += images
+        self.loss_sum, self.loss_count = self.loss_sum + loss, self.loss_count + 1
+        self.window_sum, self.window_count = self.window_sum + loss, self.window_count + 1
+        self.meter.add(images)
 
     def log_point(self) -> float:
         """The mean loss since the previous logged step, recorded as a point of the training curve."""
@@ -94,48 +98,6 @@ class Meter:
 
     def epoch_rate(self) -> float:
         return self.p.epoch_images / max(self.elapsed(), 1e-9)
-
-
-def summarize(recipe: Any, plan: Any, p: Progress, optimizer: torch.optim.Optimizer, device: torch.device,
-              num_processes: int, class_names: list[str], data_config: dict, cache_note: str,
-              feature_cache: Optional[dict[str, Any]] = None) -> dict[str, Any]:
-    """What summary.json holds: the plan's counts, the last epoch's metrics, throughput and memory.
-    train_seconds includes extracting cached features; train_images_per_second is the training steps'
-    own, in the steady state (see Meter)."""
-    metrics = p.metrics
-    feature_cache = dict(feature_cache) if feature_cache else None
-    extract = feature_cache.pop("extract_seconds") if feature_cache else 0.0
-    return {
-        "model": recipe.model.name,
-        "strategy": plan.label,
-        "strategy_spec": recipe.strategy,
-        "learned_params": plan.learned,
-        "total_params": plan.total,
-        "learned_fraction": plan.fraction,
-        "val_top1": metrics.get("val_top1"),
-        "val_top5": metrics.get("val_top5"),
-        "val_loss": metrics.get("val_loss"),
-        "epochs": metrics.get("epoch", 0),
-        "steps": p.step,
-        "solver": p.solver,
-        "train_seconds": round(p.train_seconds + extract, 3),
-        "train_images_per_second": (p.steady_images / p.steady_seconds if p.steady_seconds else
-                                    p.images / p.train_seconds if p.train_seconds else 0.0),
-        "optimizer_state_bytes": optimizer_state_bytes(optimizer),
-        "peak_memory_bytes": peak_memory_bytes(device),
-        "feature_cache": feature_cache,
-        "feature_extract_seconds": round(extract, 3),
-        "scoring_seconds": round(plan.scoring_seconds, 3),
-        "feature_cache_note": cache_note,
-        "skipped_images": p.skipped,
-        "dropped_images": p.dropped_images,
-        "nan_skipped_batches": p.nan_skipped,
-        "num_processes": num_processes,
-        "num_classes": len(class_names),
-        "data_config": {k: list(v) if isinstance(v, tuple) else v for k, v in data_config.items()},
-        "seed": recipe.train.seed,
-        "partial_ft_version": __version__,
-    }
 
 
 def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:

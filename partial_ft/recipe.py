@@ -39,6 +39,10 @@ class ModelCfg:
                                           "of another size is replaced")
     kwargs: dict = key({}, "passed to `timm.create_model` (`drop_path_rate`, `zero_init_last`, `img_size`, ...)")
 
+    def validate(self) -> None:
+        """Raise UserError for values that are well-typed but meaningless (as strategy options do)."""
+        _refuse([(not self.pretrained or not self.checkpoint, "set model.pretrained or model.checkpoint, not both")])
+
 
 @dataclass
 class DataCfg:
@@ -90,6 +94,40 @@ class DataCfg:
                                                             "into memory and augment batches on the training "
                                                             "device (see Concepts); `auto` preloads on a GPU when "
                                                             "it fits")
+
+    def validate(self, channels: Any = 3) -> None:
+        """Raise UserError for values that are well-typed but meaningless, or that timm or torchvision would
+        reject only once images flow; `channels`: what the model takes. (A value only timm can judge, such
+        as an interpolation or an auto-augment policy, is checked by building the transforms.)"""
+        size = self.input_size
+        sizes = [size] if isinstance(size, int) else list(size or [])
+        _refuse([
+            (0 < self.val_fraction < 1, "data.val_fraction must be in (0, 1)"),
+            (self.tune_fraction is None or 0 < self.tune_fraction < 1, "data.tune_fraction must be in (0, 1)"),
+            (self.num_workers >= 0, "data.num_workers must be >= 0"),
+            (self.max_train_samples is None or self.max_train_samples >= 1, "data.max_train_samples must be >= 1"),
+            (self.max_val_samples is None or self.max_val_samples >= 1, "data.max_val_samples must be >= 1"),
+            (0 <= self.hflip <= 1, "data.hflip must be in [0, 1]"),
+            (0 <= self.re_prob <= 1, "data.re_prob must be in [0, 1]"),
+            (self.mixup >= 0 and self.cutmix >= 0, "data.mixup and data.cutmix must be >= 0 (0: off)"),
+            (0 <= self.mixup_prob <= 1, "data.mixup_prob must be in [0, 1]"),
+            (self.scale is None or len(self.scale) == 2, "data.scale must be [min, max]"),
+            (self.ratio is None or len(self.ratio) == 2, "data.ratio must be [min, max]"),
+            (size is None or (isinstance(size, int) or len(size) in (2, 3)) and all(v > 0 for v in sizes),
+             "data.input_size must be a positive integer, [height, width] or [channels, height, width]"),
+            (not isinstance(size, list) or len(size) != 3 or size[0] == channels,
+             f"data.input_size has {sizes[0] if sizes else '?'} channels, the model takes {channels} "
+             "(model.kwargs.in_chans)"),
+            (self.crop_pct is None or 0 < self.crop_pct <= 1, "data.crop_pct must be in (0, 1]"),
+            (self.color_jitter >= 0, "data.color_jitter must be >= 0"),
+            (self.scale is None or len(self.scale) == 2 and 0 < self.scale[0] <= self.scale[1] <= 1,
+             "data.scale must be [min, max] with 0 < min <= max <= 1"),
+            (self.ratio is None or len(self.ratio) == 2 and 0 < self.ratio[0] <= self.ratio[1],
+             "data.ratio must be [min, max] with 0 < min <= max"),
+            *[(getattr(self, k) is None or len(getattr(self, k)) in (1, channels),
+               f"data.{k} must have 1 or {channels} values (one per channel)") for k in ("mean", "std")],
+            (self.std is None or all(v > 0 for v in self.std), "data.std must be > 0 (images are divided by it)"),
+        ])
 
 
 @dataclass
@@ -149,6 +187,29 @@ class TrainCfg:
                                   "`train.log_every` steps, and `val_top1`, `val_top5`, `val_loss`, `train_loss` "
                                   "each epoch; local ones write under `RUN_DIR/logs/`")
 
+    def validate(self) -> None:
+        """Raise UserError for values that are well-typed but meaningless."""
+        _refuse([
+            (self.epochs >= 1, "train.epochs must be >= 1"),
+            (self.max_steps is None or self.max_steps >= 1, "train.max_steps must be >= 1"),
+            (self.batch_size >= 1, "train.batch_size must be >= 1"),
+            (self.eval_batch_size is None or self.eval_batch_size >= 1, "train.eval_batch_size must be >= 1"),
+            (self.lr > 0, "train.lr must be > 0"),
+            (self.weight_decay >= 0, "train.weight_decay must be >= 0"),
+            (self.grad_accum_steps >= 1, "train.grad_accum_steps must be >= 1"),
+            (self.warmup_epochs >= 0, "train.warmup_epochs must be >= 0"),
+            (self.clip_grad is None or self.clip_grad > 0, "train.clip_grad must be > 0"),
+            (0 <= self.label_smoothing < 1, "train.label_smoothing must be in [0, 1)"),
+            (0 <= self.ema_decay < 1, "train.ema_decay must be in [0, 1)"),
+            (self.layer_decay is None or 0 < self.layer_decay <= 1, "train.layer_decay must be in (0, 1]"),
+            (self.log_every >= 1, "train.log_every must be >= 1"),
+            (self.checkpoint_every is None or self.checkpoint_every >= 1,
+             "train.checkpoint_every must be >= 1 (null: only at epoch ends)"),
+            (self.keep_checkpoints is None or self.keep_checkpoints >= 1,
+             "train.keep_checkpoints must be >= 1 (null: keep all)"),
+            (0 <= self.seed < 2**32, "train.seed must be in [0, 2**32)"),
+        ])
+
 
 @dataclass
 class OutputCfg:
@@ -186,6 +247,13 @@ class Recipe:
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
+    def validate(self) -> None:
+        """Each section validates itself, in recipe order (the strategy node: its registry, when parsed)."""
+        self.model.validate()
+        self.data.validate(channels=self.model.kwargs.get("in_chans", 3))
+        self.train.validate()  # (output.dir: whether the folder can be used is rundir.check_folder's, on disk)
+        _refuse(_loop_checks(self))
+
 
 # --------------------------------------------------------------------------------------------
 # loading
@@ -217,7 +285,7 @@ def from_dict(raw: dict, name: str = "recipe") -> Recipe:
     if "strategy" in raw and raw["strategy"] is not None:
         recipe.strategy = raw["strategy"]
     recipe.strategy = strategies.normalize_spec(recipe.strategy)
-    _check_ranges(recipe)
+    recipe.validate()
     return recipe
 
 
@@ -238,41 +306,9 @@ def all_keys() -> list[str]:
     return [f"{s}.{f.name}" for s, c in SECTIONS.items() for f in dataclasses.fields(c)]
 
 
-def _check_ranges(r: Recipe) -> None:
-    """Values that are well-typed but meaningless are user errors too."""
-    checks = [
-        (r.train.epochs >= 1, "train.epochs must be >= 1"),
-        (r.train.max_steps is None or r.train.max_steps >= 1, "train.max_steps must be >= 1"),
-        (r.train.batch_size >= 1, "train.batch_size must be >= 1"),
-        (r.train.eval_batch_size is None or r.train.eval_batch_size >= 1, "train.eval_batch_size must be >= 1"),
-        (r.train.lr > 0, "train.lr must be > 0"),
-        (r.train.weight_decay >= 0, "train.weight_decay must be >= 0"),
-        (r.train.grad_accum_steps >= 1, "train.grad_accum_steps must be >= 1"),
-        (r.train.warmup_epochs >= 0, "train.warmup_epochs must be >= 0"),
-        (r.train.clip_grad is None or r.train.clip_grad > 0, "train.clip_grad must be > 0"),
-        (0 <= r.train.label_smoothing < 1, "train.label_smoothing must be in [0, 1)"),
-        (0 <= r.train.ema_decay < 1, "train.ema_decay must be in [0, 1)"),
-        (r.train.layer_decay is None or 0 < r.train.layer_decay <= 1, "train.layer_decay must be in (0, 1]"),
-        (r.data.mixup >= 0 and r.data.cutmix >= 0, "data.mixup and data.cutmix must be >= 0 (0: off)"),
-        (0 <= r.data.mixup_prob <= 1, "data.mixup_prob must be in [0, 1]"),
-        (r.train.log_every >= 1, "train.log_every must be >= 1"),
-        (r.train.checkpoint_every is None or r.train.checkpoint_every >= 1,
-         "train.checkpoint_every must be >= 1 (null: only at epoch ends)"),
-        (r.train.keep_checkpoints is None or r.train.keep_checkpoints >= 1,
-         "train.keep_checkpoints must be >= 1 (null: keep all)"),
-        (0 < r.data.val_fraction < 1, "data.val_fraction must be in (0, 1)"),
-        (r.data.tune_fraction is None or 0 < r.data.tune_fraction < 1, "data.tune_fraction must be in (0, 1)"),
-        (r.data.num_workers >= 0, "data.num_workers must be >= 0"),
-        (r.data.max_train_samples is None or r.data.max_train_samples >= 1, "data.max_train_samples must be >= 1"),
-        (r.data.max_val_samples is None or r.data.max_val_samples >= 1, "data.max_val_samples must be >= 1"),
-        (0 <= r.data.hflip <= 1, "data.hflip must be in [0, 1]"),
-        (0 <= r.data.re_prob <= 1, "data.re_prob must be in [0, 1]"),
-        (r.data.scale is None or len(r.data.scale) == 2, "data.scale must be [min, max]"),
-        (r.data.ratio is None or len(r.data.ratio) == 2, "data.ratio must be [min, max]"),
-        (0 <= r.train.seed < 2**32, "train.seed must be in [0, 2**32)"),
-        (not r.model.pretrained or not r.model.checkpoint, "set model.pretrained or model.checkpoint, not both"),
-    ]
-    for ok, message in checks + _data_checks(r.data, r.model.kwargs.get("in_chans", 3)) + _loop_checks(r):
+def _refuse(checks: list[tuple[bool, str]]) -> None:
+    """The first failed (ok, message) check, as a UserError."""
+    for ok, message in checks:
         if not ok:
             raise UserError(message)
 
@@ -286,6 +322,7 @@ def loop_features(r: Recipe) -> list[str]:
 
 
 def _loop_checks(r: Recipe) -> list[tuple[bool, str]]:
+    """Keys that only mean something together: the best epoch on a carve-out, step extras with steps."""
     features = loop_features(r)
     return [
         (r.train.keep != "best" or r.data.tune_fraction is not None,
@@ -298,31 +335,3 @@ def _loop_checks(r: Recipe) -> list[tuple[bool, str]]:
          "train.cache_features: on cannot mix images (data.mixup / data.cutmix): cached features are computed once "
          "from unmixed images (set cache_features: auto or off)"),
     ]
-
-
-INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos", "random")
-
-
-def _data_checks(d: DataCfg, channels: Any) -> list[tuple[bool, str]]:
-    """The image pipeline's values that timm or torchvision would reject only once images flow."""
-    size = d.input_size
-    sizes = [size] if isinstance(size, int) else list(size or [])
-    checks = [
-        (size is None or (isinstance(size, int) or len(size) in (2, 3)) and all(v > 0 for v in sizes),
-         "data.input_size must be a positive integer, [height, width] or [channels, height, width]"),
-        (not isinstance(size, list) or len(size) != 3 or size[0] == channels,
-         f"data.input_size has {sizes[0] if sizes else '?'} channels, the model takes {channels} "
-         "(model.kwargs.in_chans)"),
-        (d.crop_pct is None or 0 < d.crop_pct <= 1, "data.crop_pct must be in (0, 1]"),
-        (d.color_jitter >= 0, "data.color_jitter must be >= 0"),
-        (d.interpolation is None or d.interpolation in INTERPOLATIONS,
-         f"data.interpolation must be one of {list(INTERPOLATIONS)}"),
-        (d.scale is None or len(d.scale) == 2 and 0 < d.scale[0] <= d.scale[1] <= 1, "data.scale must be [min, max] with 0 < min <= max <= 1"),
-        (d.ratio is None or len(d.ratio) == 2 and 0 < d.ratio[0] <= d.ratio[1], "data.ratio must be [min, max] with 0 < min <= max"),
-    ]
-    for key in ("mean", "std"):
-        values = getattr(d, key)
-        checks.append((values is None or len(values) in (1, channels),
-                       f"data.{key} must have 1 or {channels} values (one per channel)"))
-    checks.append((d.std is None or all(v > 0 for v in d.std), "data.std must be > 0 (images are divided by it)"))
-    return checks

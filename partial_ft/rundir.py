@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from . import checkpoints, curves, delta, modelcard, yamlsafe
-from .atomic import probe_writable, write_atomic, write_text
+from . import checkpoints, curves, delta, jsonsafe, modelcard, yamlsafe
+from .atomic import check_writable, write_atomic, write_text
 from .errors import UserError, first_line
 from .recipe import Recipe, from_dict
 
@@ -36,11 +36,11 @@ RESUME_MAY_DIFFER = {"train.progress", "train.log_every", "train.checkpoint_ever
 
 
 def is_ours(path: Path) -> bool:
-    """Whether partial_ft made this folder (its marker, or, from before markers, recipe.yaml + plan.txt)."""
-    return (path / MARKER).is_file() or ((path / RECIPE).is_file() and (path / PLAN).is_file())
+    """Whether partial_ft made this folder (its marker)."""
+    return (path / MARKER).is_file()
 
 
-def check(recipe: Recipe, overwrite: bool = False, resume: bool = False) -> Optional[Path]:
+def check_folder(recipe: Recipe, overwrite: bool = False, resume: bool = False) -> Optional[Path]:
     """Decide, without writing anything, whether the run folder can be used: refuses an output path that is
     a file or not writable, a folder partial_ft did not make, a folder another process is using, and a
     folder holding a run unless --overwrite (start again) or --resume (continue it). Returns the
@@ -50,7 +50,7 @@ def check(recipe: Recipe, overwrite: bool = False, resume: bool = False) -> Opti
         raise UserError("pass --resume or --overwrite, not both")
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"output.dir {run_dir} is a file, not a folder")
-    probe_writable(run_dir, "output.dir")
+    check_writable(run_dir, "output.dir")
     if not (run_dir.is_dir() and any(run_dir.iterdir())):
         return None
     if not is_ours(run_dir):
@@ -144,7 +144,7 @@ class RunFolder:
         """Lock the folder (main process), make it ready (check's decisions; --overwrite removes the old
         run's own files; --resume refuses data that data.json no longer describes); returns the checkpoint
         to resume from, if any."""
-        last = check(recipe, overwrite, resume)
+        last = check_folder(recipe, overwrite, resume)
         if resume and data_info is not None:
             _check_same_data(self.path, data_info)
         try:
@@ -177,8 +177,29 @@ class RunFolder:
                                    "scoring_seconds": round(scoring_seconds, 3)})
         (self.path / METRICS).unlink(missing_ok=True)
 
+    def read_recipe(self) -> Recipe:
+        """The recipe the folder records; a missing, empty or damaged one is one clear error."""
+        path = self.path / RECIPE
+        if not path.is_file():
+            raise UserError(f"{self.path} is not a run folder (no {RECIPE})")
+        try:
+            raw = yamlsafe.load_file(path, "recipe")
+            if not isinstance(raw, dict):
+                raise ValueError("not a mapping of recipe sections")
+            return from_dict(raw, name=self.path.name)
+        except (ValueError, UserError) as e:
+            raise UserError(f"{path} is damaged ({first_line(e)}); restore it, or --overwrite to start again") from None
+
+    def read_summary(self) -> dict[str, Any]:
+        """The finished run's summary.json; a missing or damaged one is one clear error."""
+        path = self.path / SUMMARY
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise UserError(f"{path}: no finished run's summary ({first_line(e)})") from None
+
     def write_json(self, name: str, obj: Any) -> Path:
-        return write_text(self.path / name, json.dumps(obj, indent=2) + "\n")
+        return write_text(self.path / name, jsonsafe.dumps(obj, indent=2) + "\n")
 
     def metrics_lines(self) -> list[str]:
         path = self.path / METRICS
@@ -186,30 +207,11 @@ class RunFolder:
 
     def append_metrics(self, metrics: dict[str, Any]) -> None:
         """One line per finished epoch; the whole file is replaced, so a crash never leaves half a line."""
-        write_text(self.path / METRICS, "".join(self.metrics_lines()) + json.dumps(metrics) + "\n")
+        write_text(self.path / METRICS, "".join(self.metrics_lines()) + jsonsafe.dumps(metrics) + "\n")
 
     def keep_metrics(self, lines: int) -> None:
         """On resume: epochs logged after the checkpoint are run again, so their lines go."""
         write_text(self.path / METRICS, "".join(self.metrics_lines()[:lines]))
-
-    def latest(self) -> Optional[Path]:
-        """The newest complete checkpoint, or None."""
-        return checkpoints.latest(self.path)
-
-    def save_checkpoint(self, acc: Any, progress: dict[str, Any], keep: Optional[int],
-                        tensors: Optional[dict[str, Any]] = None) -> Path:
-        """A resumable checkpoint (every process calls this), older ones rotated out beyond `keep`;
-        `tensors` are the loop's own (an EMA, the best epoch's values)."""
-        return checkpoints.save(acc, self.path, progress, keep, tensors)
-
-    def load_checkpoint(self, acc: Any, folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-        """(the loop's position, the loop's own tensors) a checkpoint holds."""
-        return checkpoints.load(acc, folder), checkpoints.load_tensors(folder)
-
-    def save_delta(self, model: Any, recipe: Recipe, class_names: list[str], data_config: dict,
-                   base: dict[str, str], extra: Optional[dict[str, Any]] = None) -> Path:
-        """What the run learned, as RUN_DIR/delta.safetensors."""
-        return delta.save_delta(self.path / delta.DELTA_NAME, model, recipe, class_names, data_config, base, extra)
 
     def finish(self, summary: dict[str, Any], title: str = "") -> None:
         """The run is done: its summary, model card and training curve, and no more whole-model checkpoints
@@ -235,32 +237,15 @@ def card(folder: Path, repo_id: Optional[str] = None, license: Optional[str] = N
         summary = json.loads((folder / SUMMARY).read_text())
         data = json.loads((folder / DATA).read_text())
         plan = (folder / PLAN).read_text() if (folder / PLAN).is_file() else None
-        return modelcard.render(read_recipe(folder).to_dict(), summary, data["class_names"], plan,
+        return modelcard.render(RunFolder(folder).read_recipe().to_dict(), summary, data["class_names"], plan,
                                 data.get("val_split"), repo_id, license)
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise UserError(f"cannot describe the run in {folder}: {first_line(e)}") from None
 
 
-def read_recipe(run_dir: Path) -> Recipe:
-    """The recipe a run folder records; a missing, empty or damaged one is one clear error."""
-    path = Path(run_dir) / RECIPE
-    if not path.is_file():
-        raise UserError(f"{run_dir} is not a run folder (no {RECIPE})")
-    try:
-        raw = yamlsafe.load_file(path, "recipe")
-        if not isinstance(raw, dict):
-            raise ValueError("not a mapping of recipe sections")
-        return from_dict(raw, name=Path(run_dir).name)
-    except (ValueError, UserError) as e:
-        raise UserError(f"{path} is damaged ({first_line(e)}); restore it, or --overwrite to start again") from None
-
-
-def read_strategy(run_dir: Path) -> Optional[dict[str, Any]]:
-    """The resolved strategy a run folder recorded ({"strategy": ..., "scoring_seconds": ...}), or None
-    for a folder from before it was recorded (its recipe's strategy then rebuilds the same plan)."""
+def read_strategy(run_dir: Path) -> dict[str, Any]:
+    """The resolved strategy a run folder recorded ({"strategy": ..., "scoring_seconds": ...})."""
     path = Path(run_dir) / STRATEGY
-    if not path.is_file():
-        return None
     try:
         recorded = json.loads(path.read_text())
         return {"strategy": recorded["strategy"], "scoring_seconds": float(recorded["scoring_seconds"])}
@@ -270,7 +255,7 @@ def read_strategy(run_dir: Path) -> Optional[dict[str, Any]]:
 
 def _check_same_recipe(recipe: Recipe, run_dir: Path) -> None:
     """Resuming with another recipe would silently mix two runs: refuse, naming what differs."""
-    old, new = _flat(read_recipe(run_dir).to_dict()), _flat(recipe.to_dict())
+    old, new = _flat(RunFolder(run_dir).read_recipe().to_dict()), _flat(recipe.to_dict())
     differ = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k not in RESUME_MAY_DIFFER)
     if differ:
         raise UserError(f"cannot resume {run_dir} with a different recipe: {', '.join(differ)} differ "

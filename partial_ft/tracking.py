@@ -14,7 +14,7 @@ LOGS = "logs"
 PACKAGES = {"comet_ml": "comet-ml"}
 
 
-def check(log_with: list[str]) -> None:
+def check_installed(log_with: list[str]) -> None:
     """Every tracker is one Accelerate knows and is installed here: a UserError before any work."""
     from accelerate.tracking import get_available_trackers
     from accelerate.utils import LoggerType

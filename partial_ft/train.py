@@ -1,8 +1,9 @@
-"""The training run: recipe -> data, model, strategy plan -> one Accelerate loop -> run folder.
+"""The training run: recipe -> setup (prepare.py: data, model, strategy plan, loaders) -> one Accelerate
+loop -> run folder.
 
-Read it top to bottom: `prepare()` builds and validates everything before the run folder is touched,
-`run()` is the driver, `train_one_epoch()` the loop over one epoch's batches. Measuring lives in
-evaluation.py, the run folder in rundir.py, what a run keeps in delta.py.
+Read it top to bottom: `run()` is the driver, `train()` the epochs, `train_one_epoch()` the loop over one
+epoch's batches, `train_step()` one step. Measuring lives in evaluation.py, the run folder in rundir.py,
+what a run keeps in delta.py, what summary.json holds in summary.py.
 """
 from __future__ import annotations
 
@@ -14,160 +15,71 @@ from typing import Any, Optional
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, broadcast_object_list, set_seed
+from accelerate.utils import broadcast_object_list
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import cache, collective, data, delta, gradients, loaders, mixing, models, preload, probe, signals, tracking, validate
+from . import cache, checkpoints, collective, delta, loaders, probe, report, tracking
 from .errors import NonFiniteLoss
 from .evaluation import evaluate
-from .partial import partial_buffer_names
-from .progress import Progress, summarize
 from .extras import Extras
-from .recipe import Recipe, loop_features
-from .rundir import RunFolder, check, read_strategy
-from .signals import Interrupted, StopFlag
-from .strategies import Plan, apply_strategy, silent_norms
-
-
-@dataclass
-class Setup:
-    """Everything a run needs, built and validated before the run folder is touched."""
-
-    recipe: Recipe
-    accelerator: Accelerator
-    bundle: data.DataBundle
-    model: nn.Module
-    plan: Plan
-    data_config: dict
-    train_loader: torch.utils.data.DataLoader
-    val_loader: torch.utils.data.DataLoader
-    base: dict[str, str]  # fingerprint parts of the fixed values, taken before any training (they never change)
-    cache: cache.Decision  # train from cached features of the fixed prefix, or from images
-    preload: str  # what data.preload decided (preload.decide's note)
-    preload_seconds: float  # decoding every image (preloaded data)
-    solver: str  # 'exact' (a cached linear head solved to convergence, probe.py) or 'loop'
-
-
-def prepare(recipe: Recipe, strategy: Any = None) -> Setup:
-    """Build data, model and plan; any user mistake surfaces here as a UserError, before any writing.
-    `strategy`, when given, replaces the recipe's: the resolved one a run folder recorded."""
-    t = recipe.train
-    tracking.check(t.log_with)  # a tracker that is not installed fails before any work
-    accelerator = Accelerator(
-        **tracking.accelerator_kwargs(t.log_with, recipe.run_dir),
-        mixed_precision=t.mixed_precision,
-        gradient_accumulation_steps=t.grad_accum_steps,
-        # batches come pinned on a GPU (loaders), so their copies to it need not block
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, non_blocking=True),
-        step_scheduler_with_optimizer=False,
-    )
-    set_seed(t.seed)
-    models.check_name(recipe.model.name)  # fail fast, before any data is loaded
-    validate.check_optimization(t)
-    with accelerator.main_process_first():  # the first process fills the datasets cache
-        bundle = data.load(recipe.data, seed=t.seed)
-    model, init_model = models.build(recipe.model, bundle.num_classes, seed=t.seed)
-    data_config = models.data_config(model, recipe.data)
-    validate.build_transforms(recipe.data, data_config)
-    validate.probe_forward(model, recipe.model.name, tuple(data_config["input_size"]))
-    deterministic = loaders.transforms(recipe.data, data_config)[2]
-    # strategies that choose from the gradient signal draw it here, before any optimizer exists, through a
-    # plain loader of their own; a resumed run (`strategy` recorded in its folder) rebuilds their choice
-    # without drawing anything
-    scoring_loader, _ = loaders.train_loader(bundle, recipe.data, data_config, t.batch_size, t.seed,
-                                             accelerator.device.type == "cuda")
-    source = gradients.from_loader(scoring_loader, accelerator, nn.CrossEntropyLoss(label_smoothing=t.label_smoothing),
-                                   t.seed, t.channels_last)
-    with signals.stop_on_signals():
-        plan = apply_strategy(model, recipe.strategy if strategy is None else strategy, seed=t.seed,
-                              init_model=init_model, gradients=source)
-    decision = cache.Decision(None, "not used: data.mixup / data.cutmix mix images") if mixing.mixes(recipe.data) \
-        else cache.decide(model, t.cache_features, deterministic, tuple(data_config["input_size"]),
-                          len(bundle.train) + len(bundle.val))
-    batches = (t.batch_size, loaders.eval_batch_size(t.eval_batch_size, t.batch_size, accelerator.device))
-    made = preload.make_loaders(bundle, recipe.data, data_config, batches, t.seed, accelerator.device,
-                                decision.cut is not None)  # auto: not for what the cache reads once anyway
-    signals.shield_workers(made.train, made.val)  # SIGTERM / Ctrl-C: the loop checkpoints first
-    if t.channels_last:
-        model.to(memory_format=torch.channels_last)
-    base = delta.fingerprint_parts(model) if accelerator.is_main_process else {}  # the main process saves deltas
-    return Setup(recipe, accelerator, bundle, model, plan, data_config, made.train, made.val, base, decision,
-                 made.note, made.seconds, "loop" if loop_features(recipe) else probe.choose(t.solver, decision.cut))
+from .partial import partial_buffer_names
+from .prepare import Setup, prepare
+from .progress import Progress, optimizer_state_bytes
+from .recipe import Recipe, TrainCfg
+from .rundir import RunFolder
+from .signals import Interrupted, StopFlag, stop_on_signals
+from .strategies import silent_norms
+from .summary import Trained, summarize
+from .validate import validate
 
 
 def run(recipe: Recipe, overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
     """Train as the recipe says and write the run folder; returns the summary. With `resume`, continue
     the run in the folder from its last checkpoint. SIGTERM / Ctrl-C checkpoint and raise Interrupted."""
-    last = check(recipe, overwrite, resume)  # a bad or busy output path fails before any work (no writes)
-    recorded = read_strategy(recipe.run_dir) if last is not None else None  # resuming: no new scoring pass
-    s = prepare(recipe, recorded["strategy"] if recorded else None)
-    if recorded:
-        s.plan.scoring_seconds = recorded["scoring_seconds"]
-    acc = s.accelerator
+    last = validate(recipe, overwrite, resume)  # a mistake, or a bad or busy output path: before any work
+    setup = prepare(recipe, resuming=last is not None)  # resuming: no new scoring pass
+    acc = setup.accelerator
     folder = RunFolder(recipe.run_dir, main=acc.is_main_process)
     try:
-        resume_from = [folder.start(recipe, overwrite, resume, s.bundle.info) if acc.is_main_process else None]
+        resume_from = [folder.start(recipe, overwrite, resume, setup.bundle.info) if acc.is_main_process else None]
         resume_from = broadcast_object_list(resume_from)[0] if acc.num_processes > 1 else resume_from[0]
-        if acc.is_main_process:
-            if resume_from is None:  # a fresh start (or a resume with nothing saved yet)
-                folder.write_start(recipe, s.plan.table(), s.bundle.info, s.plan.spec, s.plan.scoring_seconds)
-            _print_plan(s, resume_from)
+        if acc.is_main_process and resume_from is None:  # a fresh start (or a resume with nothing saved yet)
+            folder.write_start(recipe, setup.plan.table(), setup.bundle.info, setup.plan.spec,
+                               setup.plan.scoring_seconds)
         acc.wait_for_everyone()
         tracking.start(acc, recipe.name, recipe.to_dict())  # inside the run folder: it exists now
-        with signals.stop_on_signals() as stop:
-            summary, model = train(s, folder, resume_from, stop)
+        preload = setup.preload if recipe.data.preload != "false" else None
+        acc.print(report.plan_lines(setup.plan, preload, setup.preload_seconds, resume_from), flush=True)
+        warning = report.silent_norms_warning(silent_norms(setup.model))
+        if warning and acc.is_main_process:
+            print(warning, file=sys.stderr, flush=True)
+        with stop_on_signals() as stop:
+            trained, model = train(setup, folder, resume_from, stop)
+        delta_bytes = None
         if acc.is_main_process:
-            path = folder.save_delta(model, recipe, s.bundle.class_names, s.data_config, s.base,
-                                     {"strategy": s.plan.spec})  # data-driven choices resolved: no data to load
-            summary["delta_bytes"] = path.stat().st_size
-            folder.finish(summary, f"{recipe.model.name}, {s.plan.label}")
-            _print_summary(folder.path, summary)
+            path = delta.save_delta(folder.path / delta.DELTA_NAME, model, recipe, setup.bundle.class_names,
+                                    setup.data_config, setup.fingerprint,
+                                    {"strategy": setup.plan.spec})  # data-driven choices resolved: no data to load
+            delta_bytes = path.stat().st_size
+        summary = summarize(setup, trained, delta_bytes)
+        if acc.is_main_process:
+            folder.finish(summary, f"{recipe.model.name}, {setup.plan.label}")
     finally:
         folder.release()
     acc.end_training()
+    acc.print(report.summary_line(folder.path, summary), flush=True)
     return summary
-
-
-def _print_plan(s: Setup, resume_from: Optional[Path]) -> None:
-    plan = s.plan
-    print(plan.table(), flush=True)
-    scoring = f"; scoring pass {plan.scoring_seconds:.1f} s" if plan.scoring_seconds else ""
-    print(f"strategy {plan.label}: learning {plan.learned:,} of {plan.total:,} parameters "
-          f"({100 * plan.fraction:.3g}%){scoring}", flush=True)
-    silent = silent_norms(s.model)
-    if silent:
-        print(f"warning: {len(silent)} normalisation layers ({', '.join(silent[:3])}{', ...' * (len(silent) > 3)}) "
-              "have a zero scale that stays fixed, so the residual branches they end output nothing and never "
-              "learn (timm's zero_init_last at random init); learn them (strategy.norm=true) or pass "
-              "model.kwargs.zero_init_last=false", file=sys.stderr, flush=True)
-    if s.recipe.data.preload != "false":
-        took = f", decoded in {s.preload_seconds:.1f} s" if s.preload_seconds else ""
-        print(f"preload: {s.preload}{took}", flush=True)
-    if resume_from is not None:
-        print(f"resuming from {resume_from}", flush=True)
-
-
-def _print_summary(run_dir: Path, summary: dict[str, Any]) -> None:
-    top5 = "" if summary["val_top5"] is None else f"  val_top5 {summary['val_top5']:.4f}"
-    print(f"run folder {run_dir}: val_top1 {summary['val_top1']:.4f}{top5}  learned "
-          f"{summary['learned_params']:,}/{summary['total_params']:,} params "
-          f"({100 * summary['learned_fraction']:.3g}%)  {_speed(summary)}", flush=True)
-
-
-def _speed(summary: dict[str, Any]) -> str:
-    if summary.get("solver", {}).get("solver") == "exact":  # no steps: the solve's time is the number
-        return f"solved in {summary['solver']['seconds']:.1f} s"
-    return f"{summary['train_images_per_second']:.0f} img/s"
 
 
 @dataclass
 class Loop:
     """The prepared objects the epochs share (after Accelerate's prepare)."""
 
-    setup: Setup
+    accelerator: Accelerator
+    train: TrainCfg  # the recipe's train section
     folder: RunFolder
     model: nn.Module  # what the optimizer trains: the whole model, or the part after a cached prefix
     forward: Any  # the model, or its torch.compile'd version
@@ -178,18 +90,18 @@ class Loop:
     criterion: nn.Module
     learned: list[nn.Parameter]
     epochs: int
+    num_classes: int
     stop: StopFlag
     extras: Extras  # mixup / cutmix, the EMA, the best epoch kept (each as the recipe asks)
 
-    def finished(self, p: Progress) -> bool:
-        t = self.setup.recipe.train
-        return p.epoch >= self.epochs or bool(t.max_steps and p.step >= t.max_steps)
+    def finished(self, progress: Progress) -> bool:
+        return progress.epoch >= self.epochs or bool(self.train.max_steps and progress.step >= self.train.max_steps)
 
-    def save(self, p: Progress) -> Path:
+    def save(self, progress: Progress) -> Path:
         """A resumable checkpoint of where the loop is (every process calls this)."""
-        return self.folder.save_checkpoint(self.setup.accelerator, {**asdict(p), "scheduler": self.scheduler.state_dict(),
-                                           "extras": self.extras.state()}, self.setup.recipe.train.keep_checkpoints,
-                                           self.extras.tensors())
+        state = {**asdict(progress), "scheduler": self.scheduler.state_dict(), "extras": self.extras.state()}
+        return checkpoints.save(self.accelerator, self.folder.path, state, keep=self.train.keep_checkpoints,
+                                tensors=self.extras.tensors())
 
     def base_lr(self) -> float:
         """The scheduled lr (layer-wise decay scales it per parameter group by the group's `lr_scale`)."""
@@ -197,178 +109,171 @@ class Loop:
         return group["lr"] / group.get("lr_scale", 1.0)
 
 
-def make_optimizer(model: nn.Module, t: Any) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, cfg: TrainCfg) -> torch.optim.Optimizer:
     """timm's optimizer over the learned parameters only (it skips requires_grad=False, and puts biases
     and norm weights in a no-weight-decay group). With train.layer_decay, timm's layer-wise groups: each
     carries an lr_scale that timm's schedulers apply, layer_decay^(layers above it), counted over the
     network's layers whether they learn or not, so a learned block's lr follows its depth in the network."""
-    return create_optimizer_v2(model, opt=t.opt, lr=t.lr, weight_decay=t.weight_decay, momentum=t.momentum,
-                               layer_decay=t.layer_decay)
+    return create_optimizer_v2(model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum,
+                               layer_decay=cfg.layer_decay)
 
 
-def _build_loop(s: Setup, folder: RunFolder, stop: StopFlag) -> tuple[Loop, Optional[cache.Cached]]:
+def _build_loop(setup: Setup, folder: RunFolder, stop: StopFlag) -> tuple[Loop, Optional[cache.Cached]]:
     """Optimizer, scheduler and loaders over what trains: the whole model on images, or (feature cache)
     the part after the fixed prefix on its cached features; both share the model's parameters."""
-    recipe, acc, t = s.recipe, s.accelerator, s.recipe.train
-    net, train_data, val_data, cached = s.model, s.train_loader, s.val_loader, None
-    if s.cache.cut is not None:
-        cached = cache.build(s.cache.cut, s.model, s.train_loader, s.val_loader, t.seed, recipe.data.num_workers,
-                             acc, tuple(s.data_config["input_size"]), t.channels_last)
+    acc, cfg = setup.accelerator, setup.recipe.train
+    net, train_data, val_data, cached = setup.model, setup.train_loader, setup.val_loader, None
+    if setup.cache.cut is not None:
+        cached = cache.build(setup.cache.cut, setup.model, setup.train_loader, setup.val_loader, cfg.seed,
+                             setup.recipe.data.num_workers, acc, tuple(setup.data_config["input_size"]),
+                             cfg.channels_last)
         net, train_data, val_data = cached.suffix, cached.train_loader, cached.val_loader
-        if acc.is_main_process:
-            i = cached.info
-            print(f"feature cache: {s.cache.note}: {i['images']:,} images, {i['bytes'] / 2**20:.1f} MiB, "
+        i = cached.info
+        acc.print(f"feature cache: {setup.cache.note}: {i['images']:,} images, {i['bytes'] / 2**20:.1f} MiB, "
                   f"extracted in {i['extract_seconds']:.1f} s", flush=True)
-    elif acc.is_main_process and t.cache_features != "off":
-        print(f"feature cache: {s.cache.note}", flush=True)
-    optimizer = make_optimizer(s.model, t)
+    elif cfg.cache_features != "off":
+        acc.print(f"feature cache: {setup.cache.note}", flush=True)
+    optimizer = make_optimizer(setup.model, cfg)
     # fixed slices are identical on every process (seeded); DDP must not broadcast them every step
     torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
         net, partial_buffer_names(net))
     model, optimizer, train_loader, val_loader = acc.prepare(net, optimizer, train_data, val_data)
     # compiled here, not through Accelerate's dynamo plugin: that one is process-wide state, set by the
     # first Accelerator. Checkpoints hold the uncompiled model's state, the same with compile on or off.
-    forward = torch.compile(model) if t.compile else model
-    updates_per_epoch = max(1, math.ceil(len(train_loader) / t.grad_accum_steps))
+    forward = torch.compile(model) if cfg.compile else model
+    updates_per_epoch = max(1, math.ceil(len(train_loader) / cfg.grad_accum_steps))
     # max_steps, when set, decides the length (the last epoch stops early); else epochs does
-    epochs = math.ceil(t.max_steps / updates_per_epoch) if t.max_steps else t.epochs
-    scheduler, _ = create_scheduler_v2(optimizer, sched=t.sched, num_epochs=epochs, warmup_epochs=t.warmup_epochs,
-                                       min_lr=t.min_lr, step_on_epochs=False, updates_per_epoch=updates_per_epoch)
-    learned = [p for p in model.parameters() if p.requires_grad]
-    extras = Extras(recipe, s.model, len(s.bundle.class_names))  # after prepare: the model is on its device
-    loop = Loop(s, folder, model, forward, optimizer, scheduler, train_loader, val_loader, extras.criterion, learned,
-                epochs, stop, extras)
+    epochs = math.ceil(cfg.max_steps / updates_per_epoch) if cfg.max_steps else cfg.epochs
+    scheduler, _ = create_scheduler_v2(optimizer, sched=cfg.sched, num_epochs=epochs, warmup_epochs=cfg.warmup_epochs,
+                                       min_lr=cfg.min_lr, step_on_epochs=False, updates_per_epoch=updates_per_epoch)
+    learned = [w for w in model.parameters() if w.requires_grad]
+    extras = Extras(setup.recipe, setup.model, len(setup.bundle.class_names))  # after prepare: on its device
+    loop = Loop(acc, cfg, folder, model, forward, optimizer, scheduler, train_loader, val_loader, extras.criterion,
+                learned, epochs, len(setup.bundle.class_names), stop, extras)
     return loop, cached
 
 
-def train(s: Setup, folder: RunFolder, resume_from: Optional[Path], stop: StopFlag) -> tuple[dict[str, Any], nn.Module]:
-    """The driver: epochs of training, each followed by evaluation and a checkpoint. Returns (summary,
-    trained model)."""
-    loop, cached = _build_loop(s, folder, stop)
-    p = Progress()
+def train(setup: Setup, folder: RunFolder, resume_from: Optional[Path], stop: StopFlag) -> tuple[Trained, nn.Module]:
+    """The driver: epochs of training, each followed by evaluation and a checkpoint. Returns (what the
+    summary needs, trained model)."""
+    loop, cached = _build_loop(setup, folder, stop)
+    acc, progress = setup.accelerator, Progress()
     if resume_from is not None:  # model, optimizer, scheduler, RNG states, and where the loop was
-        state, tensors = folder.load_checkpoint(s.accelerator, resume_from)
+        state = checkpoints.load(acc, resume_from)
         loop.scheduler.load_state_dict(state.pop("scheduler"))  # plain data (Accelerate would unpickle it)
-        loop.extras.load(state.pop("extras", None), tensors)
-        p = Progress(**state)
-        if s.accelerator.is_main_process:
-            folder.keep_metrics(p.metrics_lines)
+        loop.extras.load(state.pop("extras", None), checkpoints.load_tensors(resume_from))
+        progress = Progress(**state)
+        if acc.is_main_process:
+            folder.keep_metrics(progress.metrics_lines)
     batches = loop.train_loader
     try:
-        if s.solver == "exact":  # a convex problem: solved to convergence on the cached features, no epochs
-            p.solver = probe.train_exact(cached, len(s.bundle.class_names), s.recipe.train.seed, s.accelerator)
-            p.loss_sum, p.loss_count = p.solver["train_loss"], 1  # (its time: the epoch meter's)
+        if setup.solver == "exact":  # a convex problem: solved to convergence on the cached features, no epochs
+            progress.solver = probe.train_exact(cached, loop.num_classes, loop.train.seed, acc)
+            progress.loss_sum, progress.loss_count = progress.solver["train_loss"], 1  # (its time: the epoch meter's)
             loop.epochs = 1
-            end_of_epoch(loop, p)
-        while s.solver == "loop" and not loop.finished(p):
-            batches = train_one_epoch(loop, p)
-            end_of_epoch(loop, p)
-            p = p.next_epoch()
-            if not loop.finished(p):
-                saved = loop.save(p)
-                if collective.stop_requested(s.accelerator, stop):
-                    raise Interrupted(stop.signum, p.step, saved)
+            end_of_epoch(loop, progress)
+        while setup.solver == "loop" and not loop.finished(progress):
+            batches = train_one_epoch(loop, progress)
+            end_of_epoch(loop, progress)
+            progress = progress.next_epoch()
+            if not loop.finished(progress):
+                saved = loop.save(progress)
+                if collective.stop_requested(acc, stop):
+                    raise Interrupted(stop.signum, progress.step, saved)
     finally:  # on errors too: persistent workers must not outlive the loop (see loaders.shutdown_workers)
         loaders.shutdown_workers(loop.train_loader, loop.val_loader, batches)
-    best = loop.extras.finish(s.model)  # the averaged values, the best epoch's: what the run keeps
-    summary = summarize(s.recipe, s.plan, p, loop.optimizer, s.accelerator.device, s.accelerator.num_processes,
-                        s.bundle.class_names, s.data_config, s.cache.note, cached.info if cached else None)
-    summary["preload"] = s.preload
-    if best is not None:  # the kept epoch's measurements, not the last one's
-        summary.update({k: best.get(k) for k in ("val_top1", "val_top5", "val_loss")}, kept_epoch=best["epoch"])
-    return summary, s.model
+    kept = loop.extras.finish()  # the averaged values, the best epoch's: what the run keeps
+    return Trained(progress, optimizer_state_bytes(loop.optimizer), cached.info if cached else None, kept), setup.model
 
 
-def train_one_epoch(loop: Loop, p: Progress) -> Any:
-    """One epoch of accumulated, clipped, scheduled steps (resuming mid-epoch where `p` says); a checkpoint
+def train_one_epoch(loop: Loop, progress: Progress) -> Any:
+    """One epoch of accumulated, clipped, scheduled steps (resuming mid-epoch where `progress` says); a checkpoint
     every `checkpoint_every` steps and on SIGTERM / Ctrl-C. Returns the batch iterator it used."""
-    acc, t = loop.setup.accelerator, loop.setup.recipe.train
+    acc, cfg = loop.accelerator, loop.train
     loop.model.train()
     # an epoch's order comes from (seed, epoch) alone (seedable sampler), so a resumed epoch sees the same
     # batches; skip those it already learned from. The dataset gets the epoch for its augmentation draws
-    loop.train_loader.set_epoch(p.epoch)
-    loop.train_loader.dataset.set_epoch(p.epoch)
-    batches = acc.skip_first_batches(loop.train_loader, p.batches) if p.batches else loop.train_loader
-    bar = tqdm(batches, desc=f"epoch {p.epoch + 1}/{loop.epochs}", leave=False, dynamic_ncols=True,
-               disable=not (t.progress and acc.is_local_main_process), mininterval=1.0,
-               initial=p.batches, total=len(loop.train_loader))
-    p.meter.start_epoch()
+    loop.train_loader.set_epoch(progress.epoch)
+    loop.train_loader.dataset.set_epoch(progress.epoch)
+    batches = acc.skip_first_batches(loop.train_loader, progress.batches) if progress.batches else loop.train_loader
+    bar = tqdm(batches, desc=f"epoch {progress.epoch + 1}/{loop.epochs}", leave=False, dynamic_ncols=True,
+               disable=not (cfg.progress and acc.is_local_main_process), mininterval=1.0,
+               initial=progress.batches, total=len(loop.train_loader))
+    progress.meter.start_epoch()
     for x, y, bad in bar:
-        p.batches += 1
-        p.skipped += bad
+        progress.batches += 1
+        progress.skipped += bad
         if x is None:  # every image of the batch was unreadable and skipped
             continue
         if collective.lone_image(acc, loop.model, x):
-            p.dropped_images += x.shape[0]
+            progress.dropped_images += x.shape[0]
             continue
-        if not train_step(loop, p, x, y):
+        if not train_step(loop, progress, x, y):
             continue  # a skipped non-finite batch, or inside an accumulation
-        if p.step % t.log_every == 0:
+        if progress.step % cfg.log_every == 0:
             lr = loop.base_lr()
-            bar.set_postfix(loss=f"{p.loss_sum / p.loss_count:.4f}", img_s=f"{p.meter.epoch_rate():.0f}", lr=f"{lr:.2e}")
-            tracking.log(acc, {"loss": p.log_point(), "lr": lr, "images_per_second": p.meter.epoch_rate()}, p.step)
-        if t.max_steps and p.step >= t.max_steps:
+            rate = progress.meter.epoch_rate()
+            bar.set_postfix(loss=f"{progress.loss_sum / progress.loss_count:.4f}", img_s=f"{rate:.0f}", lr=f"{lr:.2e}")
+            tracking.log(acc, {"loss": progress.log_point(), "lr": lr, "images_per_second": rate}, progress.step)
+        if cfg.max_steps and progress.step >= cfg.max_steps:
             break
         stopping = collective.stop_requested(acc, loop.stop)
-        periodic = t.checkpoint_every and p.step % t.checkpoint_every == 0 and p.batches < len(loop.train_loader)
+        periodic = cfg.checkpoint_every and progress.step % cfg.checkpoint_every == 0 and \
+            progress.batches < len(loop.train_loader)
         if stopping or periodic:  # (the epoch's last batch is followed by the epoch-end checkpoint)
-            p.meter.pause()
-            saved = loop.save(p)
+            progress.meter.pause()
+            saved = loop.save(progress)
             if stopping:
-                raise Interrupted(loop.stop.signum, p.step, saved)
-            p.meter.resume()
+                raise Interrupted(loop.stop.signum, progress.step, saved)
+            progress.meter.resume()
     bar.close()
     return batches
 
 
-def train_step(loop: Loop, p: Progress, x: torch.Tensor, y: torch.Tensor) -> bool:
+def train_step(loop: Loop, progress: Progress, x: torch.Tensor, y: torch.Tensor) -> bool:
     """Forward, backward and (at the end of an accumulation) an optimizer step; True when a step was
     taken. A non-finite loss never reaches the weights: it stops the run or skips the batch."""
-    acc, t = loop.setup.accelerator, loop.setup.recipe.train
+    acc, cfg = loop.accelerator, loop.train
     x, y = loop.extras.mix(x, y)  # (before the layout change: mixing concatenates)
-    if t.channels_last and x.dim() == 4:
+    if cfg.channels_last and x.dim() == 4:
         x = x.contiguous(memory_format=torch.channels_last)
     with acc.accumulate(loop.model):
         loss = loop.criterion(loop.forward(x), y)
         if not collective.all_finite(acc, loss):  # before backward
-            if t.nan_policy == "stop":
-                raise NonFiniteLoss(loss.item(), p.step + 1, p.epoch + 1, loop.folder.latest())
+            if cfg.nan_policy == "stop":
+                last = checkpoints.latest(loop.folder.path)
+                raise NonFiniteLoss(loss.item(), progress.step + 1, progress.epoch + 1, last)
             loop.optimizer.zero_grad(set_to_none=True)  # and what this accumulation gathered so far
-            p.nan_skipped += 1
+            progress.nan_skipped += 1
             return False
         acc.backward(loss)
-        if acc.sync_gradients and t.clip_grad:
-            acc.clip_grad_norm_(loop.learned, t.clip_grad)
+        if acc.sync_gradients and cfg.clip_grad:
+            acc.clip_grad_norm_(loop.learned, cfg.clip_grad)
         loop.optimizer.step()
         loop.optimizer.zero_grad(set_to_none=True)
-    images = x.shape[0] * acc.num_processes
-    p.epoch_images += images
-    value = loss.item()
-    p.loss_sum, p.loss_count = p.loss_sum + value, p.loss_count + 1
-    p.window_sum, p.window_count = p.window_sum + value, p.window_count + 1
-    p.meter.add(images)
+    progress.record_batch(x.shape[0] * acc.num_processes, loss.item())
     if not acc.sync_gradients:
         return False  # checkpoints and stops only fall between whole (accumulated) steps
-    p.step += 1
-    loop.extras.stepped(p.step)
-    loop.scheduler.step_update(p.step)
-    p.meter.step()
+    progress.step += 1
+    loop.extras.stepped(progress.step)
+    loop.scheduler.step_update(progress.step)
+    progress.meter.step()
     return True
 
 
-def end_of_epoch(loop: Loop, p: Progress) -> None:
+def end_of_epoch(loop: Loop, progress: Progress) -> None:
     """Close the epoch's books, measure on the validation split, log a metrics line."""
-    s, acc = loop.setup, loop.setup.accelerator
-    p.close_epoch()
+    acc = loop.accelerator
+    progress.close_epoch()
     with loop.extras.kept_values():  # measure what the run would keep
-        p.metrics = evaluate(loop.forward, loop.val_loader, acc, len(s.bundle.class_names))
-        p.metrics.update(epoch=p.epoch + 1, step=p.step, train_loss=p.loss_sum / max(p.loss_count, 1),
-                         lr=loop.base_lr(), train_seconds=round(p.train_seconds, 3), loss_curve=p.losses)
-        loop.extras.offer(s.model, p.metrics)
-    tracking.log(acc, {k: v for k, v in p.metrics.items() if k != "per_class_top1"}, p.step)
+        progress.metrics = evaluate(loop.forward, loop.val_loader, acc, loop.num_classes)
+        progress.metrics.update(epoch=progress.epoch + 1, step=progress.step,
+                                train_loss=progress.loss_sum / max(progress.loss_count, 1),
+                                lr=loop.base_lr(), train_seconds=round(progress.train_seconds, 3),
+                                loss_curve=progress.losses)
+        loop.extras.offer(progress.metrics)
+    tracking.log(acc, {k: v for k, v in progress.metrics.items() if k != "per_class_top1"}, progress.step)
     if acc.is_main_process:
-        loop.folder.append_metrics(p.metrics)
-        m = p.metrics
-        top5 = "" if m["val_top5"] is None else f"  val_top5 {m['val_top5']:.4f}"
-        where = "solved" if p.solver["solver"] == "exact" else f"epoch {p.epoch + 1}/{loop.epochs}  step {p.step}"
-        print(f"{where}  loss {m['train_loss']:.4f}  val_top1 {m['val_top1']:.4f}{top5}", flush=True)
+        loop.folder.append_metrics(progress.metrics)
+    acc.print(report.epoch_line(progress.epoch + 1, loop.epochs, progress.step, progress.metrics,
+                                progress.solver["solver"] == "exact"), flush=True)

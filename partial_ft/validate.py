@@ -1,22 +1,36 @@
-"""Checks that run before anything is written: recipe values that timm would reject later are tried
-up front, so a mistake is one `error:` line naming the recipe key, never a traceback after the run
-folder exists."""
+"""`validate(recipe)`: the checks that run once, before any data or model is loaded and before anything
+is written, so a mistake is one `error:` line naming the recipe key, never a traceback after the run
+folder exists. The recipe's sections validate themselves (as they are read, and here again); here is what
+needs the environment: trackers, timm names, the output folder. What needs the model is tried as it is
+built (models.try_forward, loaders.transforms)."""
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import Optional
 
-import torch
-from PIL import Image as PILImage
 from timm.optim import create_optimizer_v2, list_optimizers
 from timm.scheduler import create_scheduler_v2
 from torch import nn
 
-from . import loaders
+from . import loaders, models, rundir, tracking
 from .errors import UserError, did_you_mean, first_line
-from .recipe import DataCfg
+from .recipe import DataCfg, Recipe, TrainCfg
 
 
-def check_optimization(t: Any) -> None:
+def validate(recipe: Recipe, overwrite: bool = False, resume: bool = False) -> Optional[Path]:
+    """Everything about a run that can be checked before any data or model is loaded, and without writing
+    anything: the recipe's own values, the trackers, the model name, the optimizer and scheduler, and the
+    output folder (rundir.check_folder). Returns the checkpoint to resume from, if any."""
+    check_optimization(recipe.train)  # timm names, tried on a stand-in parameter
+    check_workers(recipe.data)
+    last = rundir.check_folder(recipe, overwrite, resume)  # a bad or busy output path
+    models.check_name(recipe.model.name)
+    recipe.validate()  # (done when it was read, too: a Recipe may also be built in code)
+    tracking.check_installed(recipe.train.log_with)  # a tracker that is not installed
+    return last
+
+
+def check_optimization(t: TrainCfg) -> None:
     """train.opt and train.sched are timm names: try them on a stand-in parameter, so a typo (or a
     scheduler that cannot step per update, like plateau) fails before any work."""
     try:
@@ -31,32 +45,8 @@ def check_optimization(t: Any) -> None:
         raise UserError(f"train.sched '{t.sched}': {first_line(e)}") from None
 
 
-def build_transforms(cfg: DataCfg, data_config: dict) -> tuple[Any, Any, bool]:
-    """timm's train and eval transforms for the recipe, tried on a small image so that a value timm or
-    torchvision refuses (an auto-augment policy, a size) is an error naming the data keys, now."""
-    try:
-        train_tf, eval_tf, deterministic = loaders.transforms(cfg, data_config)
-        image = PILImage.new("RGB", (max(8, data_config["input_size"][-1] // 2),) * 2)
-        for tf in {id(train_tf): train_tf, id(eval_tf): eval_tf}.values():
-            tf(image)
-    except UserError:
-        raise
-    except Exception as e:
-        keys = "data.input_size / crop_pct / interpolation / mean / std / auto_augment / scale / ratio / color_jitter"
-        raise UserError(f"the image transforms cannot be built from the recipe ({keys}): {first_line(e)}") from None
-    return train_tf, eval_tf, deterministic
-
-
-def probe_forward(model: nn.Module, name: str, input_size: tuple[int, ...]) -> None:
-    """One forward of a tiny batch at the data's input size, before anything is written: a size the
-    model cannot take (a ViT whose patch size does not divide it, a too small image) is one error line."""
-    x = torch.zeros(2, *input_size)
-    training = model.training
-    try:
-        with torch.no_grad(), torch.random.fork_rng(devices=[]):
-            model.eval()
-            model(x)
-    except Exception as e:
-        raise UserError(f"model '{name}' cannot run on data.input_size {list(input_size)}: {first_line(e)}") from None
-    finally:
-        model.train(training)
+def check_workers(cfg: DataCfg) -> None:
+    """data.num_workers within what this machine can start (loaders.max_workers: a few per CPU)."""
+    if cfg.num_workers > loaders.max_workers():
+        raise UserError(f"data.num_workers {cfg.num_workers:,} is more than this machine can use: at most "
+                        f"{loaders.max_workers()} ({loaders.WORKERS_PER_CPU} per CPU it may use)")

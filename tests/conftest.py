@@ -1,6 +1,7 @@
 """Shared test setup: offline always, small recipes on the built-in digits, and a CLI runner."""
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
@@ -10,10 +11,13 @@ from pathlib import Path
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import pyarrow as pa  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
 import pytest  # noqa: E402
 import yaml  # noqa: E402
+from datasets import ClassLabel, Features, Image  # noqa: E402
+from PIL import Image as PILImage  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,3 +56,58 @@ def tiny_recipe(tmp_path: Path):
         recipe.setdefault("output", {})["dir"] = str(tmp_path / "runs" / name)
         return write_recipe(tmp_path / f"{name}.yaml", recipe)
     return make
+
+
+def bomb(levels: int, width: int = 9, flow: bool = False) -> str:
+    """Nested anchors: `width ** levels` leaves in a few hundred bytes."""
+    names = [f"l{i}" for i in range(levels)]
+    rows = [f"&{names[0]} [" + ",".join(["x"] * width) + "]"]
+    rows += [f"&{names[i]} [" + ",".join([f"*{names[i - 1]}"] * width) + "]" for i in range(1, levels)]
+    return "[" + ",".join(rows) + "]" if flow else "\n".join(f"k{i}: {row}" for i, row in enumerate(rows)) + "\n"
+
+
+# --------------------------------------------------------------------------------------------
+# small datasets with one thing wrong (data.py's checks, and the CLI's error table)
+
+
+def png(image: PILImage.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+def no_label_parquet(tmp_path: Path) -> Path:
+    path = tmp_path / "nolabel.parquet"
+    pq.write_table(pa.table({"pix": [b"x"] * 4, "score": [0.1, 0.2, 0.3, 0.4]}), path)
+    return path
+def no_image_parquet(tmp_path: Path) -> Path:
+    path = tmp_path / "noimage.parquet"
+    pq.write_table(pa.table({"name": ["a", "b"], "label": [0, 1]}), path)
+    return path
+def out_of_range(tmp_path: Path) -> Path:
+    """A parquet file whose metadata says ClassLabel with 2 classes, but one row holds 5."""
+    features = Features({"image": Image(), "label": ClassLabel(names=["a", "b"])})
+    png = png(PILImage.new("L", (4, 4)))
+    table = pa.table({"image": [{"bytes": png, "path": None}] * 3, "label": [0, 1, 5]}).cast(features.arrow_schema)
+    pq.write_table(table, tmp_path / "oor.parquet")
+    return tmp_path / "oor.parquet"
+def negative_ints(tmp_path: Path) -> Path:
+    path = tmp_path / "neg.parquet"
+    pq.write_table(pa.table({"image": [png(PILImage.new("L", (4, 4)))] * 3, "label": [0, 1, -3]}), path)
+    return path
+def parquet_with_labels(tmp_path: Path, name: str, labels: list, val_labels: list | None = None) -> Path:
+    """Parquet with the given labels (a train file, and a validation file when val_labels is given)."""
+    png = png(PILImage.new("L", (4, 4)))
+    folder = tmp_path / name
+    folder.mkdir()
+    for split, values in (("train", labels), ("validation", val_labels)):
+        if values is not None:
+            pq.write_table(pa.table({"image": [png] * len(values), "label": values}), folder / f"{split}.parquet")
+    return folder if val_labels is not None else folder / "train.parquet"
+def empty_class(tmp_path: Path) -> Path:
+    """An imagefolder whose `emu` class folder holds no image."""
+    root = tmp_path / "folders"
+    for name in ("cat", "dog", "emu"):
+        (root / "train" / name).mkdir(parents=True)
+    for name in ("cat", "dog"):
+        for i in range(3):
+            PILImage.new("L", (4, 4), color=i).save(root / "train" / name / f"{i}.png")
+    return root

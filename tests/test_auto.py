@@ -14,7 +14,7 @@ from partial_ft import apply_strategy
 from partial_ft.errors import UserError
 from partial_ft.partial import learned_masks
 from partial_ft.strategies import Gradients
-from partial_ft.strategies.layers import blocks
+from partial_ft.layers import blocks
 
 
 class Tiny(nn.Module):

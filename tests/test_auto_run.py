@@ -55,7 +55,7 @@ def test_the_run_records_times_and_prints_the_scoring_pass(auto_run):
 
 def test_delta_eval_and_export_rebuild_without_scoring(auto_run, tmp_path, monkeypatch):
     run_dir, summary, _ = auto_run
-    monkeypatch.setattr(gradients, "from_loader", _no_scoring)
+    monkeypatch.setattr(gradients, "for_training", _no_scoring)
     model = load_delta(run_dir)  # apply_strategy without gradients: it would raise if it scored
     assert sum(int(m.sum()) for m in learned_masks(model).values()) == summary["learned_params"]
     # fixed entries are the base's, bit for bit
@@ -92,7 +92,7 @@ def test_resume_rebuilds_the_recorded_selection_without_scoring(auto_run, tmp_pa
     monkeypatch.setattr(collective, "stop_requested", stop_once)
     with pytest.raises(train.Interrupted):
         train.run(raw)
-    monkeypatch.setattr(gradients, "from_loader", _no_scoring)
+    monkeypatch.setattr(gradients, "for_training", _no_scoring)
     resumed = train.run(raw, resume=True)
     assert {k: v for k, v in resumed.items() if k not in TIMING} == \
         {k: v for k, v in straight.items() if k not in TIMING}

@@ -14,7 +14,7 @@ from partial_ft import recipe as recipes
 from partial_ft.cuts import eval_mode, find_cut
 from partial_ft.evaluation import evaluate_run
 from partial_ft.errors import UserError
-from partial_ft.partial import FrozenStats as _FrozenStats
+from partial_ft.normstats import FrozenStats as _FrozenStats
 
 FROZEN = {"norm_stats": "freeze"}
 # (arch, strategy) -> the cut found, or None: deepest cut first; a ViT's blocks are no chain (position
@@ -95,7 +95,7 @@ def _decide(arch: str, spec: dict, mode: str, deterministic: bool = True, **kwar
     torch.manual_seed(0)
     model = timm.create_model(arch, num_classes=5, **kwargs)
     apply_strategy(model, spec, seed=0)
-    return model, cache.decide(model, mode, deterministic, (3, 32, 32), 100)
+    return model, cache.decide_cut(model, mode, deterministic, (3, 32, 32), 100)
 
 
 def test_policy_auto_on_off():
@@ -125,7 +125,7 @@ def test_policy_auto_on_off():
     before = {k: v.clone() for k, v in model.state_dict().items()}
     torch.manual_seed(1)
     state = torch.get_rng_state()
-    assert cache.decide(model, "on", True, (3, 32, 32), 100).cut is not None
+    assert cache.decide_cut(model, "on", True, (3, 32, 32), 100).cut is not None
     assert torch.equal(state, torch.get_rng_state())  # deciding draws nothing from the run's generator
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # nor changes the model
 
@@ -153,7 +153,7 @@ def test_memory_budget_is_a_share_of_available_memory(monkeypatch, available_gib
     model = timm.create_model("test_resnet", num_classes=5)
     apply_strategy(model, {"name": "head", **FROZEN}, seed=0)
     try:
-        note = cache.decide(model, mode, True, (3, 32, 32), 2**22).note
+        note = cache.decide_cut(model, mode, True, (3, 32, 32), 2**22).note
     except UserError as e:
         note = f"error: {e}"
     assert note.startswith(expected), note

@@ -1,10 +1,9 @@
 """data.py, offline: every local dataset form built on the fly from digits (imagefolder with named classes,
 save_to_disk with only a train split, parquet with non-standard column names), column and split detection,
 the carved validation split, label checks, RGB conversion, unreadable images; a few real CLI runs on each
-form, and one table of CLI error runs (data and model mistakes: one `error:` line, exit 2, no run folder)."""
+form; data mistakes, one table (through the CLI: test_errors.py)."""
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
@@ -16,7 +15,8 @@ import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
 from PIL import Image as PILImage
 
-from conftest import run_cli
+from conftest import (empty_class, negative_ints, no_image_parquet, no_label_parquet, out_of_range,
+                      parquet_with_labels, png, run_cli)
 from partial_ft import data, data_sources, loaders
 from partial_ft.data_columns import INDEX_COLUMN
 from partial_ft.errors import UserError
@@ -25,12 +25,6 @@ from partial_ft.recipe import DataCfg
 NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 ROWS = 200  # digits rows in each local form
 BAD_ROW = 13  # the parquet form's unreadable image (not a PNG) sits at this index
-
-
-def _png(image: PILImage.Image) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def _mode_variant(image: PILImage.Image, i: int) -> PILImage.Image:
@@ -53,7 +47,7 @@ def forms(tmp_path_factory) -> dict[str, Path]:
     DatasetDict(train=rows).save_to_disk(str(root / "saved"))
     # 3. parquet, two files, non-standard names: png bytes in `pix`, class names in `digit`, an id column;
     #    row BAD_ROW holds bytes that are no image
-    pix = [_png(im) for im in images]
+    pix = [png(im) for im in images]
     pix[BAD_ROW] = b"definitely not a png"
     table = pa.table({"sample_id": list(range(ROWS)), "pix": pix, "digit": [NAMES[x] for x in labels]})
     (root / "parquet").mkdir()
@@ -189,61 +183,12 @@ def test_digits_builtin_unchanged():
 # errors, in-process (each a one-line UserError)
 
 
-def _no_label_parquet(tmp_path: Path) -> Path:
-    path = tmp_path / "nolabel.parquet"
-    pq.write_table(pa.table({"pix": [b"x"] * 4, "score": [0.1, 0.2, 0.3, 0.4]}), path)
-    return path
-
-
-def _no_image_parquet(tmp_path: Path) -> Path:
-    path = tmp_path / "noimage.parquet"
-    pq.write_table(pa.table({"name": ["a", "b"], "label": [0, 1]}), path)
-    return path
-
-
-def _out_of_range(tmp_path: Path) -> Path:
-    """A parquet file whose metadata says ClassLabel with 2 classes, but one row holds 5."""
-    features = Features({"image": Image(), "label": ClassLabel(names=["a", "b"])})
-    png = _png(PILImage.new("L", (4, 4)))
-    table = pa.table({"image": [{"bytes": png, "path": None}] * 3, "label": [0, 1, 5]}).cast(features.arrow_schema)
-    pq.write_table(table, tmp_path / "oor.parquet")
-    return tmp_path / "oor.parquet"
-
-
-def _negative_ints(tmp_path: Path) -> Path:
-    path = tmp_path / "neg.parquet"
-    pq.write_table(pa.table({"image": [_png(PILImage.new("L", (4, 4)))] * 3, "label": [0, 1, -3]}), path)
-    return path
-
-
-def _labels(tmp_path: Path, name: str, labels: list, val_labels: list | None = None) -> Path:
-    """Parquet with the given labels (a train file, and a validation file when val_labels is given)."""
-    png = _png(PILImage.new("L", (4, 4)))
-    folder = tmp_path / name
-    folder.mkdir()
-    for split, values in (("train", labels), ("validation", val_labels)):
-        if values is not None:
-            pq.write_table(pa.table({"image": [png] * len(values), "label": values}), folder / f"{split}.parquet")
-    return folder if val_labels is not None else folder / "train.parquet"
-
-
-def _empty_class(tmp_path: Path) -> Path:
-    """An imagefolder whose `emu` class folder holds no image."""
-    root = tmp_path / "folders"
-    for name in ("cat", "dog", "emu"):
-        (root / "train" / name).mkdir(parents=True)
-    for name in ("cat", "dog"):
-        for i in range(3):
-            PILImage.new("L", (4, 4), color=i).save(root / "train" / name / f"{i}.png")
-    return root
-
-
 @pytest.mark.parametrize("source, kw, expected", [
     (lambda t, f: t / "no" / "such" / "folder", {}, "dataset path does not exist"),
     (lambda t, f: "no-such-user/no-such-dataset", {}, "cannot load dataset 'no-such-user/no-such-dataset'"),
     (lambda t, f: f"{t}/*.parquet", {}, "no files match"),
-    (lambda t, f: _no_label_parquet(t), {}, "no label column found; columns: pix (binary), score (float64)"),
-    (lambda t, f: _no_image_parquet(t), {}, "no image column found; columns: name (string), label (int64)"),
+    (lambda t, f: no_label_parquet(t), {}, "no label column found; columns: pix (binary), score (float64)"),
+    (lambda t, f: no_image_parquet(t), {}, "no image column found; columns: name (string), label (int64)"),
     (lambda t, f: f["parquet"], {"label_column": "digits"}, "data.label_column 'digits' not found; columns: "
                                                             "sample_id (int64), pix (binary), digit (string)"),
     (lambda t, f: f["parquet"], {"image_column": "img"}, "data.image_column 'img' not found"),
@@ -252,23 +197,25 @@ def _empty_class(tmp_path: Path) -> Path:
     (lambda t, f: f["saved"], {"train_split": "training"}, "split 'training' not found; splits: train"),
     (lambda t, f: f["hublike"], {"val_split": "test"}, "labels outside the class range: split 'test' column "
                                                         "'label' holds -1 (classes are 0..9)"),
-    (lambda t, f: _out_of_range(t), {}, "labels outside the class range: split 'train' column 'label' "
+    (lambda t, f: out_of_range(t), {}, "labels outside the class range: split 'train' column 'label' "
                                         "holds 5 (classes are 0..1)"),
-    (lambda t, f: _negative_ints(t), {}, "labels outside the class range: column 'label' holds negative"),
+    (lambda t, f: negative_ints(t), {}, "labels outside the class range: column 'label' holds negative"),
     (lambda t, f: f["parquet"], {"label_column": "sample_id"},  # one row per class: nothing to stratify
      "cannot carve a validation split out of 'train' (200 rows, no class with two samples)"),
     # labels that make no sense: refused before anything is allocated (issue 17)
-    (lambda t, f: _labels(t, "huge", [0, 1, 2_000_000_000, 1]), {},
+    (lambda t, f: parquet_with_labels(t, "huge", [0, 1, 2_000_000_000, 1]), {},
      "holds the integer label 2000000000, which would make 2,000,000,001 classes for 4 rows"),
-    (lambda t, f: _labels(t, "sparse", [0, 100_000] * 3), {},
+    (lambda t, f: parquet_with_labels(t, "sparse", [0, 100_000] * 3), {},
      "holds the integer label 100000, which would make 100,001 classes for 6 rows"),
-    (lambda t, f: _labels(t, "single", ["cat"] * 4), {}, "label column 'label' has 1 class; need at least 2"),
-    (lambda t, f: _labels(t, "floats", [0.0, 1.0, 0.5, 1.0]), {}, "holds float64 values; labels must be class ids"),
-    (lambda t, f: _labels(t, "val-only", [0, 1, 0, 1], [0, 1, 2, 2]), {},
+    (lambda t, f: parquet_with_labels(t, "single", ["cat"] * 4), {},
+     "label column 'label' has 1 class; need at least 2"),
+    (lambda t, f: parquet_with_labels(t, "floats", [0.0, 1.0, 0.5, 1.0]), {},
+     "holds float64 values; labels must be class ids"),
+    (lambda t, f: parquet_with_labels(t, "val-only", [0, 1, 0, 1], [0, 1, 2, 2]), {},
      "1 class(es) appear in split 'validation' but never in 'train' (2)"),
-    (lambda t, f: _labels(t, "val-only-names", ["cat", "dog"] * 2, ["cat", "emu"]), {},
+    (lambda t, f: parquet_with_labels(t, "val-only-names", ["cat", "dog"] * 2, ["cat", "emu"]), {},
      "1 class(es) appear in split 'validation' but never in 'train' (emu)"),
-    (lambda t, f: _empty_class(t), {}, "train/emu is empty (beside folders of images)"),
+    (lambda t, f: empty_class(t), {}, "train/emu is empty (beside folders of images)"),
 ], ids=["missing-path", "hub-id-offline", "empty-glob", "no-label-column", "no-image-column",
         "bad-label-override", "bad-image-override", "missing-val-split", "missing-train-split",
         "unlabelled-val-split", "label-above-range", "negative-labels", "cannot-carve",
@@ -401,33 +348,7 @@ def test_cli_unreadable_image_error(tmp_path, forms, tiny_recipe, preload):
     assert (tmp_path / "runs" / "bad").exists() != preload
 
 
-def _bad_checkpoint(tmp_path: Path) -> str:
-    import timm
-    from safetensors.torch import save_file
-
-    path = tmp_path / "effnet.safetensors"
-    save_file(timm.create_model("test_efficientnet").state_dict(), str(path))
-    return str(path)
-
-
-@pytest.mark.parametrize("sections, env, expected", [
-    (lambda t: {"data": {"dataset": str(t / "no-such-folder")}}, {}, "error: dataset path does not exist"),
-    (lambda t: {"model": {"name": "resnet181"}}, {}, "error: unknown timm model 'resnet181' (did you mean 'resnet18'"),
-    (lambda t: {"model": {"pretrained": True}}, {"HF_HOME": "{t}/hf", "HF_HUB_CACHE": "{t}/hf/hub"},
-     "error: cannot load pretrained weights for 'test_resnet': not in the local Hugging Face cache"),
-    (lambda t: {"model": {"checkpoint": _bad_checkpoint(t)}}, {},
-     "does not fit model 'test_resnet': missing keys conv1.0.weight"),
-], ids=["missing-dataset", "unknown-model", "pretrained-offline-uncached", "checkpoint-does-not-fit"])
-def test_cli_errors(tmp_path, tiny_recipe, sections, env, expected):
-    """One line on stderr starting `error:`, exit code 2, no traceback, no run folder."""
-    recipe = tiny_recipe("err", **sections(tmp_path))
-    env = {k: v.format(t=tmp_path) for k, v in env.items()}
-    result = run_cli("--recipe", str(recipe), env={**_cli_env(tmp_path), **env})
-    assert result.returncode == 2, result.stderr[-3000:]
-    lines = result.stderr.strip().splitlines()
-    assert "Traceback" not in result.stderr and [ln for ln in lines if ln.startswith("error:")] == lines[-1:]
-    assert lines[-1].startswith("error:") and expected in lines[-1]
-    assert not (tmp_path / "runs" / "err").exists()
+# (data and model mistakes through the CLI: test_errors.py's table)
 
 
 # --------------------------------------------------------------------------------------------

@@ -11,12 +11,12 @@ import socket
 from pathlib import Path
 
 import pytest
+import timm
+from safetensors.torch import save_file
 
-from conftest import run_cli
+from conftest import bomb, run_cli
 from partial_ft.__main__ import main
 from partial_ft.rundir import LOCK, MARKER
-from test_data import _labels, _no_label_parquet, _out_of_range
-from test_yamlsafe import bomb
 
 STRATEGIES = "known: auto, bias, block, filters, full, head, lora, norm"
 
@@ -30,6 +30,13 @@ CASES = {
     "unknown-section": ("tiny", ["trainn.epochs=3"], "unknown section 'trainn' (did you mean 'train'?)", False),
     "unknown-section-in-file": ("typo-section", [], "unknown recipe section 'trian' (did you mean 'train'?)", False),
     "unknown-key": ("tiny", ["train.epochz=3"], "unknown key 'train.epochz' (did you mean 'epochs'?)", False),
+    "unknown-model-key": ("tiny", ["model.nmae=resnet18"], "unknown key 'model.nmae' (did you mean 'name'?)", False),
+    "not-a-bool": ("tiny", ["model.pretrained=maybe"], "model.pretrained: expected true/false", False),
+    "val-fraction-above-1": ("tiny", ["data.val_fraction=1.5"], "data.val_fraction must be in (0, 1)", False),
+    "renamed-strategy-keeps-options": ("tiny", ["strategy.name=norm"], "the recipe's strategy options fraction, "
+                                       "fixed belong to strategy 'filters', not to 'norm'", False),
+    "renamed-list-item-keeps-options": ("block-bias", ["strategy.0.name=norm"], "strategy.0 options index belong to "
+                                        "strategy 'block', not to 'norm'", False),
     "wrong-type": ("tiny", ["train.epochs=ten"], "train.epochs: expected an integer, got 'ten'", False),
     "wrong-literal": ("tiny", ["train.nan_policy=ignore"], "must be one of ['stop', 'skip_batch']", False),
     "fraction-above-1": ("tiny", ["strategy.fraction=1.5"], "strategy.fraction must be in (0, 1]", False),
@@ -56,13 +63,16 @@ CASES = {
     "unknown-model": ("tiny", ["model.name=resnet181"], "unknown timm model 'resnet181' (did you mean", False),
     "missing-model-checkpoint": ("tiny", ["model.checkpoint=/no/such/weights.safetensors"],
                                  "checkpoint file not found", False),
+    "checkpoint-does-not-fit": ("bad-checkpoint", [], "does not fit model 'test_resnet': missing keys conv1.0.weight",
+                                False),
+    # offline, with an empty Hugging Face cache (a subprocess: the hub reads its cache folder at import)
+    "pretrained-offline-uncached": ("tiny", ["model.pretrained=true"], "cannot load pretrained weights for "
+                                    "'test_resnet': not in the local Hugging Face cache",
+                                    {"HF_HOME": "{t}/hf", "HF_HUB_CACHE": "{t}/hf/hub"}),
     # data
     "dataset-path-missing": ("tiny", ["data.dataset=/no/such/folder"], "dataset path does not exist", False),
     "dataset-not-on-hub": ("tiny", ["data.dataset=nobody-xyz/no-such-dataset"], "cannot load dataset", False),
-    "no-label-column": ("no-label", [], "no label column found", False),
-    "labels-out-of-range": ("out-of-range", [], "labels outside the class range", False),
-    "label-2e9": ("huge-label", [], "which would make 2,000,000,001 classes for 4 rows", False),
-    "class-only-in-validation": ("val-only", [], "appear in split 'validation' but never in 'train'", False),
+    # (every data.load mistake, in-process: test_data.py's table; here, that one reaches the CLI as a line)
     "unknown-split": ("tiny", ["data.train_split=trian"], "split 'trian' not found", False),
     "unknown-column": ("tiny", ["data.image_column=pixels"], "data.image_column 'pixels' not found", False),
     # the output path
@@ -86,7 +96,7 @@ CASES = {
                             False),
     "std-zero": ("tiny", ["data.std=[0.5,0,0.5]"], "data.std must be > 0", False),
     "mean-two-values": ("tiny", ["data.mean=[0.5,0.5]"], "data.mean must have 1 or 3 values", False),
-    "interpolation-unknown": ("tiny", ["data.interpolation=cubic"], "data.interpolation must be one of", False),
+    "interpolation-unknown": ("tiny", ["data.interpolation=cubic"], "the image transforms cannot be built", False),
     "auto-augment-unknown": ("tiny", ["data.augment=true", "data.auto_augment=nonsense"],
                              "the image transforms cannot be built", False),
     "crop-pct-negative": ("tiny", ["data.crop_pct=-0.5"], "data.crop_pct must be in (0, 1]", False),
@@ -123,6 +133,11 @@ CASES = {
     "min-lr-nan": ("tiny", ["train.min_lr=.nan"], "train.min_lr: must be a finite number, got nan", False),
     "mean-nan": ("tiny", ["data.mean=[.nan,0.5,0.5]"], "data.mean: must be a finite number, got nan", False),
     "fraction-nan": ("tiny", ["strategy.fraction=.nan"], "strategy.fraction: must be a finite number", False),
+    "num-workers-beyond-the-machine": ("tiny", ["data.num_workers=100000"],
+                                       "data.num_workers 100,000 is more than this machine can use: at most", False),
+    # test_resnet's first conv is 3 -> 16 channels (3x3): its updates have rank at most min(16, 27) = 16
+    "lora-rank-above-a-layer": ("lora-17", [], "strategy.rank 17 is above the size of layer 'conv1.0' (its weight "
+                                "updates have rank at most 16)", False),
     "clip-grad-inf": ("tiny", ["train.clip_grad=.inf"], "train.clip_grad: must be a finite number", True),
 }
 
@@ -149,15 +164,17 @@ def _setup(kind: str, tiny_recipe, tmp_path: Path) -> tuple[Path, Path, list[str
         path = tmp_path / "mistake.yaml"
         path.write_text(text)
         return path, run_dir, []
-    data = {"no-label": {"dataset": str(_no_label_parquet(tmp_path))},
-            "out-of-range": {"dataset": str(_out_of_range(tmp_path))},
-            "huge-label": {"dataset": str(_labels(tmp_path, "huge", [0, 1, 2_000_000_000, 1]))},
-            "val-only": {"dataset": str(_labels(tmp_path, "val-only", [0, 1, 0, 1], [0, 1, 2, 2]))}}.get(kind, {})
-    strategy = {"block-99": {"name": "block", "index": 99}, "block-empty": {"name": "block", "index": []},
+    data = {}
+    strategy = {"block-bias": [{"name": "block", "index": "last"}, {"name": "bias"}],"block-99": {"name": "block", "index": 99}, "lora-17": {"name": "lora", "rank": 17},
+                "block-empty": {"name": "block", "index": []},
                 "head": {"name": "head"},
                 "disagree": [{"name": "filters", "fraction": 0.25, "fixed": "zero"},
                              {"name": "filters", "fraction": 0.25, "dim": "in", "fixed": "random"}]}.get(kind)
     recipe, extra = tiny_recipe("mistake", data=data, **({"strategy": strategy} if strategy else {})), []
+    if kind == "bad-checkpoint":  # another architecture's weights
+        weights = tmp_path / "effnet.safetensors"
+        save_file(timm.create_model("test_efficientnet").state_dict(), str(weights))
+        extra = [f"model.checkpoint={weights}"]
     if kind == "output-file":
         run_dir = tmp_path / "a-file"
         run_dir.write_text("not a folder\n")
@@ -188,8 +205,9 @@ def test_every_user_mistake_is_one_error_line_exit_2_and_no_run_folder(case, tin
     before = _snapshot(run_dir) if run_dir.is_dir() else None
     file_before = run_dir.read_bytes() if run_dir.is_file() else None
     argv = ["--recipe", str(recipe), *extra, *args]
-    if via_subprocess:
-        p = run_cli(*argv)
+    if via_subprocess:  # True, or the environment to run it in ({t}: this test's tmp_path)
+        env = {k: v.format(t=tmp_path) for k, v in via_subprocess.items()} if isinstance(via_subprocess, dict) else {}
+        p = run_cli(*argv, env=env)
         code, err = p.returncode, p.stderr
     else:
         with pytest.raises(SystemExit) as e:

@@ -170,6 +170,8 @@ def test_cli_push_local_dir_then_predict_from_it_equals_the_run(run, tmp_path, c
 @pytest.mark.parametrize("argv, message", [
     (["predict", "RUN", "IMAGES", "--ensemble"], "--ensemble averages several SOURCEs"),
     (["predict", "RUN", "IMAGES", "--top-k", "0"], "--top-k and --batch-size must be at least 1"),
+    (["predict", "RUN", "IMAGES", "--batch-size", "1000000000"], "--batch-size at most 16,384 (got 5 and 1,000,000,000)"),
+    (["predict", "RUN", "IMAGES", "--batch-size", "16385"], "--batch-size at most 16,384"),
     (["predict", "RUN", "IMAGES", "--out", "NOWHERE/p.jsonl"], "does not exist"),
     (["predict", "someone/not-cached", "IMAGES"], "nor a Hub repo in the local cache"),
     (["predict", "RUN", "NOWHERE"], "no such file or folder"),

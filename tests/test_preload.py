@@ -24,7 +24,7 @@ def built():
     bundle = data.load(r.data, seed=0)
     model, _ = models.build(r.model, bundle.num_classes, seed=0)
     dc = models.data_config(model, r.data)
-    made = preload.make_loaders(bundle, r.data, dc, (16, 32), 0, torch.device("cpu"))
+    made = preload.make_loaders(bundle, r.data, dc, loaders.transforms(r.data, dc), (16, 32), 0, torch.device("cpu"))
     assert made.note.startswith("on: ") and made.seconds > 0
     return r, bundle, dc, made.train, made.val
 
@@ -42,9 +42,10 @@ def test_preloaded_batches_equal_the_per_image_eval_transform_exactly(built, spl
     if split == "val":
         got = val
     else:
-        got = preload.make_loaders(bundle, cfg, dc, (32, 32), 0, torch.device("cpu")).train
+        got = preload.make_loaders(bundle, cfg, dc, loaders.transforms(cfg, dc), (32, 32), 0, torch.device("cpu")).train
         got = loaders.loader(got.dataset, 32, False, 0, 0, collate_fn=preload.collate_preloaded)
-    ref = loaders.make_loader(part, bundle.image_column, bundle.label_column, eval_tf, split, cfg, 32, False, 0)
+    ref = loaders.loader(loaders.ImageDataset(part, bundle.image_column, bundle.label_column, eval_tf, split), 32,
+                         False, 0, 0)
     pairs = list(zip(_batches(got), _batches(ref)))
     assert len(pairs) == len(ref)
     for (x, y), (x_ref, y_ref) in pairs:
@@ -114,7 +115,7 @@ DECIDE = [
     ("auto", "cuda", GIB, [], True, 100 * GIB, (False, "feature cache")),
     ("true", "cpu", 30 * GIB, [], False, 100 * GIB, (True, "on: 30.00 GiB")),
     ("true", "cpu", 90 * GIB, [], False, 100 * GIB, "need 90.00 GiB, more than 80% of the 100.0 GiB"),
-    ("true", "cuda", GIB, ["ColorJitter"], False, 100 * GIB, "cannot run ColorJitter"),
+    ("true", "cuda", GIB, ["data.color_jitter"], False, 100 * GIB, "cannot run data.color_jitter"),
 ]
 
 
@@ -141,8 +142,8 @@ def test_each_local_process_counts_its_copy(monkeypatch):
 def test_color_jitter_is_refused_with_preload_true(built):
     r, bundle, dc, _, _ = built
     cfg = recipes.from_dict({**QUICK, "data": {**QUICK["data"], "color_jitter": 0.4}}).data
-    with pytest.raises(UserError, match="cannot run ColorJitter"):
-        preload.make_loaders(bundle, cfg, dc, (16, 32), 0, torch.device("cpu"))
+    with pytest.raises(UserError, match="cannot run data.color_jitter"):
+        preload.make_loaders(bundle, cfg, dc, loaders.transforms(cfg, dc), (16, 32), 0, torch.device("cpu"))
 
 
 @pytest.mark.parametrize("value,expected", [(True, "true"), (False, "false"), ("auto", "auto"), ("sometimes", None)])

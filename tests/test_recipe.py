@@ -7,7 +7,6 @@ import pytest
 import yaml
 
 from partial_ft import recipe as recipes
-from partial_ft.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((ROOT / "recipes").glob("*.yaml"))
@@ -76,53 +75,4 @@ def test_whole_strategy_node_overrides_replace_it(tmp_path, raw, overrides, expe
     assert recipes.load(path, overrides).strategy == expected
 
 
-@pytest.mark.parametrize("raw, overrides, message", [
-    (FILTERS, ["strategy.name=norm"], "override 'strategy.name=norm': the recipe's strategy options fixed, "
-     "fraction belong to strategy 'filters', not to 'norm'; give the whole node instead, e.g. 'strategy={name: norm}'"),
-    ({"strategy": [{"name": "block", "index": "last"}, {"name": "bias"}]}, ["strategy.0.name=norm"],
-     "strategy.0 options index belong to strategy 'block', not to 'norm'; give the whole node instead, e.g. "
-     "'strategy.0={name: norm}'"),
-    ({"trian": {}}, [], "unknown recipe section 'trian' (did you mean 'train'?)"),
-    ({"train": {"epoch": 3}}, [], "unknown key 'train.epoch' (did you mean 'epochs'?)"),
-    ({"model": {"nmae": "resnet18"}}, [], "unknown key 'model.nmae' (did you mean 'name'?)"),
-    ({"train": {"epochs": "ten"}}, [], "train.epochs: expected an integer, got 'ten'"),
-    ({"train": {"lr": 0}}, [], "train.lr must be > 0"),
-    ({"train": {"batch_size": 0}}, [], "train.batch_size must be >= 1"),
-    ({"train": {"epochs": 0}}, [], "train.epochs must be >= 1"),
-    ({"train": {"mixed_precision": "fp8"}}, [], "must be one of ['no', 'fp16', 'bf16']"),
-    ({"model": {"pretrained": "yes"}}, [], "model.pretrained: expected true/false"),
-    ({"data": {"val_fraction": 1.5}}, [], "data.val_fraction must be in (0, 1)"),
-    ({"strategy": {"name": "nope"}}, [], "unknown strategy 'nope'"),
-    ({"strategy": {"name": "filters", "fraction": 2}}, [], "fraction must be in (0, 1]"),
-    ({"strategy": {"name": "bias", "fraction": 0.1}}, [], "unknown option 'strategy.fraction'"),
-    ({}, ["train.epochs"], "must look like section.key=value"),
-    ({}, ["epochs=3"], "must name section.key"),
-    ({}, ["trainn.epochs=3"], "unknown section 'trainn' (did you mean 'train'?)"),
-    ({}, ["train.epochz=3"], "unknown key 'train.epochz' (did you mean 'epochs'?)"),
-])
-def test_mistakes_are_one_line_user_errors(tmp_path, raw, overrides, message):
-    path = tmp_path / "r.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    with pytest.raises(UserError) as e:
-        recipes.load(path, overrides)
-    assert message in str(e.value)
-    assert "\n" not in str(e.value)
-
-
-def test_yaml_syntax_error_names_the_line(tmp_path):
-    path = tmp_path / "bad.yaml"
-    path.write_text("model:\n  name: resnet18\ntrain: [epochs: 3\n")
-    with pytest.raises(UserError, match=r"invalid YAML at line \d+"):
-        recipes.load(path)
-
-
-def test_missing_recipe_file(tmp_path):
-    with pytest.raises(UserError, match="recipe file not found"):
-        recipes.load(tmp_path / "nope.yaml")
-
-
-def test_recipes_are_data_not_code(tmp_path):
-    path = tmp_path / "evil.yaml"
-    path.write_text("model: !!python/object/apply:os.system ['echo hi']\n")
-    with pytest.raises(UserError, match="invalid YAML"):
-        recipes.load(path)
+# (recipe mistakes, one line each: test_errors.py's table, through the CLI)

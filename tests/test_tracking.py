@@ -24,8 +24,8 @@ def test_unknown_or_missing_trackers_are_refused(log_with, message, monkeypatch)
 
     monkeypatch.setattr(accelerate.tracking, "get_available_trackers", lambda: ["tensorboard"])
     with pytest.raises(UserError, match=message):
-        tracking.check(log_with)
-    tracking.check(["tensorboard"])  # installed: fine
+        tracking.check_installed(log_with)
+    tracking.check_installed(["tensorboard"])  # installed: fine
 
 
 def test_hparams_are_flat_scalars():

@@ -6,21 +6,13 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from conftest import bomb, ROOT
 from partial_ft import recipe as recipes
 from partial_ft import yamlsafe
 from partial_ft.errors import UserError, shorten
 
 sys.path.insert(0, str(ROOT / "tools"))
 import grid as grids  # noqa: E402
-
-
-def bomb(levels: int, width: int = 9, flow: bool = False) -> str:
-    """Nested anchors: `width ** levels` leaves in a few hundred bytes."""
-    names = [f"l{i}" for i in range(levels)]
-    rows = [f"&{names[0]} [" + ",".join(["x"] * width) + "]"]
-    rows += [f"&{names[i]} [" + ",".join([f"*{names[i - 1]}"] * width) + "]" for i in range(1, levels)]
-    return "[" + ",".join(rows) + "]" if flow else "\n".join(f"k{i}: {row}" for i, row in enumerate(rows)) + "\n"
 
 
 # (YAML text, the value it reads as) — what must keep working

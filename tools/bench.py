@@ -17,7 +17,6 @@ training and every row consume: it should deliver at least twice as much.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import subprocess
@@ -113,16 +112,16 @@ def run_strategy(name: str, spec: dict, args: argparse.Namespace, workdir: Path)
                        capture_output=True, text=True, env=_env(args))
     if p.returncode != 0:
         raise SystemExit(f"{name} failed:\n{p.stderr[-2000:]}")
-    return json.loads((workdir / name / "summary.json").read_text())
+    from partial_ft import RunFolder
+
+    return RunFolder(workdir / name).read_summary()
 
 
 def loader_check(args: argparse.Namespace, workdir: Path) -> dict:
     """The quickstart recipe (random augmentation on) at the bench's size and batch: its train loader
     alone (whole epochs, for at least two seconds) against its training."""
 
-    from partial_ft import recipe as recipes
-    from partial_ft import train
-    from partial_ft.loaders import shutdown_workers
+    from partial_ft import RunFolder, load_recipe, prepare_run, shutdown_workers
 
     recipe_path = Path(__file__).resolve().parents[1] / "recipes" / "quickstart.yaml"
     out = workdir / "quickstart"
@@ -133,9 +132,9 @@ def loader_check(args: argparse.Namespace, workdir: Path) -> dict:
                        capture_output=True, text=True, env=_env(args))
     if p.returncode != 0:
         raise SystemExit(f"quickstart failed:\n{p.stderr[-2000:]}")
-    summary = json.loads((out / "summary.json").read_text())
+    summary = RunFolder(out).read_summary()
     os.environ["ACCELERATE_USE_CPU"] = _env(args)["ACCELERATE_USE_CPU"]
-    setup = train.prepare(recipes.load(recipe_path, overrides))
+    setup = prepare_run(load_recipe(recipe_path, overrides))
     dl = setup.train_loader
     for i, _ in enumerate(dl):  # first pass starts the workers; not timed
         if i == 2:

@@ -16,9 +16,7 @@ import datasets
 import yaml
 
 import partial_ft
-from partial_ft import recipe as recipes
-from partial_ft.data import load as load_data
-from partial_ft.models import build
+from partial_ft import Recipe, build_model, load_data, load_recipe
 
 
 def learned_count(model, init_model, spec: dict, seed: int) -> tuple[int, int]:
@@ -31,10 +29,10 @@ def match(model, init_model, spec: dict, target: float, seed: int = 0, steps: in
     return partial_ft.size_to_budget(model, spec, target, seed=seed, init_model=init_model, steps=steps)
 
 
-def match_all(recipe: recipes.Recipe, specs: list[dict], target: float) -> list[dict]:
+def match_all(recipe: Recipe, specs: list[dict], target: float) -> list[dict]:
     """Match every spec of a sweep to the budget; prints what each landed on."""
     bundle = load_data(recipe.data, seed=recipe.train.seed)
-    model, init_model = build(recipe.model, bundle.num_classes, seed=recipe.train.seed)
+    model, init_model = build_model(recipe.model, bundle.num_classes, seed=recipe.train.seed)
     total = sum(p.numel() for p in model.parameters())
     goal = target * total if target < 1 else target
     out = []
@@ -46,13 +44,13 @@ def match_all(recipe: recipes.Recipe, specs: list[dict], target: float) -> list[
     return out
 
 
-def controls(recipe: recipes.Recipe, specs: list[dict], control: dict,
+def controls(recipe: Recipe, specs: list[dict], control: dict,
              tolerance: float = 0.1) -> list[tuple[dict, Optional[dict]]]:
     """Each spec with its equal-budget control: `control` (a random selection, e.g. filters with
     select: random) sized to the spec's learned count. None where the spec learns everything, or the
     control cannot come within `tolerance` of its count (e.g. below the control's smallest size)."""
     bundle = load_data(recipe.data, seed=recipe.train.seed)
-    model, init_model = build(recipe.model, bundle.num_classes, seed=recipe.train.seed)
+    model, init_model = build_model(recipe.model, bundle.num_classes, seed=recipe.train.seed)
     out = []
     for spec in specs:
         learned, total = learned_count(model, init_model, spec, recipe.train.seed)
@@ -77,7 +75,7 @@ def main() -> None:
     args = p.parse_args()
     datasets.disable_progress_bars()
     specs = [{k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in s.split(","))} for s in args.strategy]
-    match_all(recipes.load(args.recipe), specs, args.budget)
+    match_all(load_recipe(args.recipe), specs, args.budget)
 
 
 if __name__ == "__main__":

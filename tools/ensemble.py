@@ -12,30 +12,26 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 from pathlib import Path
 
 import datasets
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from sweep import Job, make_raw, run_one  # noqa: E402
+from sweep import Job, make_raw, run_one  # tools/sweep.py, beside this script
 
-from partial_ft import data, load_delta, loaders  # noqa: E402
-from partial_ft import recipe as recipes  # noqa: E402
-from partial_ft import yamlsafe  # noqa: E402
+from partial_ft import RunFolder, eval_loader, eval_transform, load_data, load_delta, load_recipe, load_yaml
 
 
 @torch.no_grad()
 def member_logits(run_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits, labels) of a run's delta on the run's own validation split, in dataset order."""
-    recipe = recipes.load(run_dir / "recipe.yaml")
+    folder = RunFolder(run_dir)
+    recipe = folder.read_recipe()
     model = load_delta(run_dir).eval()
-    bundle = data.load(recipe.data, seed=recipe.train.seed)
-    config = json.loads((run_dir / "summary.json").read_text())["data_config"]
+    bundle = load_data(recipe.data, seed=recipe.train.seed)
+    config = folder.read_summary()["data_config"]
     logits, labels = [], []
-    for x, y, _ in loaders.eval_loader(bundle, recipe.data, config, 256, recipe.train.seed):
+    for x, y, _ in eval_loader(bundle, recipe.data, eval_transform(config), 256, recipe.train.seed):
         logits.append(model(x).float())
         labels.append(y)
     return torch.cat(logits), torch.cat(labels)
@@ -43,7 +39,7 @@ def member_logits(run_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
 
 def train_member(args: argparse.Namespace, spec: dict, seed: int, run_dir: Path) -> None:
     """One member through the sweep's runner (a finished member is kept, not trained again)."""
-    raw = make_raw(yamlsafe.load_file(args.recipe, "recipe"), args.overrides, spec, seed, run_dir)
+    raw = make_raw(load_yaml(args.recipe, "recipe"), args.overrides, spec, seed, run_dir)
     job = run_one(Job(run_dir, raw, where=str(run_dir)), args.launcher)
     if job.error:
         raise SystemExit(f"error: {job.where}: {job.error}")
@@ -55,7 +51,7 @@ def report(run_dirs: list[Path]) -> dict:
     labels = outputs[0][1]
     accs = [(lg.argmax(1) == labels).float().mean().item() for lg, _ in outputs]
     probs = torch.stack([lg.softmax(1) for lg, _ in outputs]).mean(0)
-    summaries = [json.loads((d / "summary.json").read_text()) for d in run_dirs]
+    summaries = [RunFolder(d).read_summary() for d in run_dirs]
     return {
         "members": len(run_dirs),
         "member_top1": accs,
@@ -63,7 +59,7 @@ def report(run_dirs: list[Path]) -> dict:
         "ensemble_top1": (probs.argmax(1) == labels).float().mean().item(),
         "learned_params_total": sum(s["learned_params"] for s in summaries),
         "model_params": summaries[0]["total_params"],
-        "delta_bytes_total": sum((d / "delta.safetensors").stat().st_size for d in run_dirs),
+        "delta_bytes_total": sum(s["delta_bytes"] for s in summaries),
     }
 
 
@@ -77,7 +73,7 @@ def main() -> None:
     p.add_argument("overrides", nargs="*", help="section.key=value overrides for every member")
     args = p.parse_args()
     datasets.disable_progress_bars()
-    base = recipes.load(args.recipe, args.overrides)
+    base = load_recipe(args.recipe, args.overrides)
     spec = dict(base.strategy) if isinstance(base.strategy, dict) else None
     if spec is None or "seed" not in spec:
         raise SystemExit("error: ensemble members need one strategy with a `seed` option (e.g. filters)")

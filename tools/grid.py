@@ -27,7 +27,8 @@ import yaml
 from partial_ft import recipe as recipes
 from partial_ft import yamlsafe
 from partial_ft.errors import UserError, did_you_mean
-from partial_ft.strategies.registry import describe, parse_options, parse_spec
+from partial_ft.strategies.registry import parse_options, parse_spec
+from partial_ft.strategies.types import describe
 
 KEYS = ("seeds", "overrides", "budget", "strategies", "tune", "tune_fraction", "datasets", "models", "controls")
 AXIS_KEYS = ("name", "overrides")

@@ -26,7 +26,7 @@ from safetensors.torch import save_file
 from timm.data import create_transform, resolve_data_config
 from torch import nn
 
-from partial_ft.data_sources import digits
+from partial_ft import digits
 
 SOURCE_CLASSES = (0, 1, 2, 3, 4)
 TARGET_CLASSES = (5, 6, 7, 8, 9)

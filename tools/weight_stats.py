@@ -18,7 +18,7 @@ FIELDS = ["layer", "entries", "learned", "learned_mean_abs", "learned_var", "fix
 
 def layer_stats(model: nn.Module) -> list[dict]:
     """One row per conv/linear weight: counts, mean |w| and variance of learned and of fixed entries."""
-    from partial_ft.partial import learned_masks
+    from partial_ft import learned_masks
 
     state = model.state_dict()
     rows = []

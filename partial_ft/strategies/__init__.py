@@ -9,11 +9,12 @@ from torch import nn
 
 # one line per strategy module: importing it registers its strategies
 from . import auto, basic, bias, block, filters, lora, norm  # noqa: F401
-from .layers import classifier_params, norm_params, silent_norms
+from ..layers import classifier_params, norm_params, silent_norms
+from .context import Context
 from .plan import LayerRow, Plan, build, merge
-from .registry import (Context, Options, Selection, Strategy, for_export, get, list_strategies, normalize_spec,
-                       parse_spec, register)
+from .registry import Strategy, for_export, get, list_strategies, normalize_spec, parse_spec, register
 from .scoring import Gradients
+from .types import Options, Selection
 
 __all__ = ["apply_strategy", "list_strategies", "normalize_spec", "register", "Plan", "LayerRow", "Options",
            "Selection", "Strategy", "Context", "Gradients", "for_export", "silent_norms"]

@@ -20,20 +20,24 @@ from torch import nn
 
 from ..errors import UserError, did_you_mean
 from ..partial import axis_size
-from .layers import classifier_params, norm_params, weight_layers
-from .registry import Context, Options, PartialSpec, Selection, recorded, register
+from ..layers import classifier_params, norm_params, weight_layers
+from .context import Context
+from .registry import register
+from .types import Options, PartialSpec, Selection, option, recorded
 
 UNIT_AXIS = {"filter": "out", "channel": "in", "kernel": "spatial"}
 
 
 @dataclass
 class AutoOptions(Options):
-    budget: Union[int, float] = 0.01  # a fraction (0, 1) of all parameters, or a count; head and norm included
-    unit: Literal["filter", "channel", "kernel"] = "filter"
-    score: Literal["fisher", "grad", "random"] = "fisher"
-    batches: Optional[int] = None  # training batches the scoring pass draws (default 8, or all if fewer)
-    norm: bool = True  # norm layers learn (inside the budget), as with `filters`
-    selected: Optional[dict] = recorded()  # {layer: [unit indices]}: written by the scoring pass; set, no scoring
+    budget: Union[int, float] = option(0.01, "a fraction (0, 1) of all parameters, or an integer count; "
+                                       "classifier and norm layers included")
+    unit: Literal["filter", "channel", "kernel"] = option("filter", "what is scored and chosen in each weight")
+    score: Literal["fisher", "grad", "random"] = option("fisher", "a unit's score: `fisher` Σ g², `grad` Σ |g|, "
+                                                        "or `random` (a seeded draw)")
+    batches: Optional[int] = option(None, "training batches the scoring pass draws (default 8, or all if fewer)")
+    norm: bool = option(True, "norm layers learn (inside the budget), as with `filters`")
+    selected: Optional[dict] = recorded("{layer: [unit indices]}: written by the scoring pass; set, no scoring")
 
     def validate(self) -> None:
         if isinstance(self.budget, float) and not 0 < self.budget < 1:

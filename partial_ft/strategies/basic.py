@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from torch import nn
 
-from .registry import Context, Options, Selection, register
+from .context import Context
+from .registry import register
+from .types import Options, Selection
 
 
 @register("full")

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 from torch import nn
 
-from .layers import bias_params
-from .registry import Context, Options, Selection, register
+from ..layers import bias_params
+from .context import Context
+from .registry import register
+from .types import Options, Selection
 
 
 @register("bias")

@@ -13,16 +13,21 @@ from typing import Literal, Optional, Union
 from torch import nn
 
 from ..errors import UserError
-from .layers import blocks
-from .registry import Context, Options, Selection, recorded, register
+from ..layers import blocks
+from .context import Context
+from .registry import register
+from .types import Options, Selection, option, recorded
 
 
 @dataclass
 class BlockOptions(Options):
-    index: Union[Literal["first", "middle", "last", "auto"], int, list[int]] = "middle"
-    coarse: bool = True  # timm's coarse grouping (stages) or fine (individual blocks)
-    batches: Optional[int] = None  # training batches index: auto's scoring pass draws (default 8, or all if fewer)
-    chosen: Optional[int] = recorded()  # the block index: auto chose (written by the scoring pass; set, no scoring)
+    index: Union[Literal["first", "middle", "last", "auto"], int, list[int]] = option(
+        "middle", "the block(s) that learn: first | middle | last | auto (largest relative gradient) | index | "
+        "[indices]")
+    coarse: bool = option(True, "timm's coarse grouping (stages), or fine (individual blocks)")
+    batches: Optional[int] = option(None, "training batches index: auto's scoring pass draws (default 8, or all "
+                                    "if fewer)")
+    chosen: Optional[int] = recorded("the block index: auto chose (written by the scoring pass; set, no scoring)")
 
     def validate(self) -> None:
         if self.batches is not None and self.batches < 1:

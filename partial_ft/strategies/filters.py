@@ -14,21 +14,26 @@ from torch import nn
 
 from ..errors import UserError
 from ..partial import axis_size
-from .layers import classifier_params, weight_layers
-from .registry import Context, Options, PartialSpec, Selection, register
+from ..layers import classifier_params, weight_layers
+from .context import Context
+from .registry import register
+from .types import Options, PartialSpec, Selection, option
 
 
 @dataclass
 class FiltersOptions(Options):
-    fraction: Optional[float] = None  # 0 < f <= 1 of each layer's slices (default 0.1 when no count)
-    count: Optional[int] = None  # or a fixed number of slices per layer (1 = a single filter)
-    dim: Literal["out", "in", "spatial"] = "out"
-    select: Literal["first", "random"] = "first"
-    fixed: Literal["keep", "random", "zero"] = "keep"
-    layers: Literal["conv", "linear", "all"] = "conv"
-    seed: Optional[int] = None  # for select: random (default: train.seed); fixed: random always uses train.seed,
-    # so ensemble members that differ only by this seed share one fixed backbone
-    norm: bool = True  # the paper learns BatchNorm alongside; norm: false is its ablation
+    fraction: Optional[float] = option(None, "0 < f <= 1 of each layer's slices (default 0.1 when no count)")
+    count: Optional[int] = option(None, "or a fixed number of slices per layer (1 = a single filter)")
+    dim: Literal["out", "in", "spatial"] = option("out", "slice along output filters, input channels or kernel "
+                                                  "positions")
+    select: Literal["first", "random"] = option("first", "which slices learn: the first ones, or a seeded draw")
+    fixed: Literal["keep", "random", "zero"] = option("keep", "the fixed part: loaded values, a fresh random init, "
+                                                      "or zero")
+    layers: Literal["conv", "linear", "all"] = option("conv", "which weight layers are sliced")
+    # fixed: random always uses train.seed, so ensemble members differing only by this seed share one backbone
+    seed: Optional[int] = option(None, "the seed of `select: random` (default: train.seed; `fixed: random` always "
+                                       "uses train.seed)")
+    norm: bool = option(True, "norm layers learn too (as in the paper; norm: false is its ablation)")
 
     def validate(self) -> None:
         if self.fraction is not None and self.count is not None:

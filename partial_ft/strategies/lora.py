@@ -16,17 +16,20 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from .layers import classifier_params, weight_layers
-from .registry import Context, Options, Selection, register, register_export_hook
+from ..layers import classifier_params, weight_layers
+from .context import Context
+from .registry import register, register_export_hook
+from .types import Options, Selection, option
 
 
 @dataclass
 class LoraOptions(Options):
-    rank: int = 8
-    alpha: Optional[float] = None  # scaling alpha / rank; default: alpha = rank (scale 1)
-    dropout: float = 0.0
-    layers: Literal["conv", "linear", "all"] = "all"
-    modules: Optional[str] = None  # a regex on module names to narrow the targets, e.g. 'attn|mlp'
+    rank: int = option(8, "the rank r of each update B·A")
+    alpha: Optional[float] = option(None, "scaling alpha / rank (default: alpha = rank, scale 1)")
+    dropout: float = option(0.0, "dropout on the adapters' input")
+    layers: Literal["conv", "linear", "all"] = option("all", "which layers get adapters")
+    modules: Optional[str] = option(None, "a regex searched in each layer's full module name, narrowing "
+                                                     "the adapted layers to those it matches, e.g. `^conv1$`")
 
     def validate(self) -> None:
         if self.rank < 1:
@@ -63,6 +66,7 @@ def lora(model: nn.Module, opts: LoraOptions, ctx: Context) -> Selection:
     names = targets(model, opts)
     if not names:
         raise UserError(f"strategy lora: no {opts.layers} layers match modules={opts.modules!r}")
+    _check_rank(model, names, opts.rank)
     # a string target_modules is matched by PEFT with re.fullmatch against each full module name; a list
     # would also adapt every module whose name merely ends with a listed one (`conv1` -> `layer1.0.conv1`)
     exactly = "|".join(re.escape(n) for n in names)
@@ -75,6 +79,23 @@ def lora(model: nn.Module, opts: LoraOptions, ctx: Context) -> Selection:
     return Selection(whole={f"{name}.{kind}.{p}" for name, layer in _tuner_layers(model)
                             for kind in layer.adapter_layer_names
                             for p, _ in getattr(layer, kind).named_parameters()})
+
+
+def full_rank(layer: nn.Module) -> int:
+    """The largest rank an update of this layer's weight can have: min(out, in) for a linear layer,
+    min(out, in x kernel area) for a convolution (PEFT's lora_A is a conv of the layer's kernel)."""
+    weight = layer.weight
+    return min(weight.shape[0], weight[0].numel())
+
+
+def _check_rank(model: nn.Module, names: list[str], rank: int) -> None:
+    """A rank above a layer's full rank learns more values than any update of it needs (and a huge one
+    allocates adapters far larger than the model): refused, naming the smallest such layer."""
+    sizes = {name: full_rank(model.get_submodule(name)) for name in names}
+    name = min(sizes, key=lambda n: sizes[n])
+    if rank > sizes[name]:
+        raise UserError(f"strategy.rank {rank:,} is above the size of layer '{name}' (its weight updates have rank "
+                        f"at most {sizes[name]}); lower strategy.rank, or leave such layers out with strategy.modules")
 
 
 def _tuner_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:

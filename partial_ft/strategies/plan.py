@@ -9,9 +9,10 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from ..partial import FrozenStats, axis_size, freeze_norm_stats, is_partial, make_partial
-from .layers import is_norm
-from .registry import Options, PartialSpec, Selection, describe
+from ..normstats import FrozenStats, freeze_norm_stats
+from ..partial import axis_size, is_partial, make_partial
+from ..layers import is_norm
+from .types import Options, PartialSpec, Selection, describe
 
 
 @dataclass

@@ -1,11 +1,12 @@
-"""Finding the parts of a timm model strategies talk about: classifier, norm layers, weight layers, blocks."""
+"""Finding the parts of a timm model: its classifier, norm layers, weight layers and blocks (what strategies
+select from, and what loading a checkpoint into a new classifier must tell apart)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
 
 from torch import nn
 
-from ..errors import UserError
+from .errors import UserError
 
 _NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm,
                nn.modules.instancenorm._InstanceNorm)
