@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from conftest import TINY, write_recipe
-from partial_ft import apply_strategy, delta, rundir
+from partial_ft import apply_strategy, delta
 from partial_ft import recipe as recipes
 from partial_ft import train
 from partial_ft.ema import LearnedEma
@@ -40,14 +40,14 @@ def all_on(tmp_path_factory):
     """One run with every extra on; the model training ended with is captured as the delta is saved."""
     root = tmp_path_factory.mktemp("extras")
     captured = {}
-    save = rundir.RunFolder.save_delta
+    save = delta.save_delta
 
-    def capture(self, model, *args, **kwargs):
+    def capture(path, model, *args, **kwargs):
         captured["model"] = model
-        return save(self, model, *args, **kwargs)
+        return save(path, model, *args, **kwargs)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(rundir.RunFolder, "save_delta", capture)
+        mp.setattr(delta, "save_delta", capture)
         summary = train.run(_recipe(root, "all_on", ALL_ON))
     return root / "all_on", summary, captured["model"]
 
