@@ -11,6 +11,7 @@ Public API (what tools/ and other programs use; everything else is internal):
                                              folder, a delta file or a Hub repo id
     load_recipe(path, overrides) -> Recipe   a recipe file with `section.key=value` overrides, validated
     load_yaml(path, what)                    a YAML file read safely (what recipes and grids are read with)
+    parse_yaml(text, where)                  YAML text read the same way (an override's or option's value)
     load_data(cfg, seed) -> DataBundle       a recipe's data section as train / validation splits
     build_model(cfg, num_classes, seed)      a recipe's timm model with a new classifier (and its random init)
     eval_transform(data_config), eval_loader(bundle, cfg, transform, batch_size, seed)
@@ -44,10 +45,11 @@ from .recipe import load as load_recipe
 from .rundir import RunFolder
 from .strategies import Plan, apply_strategy, list_strategies
 from .version import __version__
+from .yamlsafe import load as parse_yaml
 from .yamlsafe import load_file as load_yaml
 
 __all__ = ["apply_strategy", "list_strategies", "learned_count", "size_to_budget", "load_delta", "merged_state_dict",
-           "learned_masks", "load_recipe", "load_yaml", "load_data", "build_model", "eval_transform", "eval_loader",
+           "learned_masks", "load_recipe", "load_yaml", "parse_yaml", "load_data", "build_model", "eval_transform", "eval_loader",
            "shutdown_workers", "digits", "RunFolder", "Recipe", "run", "prepare_run", "Plan", "UserError", "__version__"]
 
 # the training run pulls in Accelerate and friends: imported when first asked for, so that loading a

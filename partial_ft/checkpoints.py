@@ -1,13 +1,18 @@
 """Resumable checkpoints inside a run folder (`checkpoints/<name>/`): Accelerate's save_state (model,
 optimizer, RNG states) plus `train_state.json`, the loop's position and the scheduler's state as plain
-data. Each is written to a temporary folder and renamed into place; `checkpoints/latest` names the newest
-complete one and is itself replaced atomically, so a crash mid-write leaves the previous one in charge.
+data, and `manifest.json`: the size and sha256 of every other file, checked before anything is restored (a
+truncated RNG state would otherwise resume silently into other weights). Each is written to a temporary
+folder and renamed into place; `checkpoints/latest` names the newest complete one (a folder directly
+inside checkpoints/, nothing else) and is itself replaced atomically, so a crash mid-write leaves the
+previous one in charge.
 Used through the run folder (rundir.py); nothing here decides whether a folder may be used.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any, Optional
@@ -16,20 +21,37 @@ from safetensors.torch import load_file, save_file
 
 from . import jsonsafe
 from .atomic import write_text
-from .errors import UserError, first_line, load_reason
+from .errors import UserError, first_line, load_reason, shorten
 
 CHECKPOINTS = "checkpoints"
 STATE_NAME = "train_state.json"
 TENSORS_NAME = "loop_tensors.safetensors"  # the loop's own tensors (an EMA, the best epoch's values)
+MANIFEST = "manifest.json"
+NAME = re.compile(r"step-\d{8,}-epoch-\d+-batch-\d+")  # what save() names a checkpoint folder
+AGAIN = "restore it, or --overwrite to start again"
 
 
 def latest(run_dir: Path) -> Optional[Path]:
-    """The newest complete checkpoint of a run, or None."""
-    pointer = Path(run_dir) / CHECKPOINTS / "latest"
-    if not pointer.is_file():
+    """The newest complete checkpoint of a run, or None when none was saved. `latest` must name a
+    checkpoint folder directly inside checkpoints/: an empty, foreign or dangling name is an error (it
+    would otherwise restart from step 0, or restore someone else's files)."""
+    root = Path(run_dir) / CHECKPOINTS
+    pointer = root / "latest"
+    if not pointer.exists() and not pointer.is_symlink():
         return None
-    folder = Path(run_dir) / CHECKPOINTS / pointer.read_text().strip()
-    return folder if (folder / STATE_NAME).is_file() else None
+    try:
+        name = pointer.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{pointer} cannot be read ({first_line(e)}); {AGAIN}") from None
+    if not name:
+        raise UserError(f"{pointer} is empty: it names the checkpoint to resume from; {AGAIN}")
+    if not NAME.fullmatch(name):
+        raise UserError(f"{pointer} names {shorten(name)}, not a checkpoint folder of {root}; {AGAIN}")
+    folder = root / name
+    if folder.is_symlink() or not folder.is_dir():
+        raise UserError(f"{pointer} names {name}, which is {'a link' if folder.is_symlink() else 'missing'}; "
+                        f"{AGAIN}")
+    return folder
 
 
 def step_of(folder: Optional[Path]) -> int:
@@ -68,7 +90,8 @@ def save(acc: Any, run_dir: Path, progress: dict[str, Any], keep: Optional[int] 
         (tmp / STATE_NAME).write_text(jsonsafe.dumps(progress) + "\n")
         if tensors:
             save_file(tensors, str(tmp / TENSORS_NAME))
-        _fsync_tree(tmp)  # the data is on disk before any name points at it
+        (tmp / MANIFEST).write_text(json.dumps(_describe_files(tmp), indent=1, sort_keys=True) + "\n")
+        _fsync(tmp / MANIFEST)  # with _describe_files' fsyncs: the data is on disk before any name points at it
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         write_text(root / "latest", name + "\n")
@@ -97,6 +120,7 @@ def load(acc: Any, folder: Path) -> dict[str, Any]:
     if any(folder.glob("custom_checkpoint_*.pkl")):  # Accelerate would unpickle it with weights_only=False
         raise UserError(f"checkpoint {folder} was written by an older partial_ft (a pickled scheduler); resume it "
                         "with that version, or --overwrite to start again")
+    verify(folder)
     state = read_state(folder)
     try:
         acc.load_state(str(folder))
@@ -124,8 +148,73 @@ def remove(run_dir: Path) -> None:
     shutil.rmtree(Path(run_dir) / CHECKPOINTS, ignore_errors=True)
 
 
-def _fsync_tree(folder: Path) -> None:
-    for f in folder.rglob("*"):
-        if f.is_file():
-            with open(f, "rb") as handle:
-                os.fsync(handle.fileno())
+def _files(folder: Path) -> list[Path]:
+    """Every entry below `folder` that is not a directory (links included: verify refuses them)."""
+    return sorted(f for f in folder.rglob("*") if f.is_symlink() or not f.is_dir())
+
+
+def _describe_files(folder: Path) -> dict[str, dict[str, Any]]:
+    """{relative path: {size, sha256}} of every file of a checkpoint but the manifest, each fsynced."""
+    out = {}
+    for f in _files(folder):
+        if f.name != MANIFEST or f.parent != folder:
+            out[f.relative_to(folder).as_posix()] = {"size": f.stat().st_size, "sha256": _sha256(f)}
+            _fsync(f)
+    return out
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def verify(folder: Path) -> None:
+    """Every file of a checkpoint as its manifest lists it (no file missing, added, resized or changed, no
+    link), before anything is restored: one error naming the first file that differs."""
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+        if not isinstance(manifest, dict) or not all(isinstance(v, dict) for v in manifest.values()):
+            raise ValueError("not a mapping of files")
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        raise UserError(f"checkpoint {folder} has no readable {MANIFEST} ({first_line(e)}): it was written by an "
+                        f"older partial_ft or damaged; delete it to resume from an earlier one, or --overwrite to "
+                        "start again") from None
+    found = {f.relative_to(folder).as_posix(): f for f in _files(folder) if f != folder / MANIFEST}
+    for name in sorted(manifest.keys() | found.keys()):
+        f, want = found.get(name), manifest.get(name)
+        problem = ("is missing" if f is None else "was not written by the checkpoint" if want is None else
+                   "is a link" if f.is_symlink() else
+                   f"has {f.stat().st_size:,} bytes, not {_count(want.get('size'))}" if f.stat().st_size != want.get("size")
+                   else "has other bytes than were saved" if _sha256(f) != want.get("sha256") else None)
+        if problem:
+            raise UserError(f"checkpoint {folder}: {name if len(name) <= 120 else shorten(name, 120)} {problem}; delete {folder} to resume from an "
+                            "earlier checkpoint, or --overwrite to start again")
+
+
+def _count(value: Any) -> str:
+    return f"{value:,}" if isinstance(value, int) else shorten(value)
+
+
+def check_position(state: dict[str, Any], folder: Path, epochs: int, batches_per_epoch: int, total_steps: int,
+                   fields: set[str]) -> None:
+    """A checkpoint's position inside the run the recipe describes, with exactly the loop's `fields`: one
+    past its end (or negative, or not a number) belongs to another run or was edited."""
+    if set(state) != fields or not isinstance(state.get("scheduler"), dict):
+        odd = sorted(set(state) ^ fields) or ["scheduler"]
+        raise UserError(f"{folder / STATE_NAME} does not hold a training position (fields {', '.join(odd[:3])}); "
+                        f"delete {folder} to resume from an earlier checkpoint, or --overwrite to start again")
+    epoch, batches, step = (state.get(k) for k in ("epoch", "batches", "step"))
+    numbers = all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (epoch, batches, step))
+    if not (numbers and epoch < epochs and batches <= batches_per_epoch and step <= total_steps):
+        raise UserError(f"{folder / STATE_NAME} is at epoch {shorten(epoch)}, batch {shorten(batches)}, step "
+                        f"{shorten(step)}: past the end of the recipe's run ({epochs} epochs of {batches_per_epoch} "
+                        f"batches, {total_steps} steps); delete {folder} to resume from an earlier checkpoint, or "
+                        "--overwrite to start again")

@@ -7,20 +7,23 @@ unreadable image is met later, while training (loaders.py).
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import os
+import zlib
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import numpy as np
+import pyarrow as pa
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 
-from .data_columns import classes_missing_from, detect_image_column, detect_label_column, is_labelled, label_array, prepare_columns
+from .data_columns import (choose_val_split, classes_missing_from, detect_image_column, detect_label_column,
+                           label_array, prepare_columns)
 from .data_sources import load_raw
 from .errors import UserError
 from .recipe import DataCfg
-
-VAL_SPLIT_NAMES = ("validation", "valid", "val", "test")
-
 
 @dataclass
 class DataBundle:
@@ -64,21 +67,6 @@ def _subsample(ds: Dataset, n: Optional[int], seed: int) -> Dataset:
     return ds.select(np.random.default_rng(seed).permutation(len(ds))[:n])
 
 
-def _choose_val_split(dsd: DatasetDict, cfg: DataCfg, label_column: str, info: dict) -> Optional[str]:
-    if cfg.val_split is not None:
-        if cfg.val_split not in dsd:
-            raise UserError(f"split '{cfg.val_split}' not found; splits: {', '.join(dsd)} (set data.val_split)")
-        if cfg.val_split == cfg.train_split:
-            raise UserError(f"data.val_split and data.train_split are both '{cfg.val_split}'")
-        return cfg.val_split
-    for name in VAL_SPLIT_NAMES:
-        if name in dsd and name != cfg.train_split:
-            if is_labelled(dsd[name], label_column):
-                return name
-            info.setdefault("unlabelled_splits_skipped", []).append(name)
-    return None
-
-
 def load(cfg: DataCfg, seed: int = 0) -> DataBundle:
     """Open the dataset, detect columns, choose the splits; every problem is a UserError."""
     dsd = load_raw(cfg)
@@ -90,8 +78,9 @@ def load(cfg: DataCfg, seed: int = 0) -> DataBundle:
     info: dict[str, Any] = {"dataset": cfg.dataset, "config": cfg.config, "image_column": image_col,
                             "label_column": label_col, "train_split": cfg.train_split}
     # tuning never opens the validation split: its validation is carved out of train below
-    val_name = None if cfg.tune_fraction else _choose_val_split(dsd, cfg, label_col, info)
-    has_val = bool(cfg.tune_fraction) and _choose_val_split(dsd, cfg, label_col, {}) is not None
+    splits = (dsd, cfg.val_split, cfg.train_split, label_col)
+    val_name = None if cfg.tune_fraction else choose_val_split(*splits, info)
+    has_val = bool(cfg.tune_fraction) and choose_val_split(*splits, {}) is not None
     dsd, class_names, label_kind = prepare_columns(
         DatasetDict({k: dsd[k] for k in (cfg.train_split, val_name) if k}), image_col, label_col)
 
@@ -110,7 +99,9 @@ def load(cfg: DataCfg, seed: int = 0) -> DataBundle:
     train = _subsample(train, cfg.max_train_samples, seed)
     val = _subsample(val, cfg.max_val_samples, seed)
     info.update(train_samples=len(train), val_samples=len(val), num_classes=len(class_names),
-                labels=label_kind, class_names=class_names)
+                labels=label_kind, class_names=class_names,
+                rows_sha256={"train": rows_sha256(train, image_col, label_col),
+                             "val": rows_sha256(val, image_col, label_col)})
     return DataBundle(train, val, image_col, label_col, class_names, info)
 
 
@@ -132,3 +123,30 @@ def _carve_val(train: Dataset, label_col: str, cfg: DataCfg, seed: int, info: di
                          "stratified": True, "purpose": "tune" if cfg.tune_fraction else "validation",
                          "indices": val_idx.tolist()}
     return train.select(train_idx), train.select(val_idx)
+
+
+def rows_sha256(ds: Dataset, image_col: str, label_col: str) -> str:
+    """sha256 over the rows, in order: each label and each image's identity: for an image file its path,
+    size and modification time (two swapped class folders, an edited image), for embedded bytes their
+    length and CRC-32 (cheap next to decoding them). What --resume compares to continue the same run."""
+    h = hashlib.sha256()
+    for batch in ds.with_format("arrow", columns=[image_col, label_col]).iter(batch_size=4096):
+        h.update(json.dumps(batch.column(label_col).to_pylist()).encode())
+        images = batch.column(image_col)
+        if not pa.types.is_struct(images.type):  # not an Image feature: its values as they are
+            h.update(repr(images.to_pylist()).encode())
+            continue
+        for item in images.to_pylist():
+            h.update(_image_identity(item or {}).encode())
+    return h.hexdigest()
+
+
+def _image_identity(item: dict[str, Any]) -> str:
+    data, path = item.get("bytes"), item.get("path")
+    if data is not None:
+        return f"bytes:{len(data)}:{zlib.crc32(data)};"
+    try:
+        st = os.stat(path)
+        return f"file:{path}:{st.st_size}:{st.st_mtime_ns};"
+    except (OSError, TypeError):
+        return f"missing:{path};"  # reading it will say why

@@ -17,6 +17,7 @@ ID_NAMES = ("id", "idx", "index", "image_id", "file_id", "__index_level_0__")
 # not timm's get_img_extensions(): it knows .png/.jpg/.jpeg only, and PIL reads these others as well
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 INDEX_COLUMN = "__index__"  # each row's index in its source split, for error messages
+VAL_SPLIT_NAMES = ("validation", "valid", "val", "test")  # looked for in this order when data.val_split is unset
 
 
 def _columns(features: Features) -> str:
@@ -164,6 +165,24 @@ def is_labelled(ds: Dataset, column: str) -> bool:
         return False
     values = pc.unique(label_array(ds, column)).to_pylist()
     return any(v is not None and not (isinstance(v, int) and v < 0) for v in values)
+
+
+def choose_val_split(dsd: DatasetDict, val_split: Optional[str], train_split: str, label_column: str,
+                     info: dict) -> Optional[str]:
+    """The validation split: data.val_split, else the first of VAL_SPLIT_NAMES with labels (unlabelled ones
+    are noted in `info`), else None (carved out of train)."""
+    if val_split is not None:
+        if val_split not in dsd:
+            raise UserError(f"split '{val_split}' not found; splits: {', '.join(dsd)} (set data.val_split)")
+        if val_split == train_split:
+            raise UserError(f"data.val_split and data.train_split are both '{val_split}'")
+        return val_split
+    for name in VAL_SPLIT_NAMES:
+        if name in dsd and name != train_split:
+            if is_labelled(dsd[name], label_column):
+                return name
+            info.setdefault("unlabelled_splits_skipped", []).append(name)
+    return None
 
 
 def prepare_columns(dsd: DatasetDict, image_col: str, label_col: str) -> tuple[DatasetDict, list[str], str]:

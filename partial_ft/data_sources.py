@@ -3,7 +3,6 @@ the built-in `digits`, a Hub id, a save_to_disk folder, an imagefolder folder, o
 (a file, a glob or a folder). Every problem the user can fix is a one-line UserError."""
 from __future__ import annotations
 
-import glob
 import os
 from pathlib import Path
 from typing import Optional
@@ -12,6 +11,7 @@ import datasets
 import numpy as np
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, NamedSplit
 
+from . import walk
 from .data_columns import IMAGE_SUFFIXES
 from .errors import UserError, first_line
 from .recipe import DataCfg
@@ -51,7 +51,7 @@ def load_raw(cfg: DataCfg) -> DatasetDict:
         if path.is_file():
             return _named(_load_files([str(path)]))
         if any(ch in source for ch in "*?["):
-            files = sorted(f for f in glob.glob(str(path), recursive=True) if Path(f).is_file())
+            files = [str(f) for f in walk.glob(str(path)) if f.is_file()]  # never loops on linked folders
             if not files:
                 raise UserError(f"no files match {source}")
             return _named(_load_files(files))

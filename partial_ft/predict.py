@@ -8,7 +8,6 @@ prefix runs once per batch and only each source's learned rest runs per source.
 """
 from __future__ import annotations
 
-import glob
 import os
 import sys
 import time
@@ -20,7 +19,7 @@ from typing import IO, Any, Optional
 import torch
 from torch import nn
 
-from . import cuts, delta, hub, jsonsafe, loaders
+from . import cuts, delta, hub, jsonsafe, loaders, walk
 from .data_columns import IMAGE_SUFFIXES
 from .errors import UserError
 
@@ -38,14 +37,14 @@ def expand_inputs(patterns: list[str]) -> list[Path]:
         if path.exists():
             matches = [path]
         elif any(ch in pattern for ch in "*?["):
-            matches = [Path(m) for m in sorted(glob.glob(str(path), recursive=True))]
+            matches = walk.glob(str(path))  # never loops on linked folders
             if not matches:
                 raise UserError(f"no files match {pattern}")
         else:
             raise UserError(f"no such file or folder: {pattern}")
         for match in matches:
             if match.is_dir():
-                found = sorted(f for f in match.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+                found = [f for f in walk.files_below(match) if f.suffix.lower() in IMAGE_SUFFIXES]
                 if not found and match == path:
                     raise UserError(f"folder {pattern} holds no image files ({', '.join(IMAGE_SUFFIXES)})")
                 files += found

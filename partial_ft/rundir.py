@@ -58,10 +58,10 @@ def check_folder(recipe: Recipe, overwrite: bool = False, resume: bool = False) 
         raise UserError(f"output.dir {run_dir} is not empty and is not a partial_ft run folder (it holds {sample}, "
                         "...); partial_ft never replaces what it did not write: choose another output.dir")
     _refuse_if_locked(run_dir)
-    last = checkpoints.latest(run_dir)
     finished = (run_dir / SUMMARY).is_file()
     if overwrite:
         return None
+    last = checkpoints.latest(run_dir)  # a damaged `latest` pointer is an error here, never a restart
     if not resume:
         if finished:
             raise UserError(f"run folder {run_dir} already holds a run that finished; pass --overwrite to replace "
@@ -72,6 +72,8 @@ def check_folder(recipe: Recipe, overwrite: bool = False, resume: bool = False) 
     if finished:
         raise UserError(f"the run in {run_dir} already finished: nothing to resume (--overwrite runs it again)")
     _check_same_recipe(recipe, run_dir)
+    if last is not None:
+        checkpoints.verify(last)  # a damaged checkpoint is refused before any data or model is loaded
     return last  # None: stopped before its first checkpoint, so it starts from the beginning
 
 
@@ -263,7 +265,7 @@ def _check_same_recipe(recipe: Recipe, run_dir: Path) -> None:
 
 
 # what data.json records that must hold for a resumed run to continue the same one
-SAME_DATA = ("train_samples", "val_samples", "num_classes", "class_names")
+SAME_DATA = ("train_samples", "val_samples", "num_classes", "class_names", "rows_sha256")
 
 
 def _check_same_data(run_dir: Path, info: dict[str, Any]) -> None:

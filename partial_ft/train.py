@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Optional
 
@@ -160,6 +160,10 @@ def train(setup: Setup, folder: RunFolder, resume_from: Optional[Path], stop: St
     acc, progress = setup.accelerator, Progress()
     if resume_from is not None:  # model, optimizer, scheduler, RNG states, and where the loop was
         state = checkpoints.load(acc, resume_from)
+        per_epoch, t = len(loop.train_loader), loop.train  # a position past this recipe's end is refused
+        total = loop.epochs * max(1, math.ceil(per_epoch / t.grad_accum_steps))
+        checkpoints.check_position(state, resume_from, loop.epochs, per_epoch, min(total, t.max_steps or total),
+                                   {f.name for f in fields(Progress)} | {"scheduler"})
         loop.scheduler.load_state_dict(state.pop("scheduler"))  # plain data (Accelerate would unpickle it)
         loop.extras.load(state.pop("extras", None), checkpoints.load_tensors(resume_from))
         progress = Progress(**state)

@@ -70,7 +70,7 @@ def bomb(levels: int, width: int = 9, flow: bool = False) -> str:
 # small datasets with one thing wrong (data.py's checks, and the CLI's error table)
 
 
-def png(image: PILImage.Image) -> bytes:
+def png_bytes(image: PILImage.Image) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     return buf.getvalue()
@@ -85,17 +85,17 @@ def no_image_parquet(tmp_path: Path) -> Path:
 def out_of_range(tmp_path: Path) -> Path:
     """A parquet file whose metadata says ClassLabel with 2 classes, but one row holds 5."""
     features = Features({"image": Image(), "label": ClassLabel(names=["a", "b"])})
-    png = png(PILImage.new("L", (4, 4)))
+    png = png_bytes(PILImage.new("L", (4, 4)))
     table = pa.table({"image": [{"bytes": png, "path": None}] * 3, "label": [0, 1, 5]}).cast(features.arrow_schema)
     pq.write_table(table, tmp_path / "oor.parquet")
     return tmp_path / "oor.parquet"
 def negative_ints(tmp_path: Path) -> Path:
     path = tmp_path / "neg.parquet"
-    pq.write_table(pa.table({"image": [png(PILImage.new("L", (4, 4)))] * 3, "label": [0, 1, -3]}), path)
+    pq.write_table(pa.table({"image": [png_bytes(PILImage.new("L", (4, 4)))] * 3, "label": [0, 1, -3]}), path)
     return path
 def parquet_with_labels(tmp_path: Path, name: str, labels: list, val_labels: list | None = None) -> Path:
     """Parquet with the given labels (a train file, and a validation file when val_labels is given)."""
-    png = png(PILImage.new("L", (4, 4)))
+    png = png_bytes(PILImage.new("L", (4, 4)))
     folder = tmp_path / name
     folder.mkdir()
     for split, values in (("train", labels), ("validation", val_labels)):

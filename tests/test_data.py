@@ -16,7 +16,7 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
 from PIL import Image as PILImage
 
 from conftest import (empty_class, negative_ints, no_image_parquet, no_label_parquet, out_of_range,
-                      parquet_with_labels, png, run_cli)
+                      parquet_with_labels, png_bytes, run_cli)
 from partial_ft import data, data_sources, loaders
 from partial_ft.data_columns import INDEX_COLUMN
 from partial_ft.errors import UserError
@@ -47,7 +47,7 @@ def forms(tmp_path_factory) -> dict[str, Path]:
     DatasetDict(train=rows).save_to_disk(str(root / "saved"))
     # 3. parquet, two files, non-standard names: png bytes in `pix`, class names in `digit`, an id column;
     #    row BAD_ROW holds bytes that are no image
-    pix = [png(im) for im in images]
+    pix = [png_bytes(im) for im in images]
     pix[BAD_ROW] = b"definitely not a png"
     table = pa.table({"sample_id": list(range(ROWS)), "pix": pix, "digit": [NAMES[x] for x in labels]})
     (root / "parquet").mkdir()

@@ -32,6 +32,10 @@ def _grid(tmp_path, name, **grid):
 
 STRATEGIES = [{"name": "head"}]
 GRID_ERRORS = [  # (grid, what the one-line error must say)
+    ({"strategies": STRATEGIES, "budget": float("inf")}, "'budget' must be a positive finite number, got inf"),
+    ({"strategies": STRATEGIES, "budget": float("nan")}, "'budget' must be a positive finite number, got nan"),
+    ({"strategies": STRATEGIES, "budget": True}, "'budget' must be a positive finite number, got True"),
+    ({"strategies": STRATEGIES, "tune_fraction": float("nan")}, "'tune_fraction' must be a number in (0, 1), got nan"),
     ({"strategies": STRATEGIES, "tunes": {"train.lr": [0.1]}}, "unknown grid key 'tunes' (did you mean 'tune'?)"),
     ({"strategies": STRATEGIES, "dataset": [{"name": "a"}]}, "unknown grid key 'dataset' (did you mean 'datasets'?)"),
     ({"strategies": STRATEGIES, "tune": {"train.lrr": [0.1]}}, "tune 'train.lrr': unknown recipe key (did you mean"),

@@ -13,10 +13,9 @@ import argparse
 from typing import Optional
 
 import datasets
-import yaml
 
 import partial_ft
-from partial_ft import Recipe, build_model, load_data, load_recipe
+from partial_ft import Recipe, build_model, load_data, load_recipe, parse_yaml
 
 
 def learned_count(model, init_model, spec: dict, seed: int) -> tuple[int, int]:
@@ -74,7 +73,8 @@ def main() -> None:
                    help="a strategy as key=value pairs, e.g. name=filters,dim=in (repeatable)")
     args = p.parse_args()
     datasets.disable_progress_bars()
-    specs = [{k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in s.split(","))} for s in args.strategy]
+    specs = [{k: parse_yaml(v, f"--strategy {k}") for k, v in (kv.split("=", 1) for kv in s.split(","))}
+             for s in args.strategy]
     match_all(load_recipe(args.recipe), specs, args.budget)
 
 

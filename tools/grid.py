@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -149,8 +150,10 @@ def _build(raw: dict) -> Grid:
                 tune_fraction=raw.get("tune_fraction", 0.2), controls=raw.get("controls"))
     if not grid.seeds:
         raise UserError("'seeds' must list at least one seed")
-    if grid.budget is not None and (not isinstance(grid.budget, (int, float)) or grid.budget <= 0):
-        raise UserError(f"'budget' must be a positive number, got {grid.budget!r}")
+    budget = grid.budget
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float))
+                               or not math.isfinite(budget) or budget <= 0):
+        raise UserError(f"'budget' must be a positive finite number, got {budget!r}")
     if not isinstance(grid.tune_fraction, float) or not 0 < grid.tune_fraction < 1:
         raise UserError(f"'tune_fraction' must be a number in (0, 1), got {grid.tune_fraction!r}")
     tune = _mapping(raw.get("tune") or {}, "'tune'")
