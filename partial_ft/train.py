@@ -163,7 +163,7 @@ def train(setup: Setup, folder: RunFolder, resume_from: Optional[Path], stop: St
         per_epoch, t = len(loop.train_loader), loop.train  # a position past this recipe's end is refused
         total = loop.epochs * max(1, math.ceil(per_epoch / t.grad_accum_steps))
         checkpoints.check_position(state, resume_from, loop.epochs, per_epoch, min(total, t.max_steps or total),
-                                   {f.name for f in fields(Progress)} | {"scheduler"})
+                                   {f.name for f in fields(Progress)} | {"scheduler", "extras"})
         loop.scheduler.load_state_dict(state.pop("scheduler"))  # plain data (Accelerate would unpickle it)
         loop.extras.load(state.pop("extras", None), checkpoints.load_tensors(resume_from))
         progress = Progress(**state)
