@@ -122,7 +122,7 @@ def test_pareto_front_keeps_only_unbeaten_points():
 
 def test_budget_matching_lands_within_ten_percent(tiny_recipe):
     sys.path.insert(0, str(ROOT / "tools"))
-    from budget import match
+    from partial_ft.sweep.budget import match
 
     from partial_ft.models import build
     from partial_ft.recipe import load
@@ -138,8 +138,7 @@ def test_budget_matching_lands_within_ten_percent(tiny_recipe):
 
 def test_every_shipped_sweep_grid_is_valid():
     """Each grid in recipes/sweeps/ passes the sweep's validation (keys, strategies, overrides, tune keys)."""
-    sys.path.insert(0, str(ROOT / "tools"))
-    import grid
+    from partial_ft.sweep import grid
 
     paths = sorted((ROOT / "recipes" / "sweeps").glob("*.yaml"))
     assert {p.stem for p in paths} >= {"suite_offline", "suite_hub", "suite_vtab1k"}
@@ -171,6 +170,8 @@ def test_tiny_sweep_end_to_end_writes_tables_and_plot(tiny_recipe, tmp_path):
     assert p.returncode == 0, p.stderr[-2000:]
     assert (out / "accuracy_vs_learned_params.png").stat().st_size > 1000
     assert (out / "accuracy_vs_learned_params.svg").is_file()
+    assert p.stdout.splitlines()[-1] == (f"wrote {out / 'accuracy_vs_learned_params.png'}, "
+                                         f"{out / 'accuracy_vs_learned_params.svg'}, {out / 'fits.json'}")
     assert list(json.loads((out / "fits.json").read_text()).values()) == [{}]  # two sizes: too few to fit
 
 
@@ -258,7 +259,7 @@ def test_two_member_ensemble_and_weight_stats_on_trained_runs(tiny_recipe, tmp_p
     p = _tool("weight_stats.py", str(out / "member0"))
     assert p.returncode == 0, p.stderr[-2000:]
     rows = (out / "member0" / "weight_stats.csv").read_text().splitlines()
-    assert rows[0].startswith("layer,entries,learned") and len(rows) > 5
+    assert rows[0].startswith("layer,kind,entries,learned") and len(rows) > 5
     assert (out / "member0" / "weight_stats.png").stat().st_size > 1000
 
 
@@ -275,6 +276,8 @@ def test_make_transfer_writes_a_loadable_backbone_and_the_target_imagefolder(tmp
     p = _tool("make_transfer.py", "--out", str(out), "--model", "test_resnet", "--epochs", "1")
     assert p.returncode == 0, p.stderr[-2000:]
     record = json.loads((out / "source.json").read_text())
+    assert "source test_resnet on digits 0-4: 100%" in p.stderr  # a progress bar, not silence until the end
+    assert p.stdout.startswith("wrote the target task, digits 5-9")
     assert record["classes"] == [0, 1, 2, 3, 4] and record["target"]["classes"] == [5, 6, 7, 8, 9]
     assert sorted(d.name for d in (out / "digits59" / "train").iterdir()) == ["5", "6", "7", "8", "9"]
     recipe = recipes.load(ROOT / "recipes" / "transfer_digits.yaml", [
@@ -301,8 +304,7 @@ def _suite_row(dataset: str, mean: float, std: float, seeds: int, lr) -> dict:
 ])
 def test_suite_table_cells_say_spread_and_chosen_values(rows, tuned, expected):
     """A suite's cell is mean top-1, ± std when several seeds, and the tuned values chosen on that dataset."""
-    sys.path.insert(0, str(ROOT / "tools"))
-    import results
+    from partial_ft.sweep import results
 
     if expected is None:
         rows[0].update(learned_pct=0.05, tune_top1="", delta_bytes=0, train_seconds=1.0, peak_memory_mib=1.0,
@@ -310,5 +312,25 @@ def test_suite_table_cells_say_spread_and_chosen_values(rows, tuned, expected):
     lines = results.markdown(rows, tuned).splitlines()
     if expected is None:
         assert lines[0].startswith("| strategy | learned params | % of total |")
+        assert "| 0.9000 ± – | 1 |" in lines[2]  # one seed: no spread measured, not ± 0.0000
     else:
         assert lines[0] == "| strategy | learned params | a | b | mean |" and lines[2] == expected
+
+
+def test_weight_stats_series_are_one_per_kind_of_layer():
+    """resnet18: the 7x7 stem, sixteen 3x3 convs, three 1x1 downsample convs, the classifier; the 1x1 convs
+    sit between 3x3 ones and are their own series, not a dip in the 3x3 trend."""
+    import timm
+
+    sys.path.insert(0, str(ROOT / "tools"))
+    import weight_stats
+
+    from partial_ft import apply_strategy
+
+    model = timm.create_model("resnet18", num_classes=10)
+    apply_strategy(model, {"name": "filters", "fraction": 0.25})
+    rows = weight_stats.layer_stats(model)
+    kinds = weight_stats.series(rows)
+    assert {k: len(v) for k, v in kinds.items()} == {"conv 7x7": 1, "conv 3x3": 16, "conv 1x1": 3, "linear": 1}
+    assert [rows[i]["layer"] for i in kinds["conv 1x1"]] == [f"layer{n}.0.downsample.0" for n in (2, 3, 4)]
+    assert all(rows[i]["learned"] == rows[i]["entries"] // 4 for i in kinds["conv 3x3"])  # 25% of the filters
