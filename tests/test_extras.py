@@ -154,12 +154,8 @@ def test_extras_refused_where_they_cannot_be_honest(tmp_path, sections, message)
 
 def test_a_grid_tunes_the_extras():
     """The shipped grid's candidates are valid recipes: every extra is a key a grid's `tune` can vary."""
-    import sys
-
     from conftest import ROOT
-
-    sys.path.insert(0, str(ROOT / "tools"))
-    import grid as grids
+    from partial_ft.sweep import grid as grids
 
     grid = grids.load(ROOT / "recipes" / "sweeps" / "extras_digits.yaml")
     assert {"train.ema", "data.mixup", "train.layer_decay"} <= set(grid.tune)
