@@ -1,6 +1,6 @@
 """Command line: `python -m partial_ft [train] --recipe R [section.key=value ...] [--resume | --overwrite]`,
 `... eval SOURCE`, `... predict SOURCE INPUT...`, `... export SOURCE --out FILE.safetensors`,
-`... push RUN_DIR REPO_ID`, `... strategies`.
+`... push RUN_DIR REPO_ID`, `... strategies`, `... sweep --recipe R --grid G --out DIR`.
 
 Argument parsing and printing only; the work lives in one call per command (train.run, evaluation,
 predict, export, hub). A user mistake prints one `error: ...` line and exits with code 2.
@@ -13,8 +13,9 @@ import shlex
 import sys
 
 from .errors import UserError, one_line
+from .sweep import cli as sweep_cli
 
-COMMANDS = ("train", "eval", "predict", "export", "push", "strategies")
+COMMANDS = ("train", "eval", "predict", "export", "push", "strategies", "sweep")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -55,6 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     h.add_argument("--license", metavar="ID", help="the model card's license, a Hub license id (e.g. apache-2.0); "
                    "without it the card says `license: other` and that none was given")
     sub.add_parser("strategies", help="list the strategies with their options and defaults")
+    sweep_cli.add_parser(sub)
     return p
 
 
@@ -69,14 +71,14 @@ def main(argv: list[str] | None = None) -> int:
             sub.error = lambda message: _fail(message)
     # overrides may come before or after --overwrite / --resume / --recipe (argparse takes one run of them)
     args, rest = parser.parse_known_args(argv)
-    if args.command == "train":
+    if args.command in ("train", "sweep"):
         args.overrides += [a for a in rest if not a.startswith("-")]
         rest = [a for a in rest if a.startswith("-")]
     if rest:
         return _fail(f"unrecognized arguments: {' '.join(rest)}")
     try:
         command = {"strategies": _strategies, "eval": _eval, "predict": _predict, "export": _export, "push": _push,
-                   "train": _train}[args.command]
+                   "train": _train, "sweep": sweep_cli.command}[args.command]
         return command(args)
     except UserError as e:
         return _fail(str(e), e.collective)

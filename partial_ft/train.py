@@ -8,10 +8,11 @@ what a run keeps in delta.py, what summary.json holds in summary.py.
 from __future__ import annotations
 
 import math
+import signal
 import sys
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from accelerate import Accelerator
@@ -35,9 +36,15 @@ from .summary import Trained, summarize
 from .validate import validate
 
 
-def run(recipe: Recipe, overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
+EpochHook = Callable[[dict[str, Any]], bool]  # gets an epoch's metrics line; True asks the run to stop
+
+
+def run(recipe: Recipe, overwrite: bool = False, resume: bool = False,
+        on_epoch_end: Optional[EpochHook] = None) -> dict[str, Any]:
     """Train as the recipe says and write the run folder; returns the summary. With `resume`, continue
-    the run in the folder from its last checkpoint. SIGTERM / Ctrl-C checkpoint and raise Interrupted."""
+    the run in the folder from its last checkpoint. SIGTERM / Ctrl-C checkpoint and raise Interrupted.
+    `on_epoch_end(metrics)` is called after each epoch's evaluation; when it returns True the run stops
+    as on SIGTERM (a checkpoint, then Interrupted): a sweep's pruner stops a losing candidate this way."""
     last = validate(recipe, overwrite, resume)  # a mistake, or a bad or busy output path: before any work
     setup = prepare(recipe, resuming=last is not None)  # resuming: no new scoring pass
     acc = setup.accelerator
@@ -56,7 +63,7 @@ def run(recipe: Recipe, overwrite: bool = False, resume: bool = False) -> dict[s
         if warning and acc.is_main_process:
             print(warning, file=sys.stderr, flush=True)
         with stop_on_signals() as stop:
-            trained, model = train(setup, folder, resume_from, stop)
+            trained, model = train(setup, folder, resume_from, stop, on_epoch_end)
         delta_bytes = None
         if acc.is_main_process:
             path = delta.save_delta(folder.path / delta.DELTA_NAME, model, recipe, setup.bundle.class_names,
@@ -139,7 +146,8 @@ def _build_loop(setup: Setup, folder: RunFolder, stop: StopFlag) -> tuple[Loop, 
     return loop, cached
 
 
-def train(setup: Setup, folder: RunFolder, resume_from: Optional[Path], stop: StopFlag) -> tuple[Trained, nn.Module]:
+def train(setup: Setup, folder: RunFolder, resume_from: Optional[Path], stop: StopFlag,
+          on_epoch_end: Optional[EpochHook] = None) -> tuple[Trained, nn.Module]:
     """The driver: epochs of training, each followed by evaluation and a checkpoint. Returns (what the
     summary needs, trained model)."""
     loop, cached = _build_loop(setup, folder, stop)
@@ -164,6 +172,8 @@ def train(setup: Setup, folder: RunFolder, resume_from: Optional[Path], stop: St
         while setup.solver == "loop" and not loop.finished(progress):
             batches = train_one_epoch(loop, progress)
             end_of_epoch(loop, progress)
+            if on_epoch_end is not None and on_epoch_end(progress.metrics):
+                stop.signum = signal.SIGTERM  # stopped as a scheduler stops it: checkpoint, Interrupted
             progress = progress.next_epoch()
             if not loop.finished(progress):
                 saved = loop.save(progress)

@@ -1,7 +1,7 @@
-"""tools/sweep.py: grid validation, tuning on a carve-out of train, suites over datasets, controls, --jobs."""
+"""The sweep (partial_ft.sweep): grid validation, tuning on a carve-out of train, suites over datasets,
+controls, --jobs."""
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import sys
@@ -10,18 +10,29 @@ import pytest
 import yaml
 
 from conftest import ROOT
+from partial_ft.errors import UserError
+from partial_ft.sweep import Options, run_sweep
+from partial_ft.sweep import grid as grids
 
 sys.path.insert(0, str(ROOT / "tools"))
-import grid as grids  # noqa: E402
-import plot  # noqa: E402
-import sweep  # noqa: E402
+import plot  # noqa: E402  (a script of tools/, not a module of the package)
 
-from partial_ft.errors import UserError  # noqa: E402
+
+class _Sweep:
+    """The old `sweep.sweep(args)` shape: run the sweep, return how many runs failed."""
+
+    @staticmethod
+    def sweep(a) -> int:
+        return len(run_sweep(a["recipe"], a["grid"], a["out"], a["overrides"],
+                             options=Options(launcher=a["launcher"], jobs=a["jobs"])).failures)
+
+
+sweep = _Sweep()
 
 
 def _args(recipe, grid_path, out, launcher="inprocess", jobs=1, overrides=()):
-    return argparse.Namespace(recipe=str(recipe), grid=str(grid_path), out=str(out), launcher=launcher, jobs=jobs,
-                              overrides=list(overrides))
+    return {"recipe": str(recipe), "grid": str(grid_path), "out": str(out), "launcher": launcher, "jobs": jobs,
+            "overrides": list(overrides)}
 
 
 def _grid(tmp_path, name, **grid):

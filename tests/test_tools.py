@@ -122,7 +122,7 @@ def test_pareto_front_keeps_only_unbeaten_points():
 
 def test_budget_matching_lands_within_ten_percent(tiny_recipe):
     sys.path.insert(0, str(ROOT / "tools"))
-    from budget import match
+    from partial_ft.sweep.budget import match
 
     from partial_ft.models import build
     from partial_ft.recipe import load
@@ -138,8 +138,7 @@ def test_budget_matching_lands_within_ten_percent(tiny_recipe):
 
 def test_every_shipped_sweep_grid_is_valid():
     """Each grid in recipes/sweeps/ passes the sweep's validation (keys, strategies, overrides, tune keys)."""
-    sys.path.insert(0, str(ROOT / "tools"))
-    import grid
+    from partial_ft.sweep import grid
 
     paths = sorted((ROOT / "recipes" / "sweeps").glob("*.yaml"))
     assert {p.stem for p in paths} >= {"suite_offline", "suite_hub", "suite_vtab1k"}
@@ -301,8 +300,7 @@ def _suite_row(dataset: str, mean: float, std: float, seeds: int, lr) -> dict:
 ])
 def test_suite_table_cells_say_spread_and_chosen_values(rows, tuned, expected):
     """A suite's cell is mean top-1, ± std when several seeds, and the tuned values chosen on that dataset."""
-    sys.path.insert(0, str(ROOT / "tools"))
-    import results
+    from partial_ft.sweep import results
 
     if expected is None:
         rows[0].update(learned_pct=0.05, tune_top1="", delta_bytes=0, train_seconds=1.0, peak_memory_mib=1.0,

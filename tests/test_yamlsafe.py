@@ -2,17 +2,13 @@
 bombs, self-references and duplicate keys, and every refusal is one short UserError line."""
 from __future__ import annotations
 
-import sys
-
 import pytest
 
-from conftest import bomb, ROOT
+from conftest import bomb
 from partial_ft import recipe as recipes
 from partial_ft import yamlsafe
 from partial_ft.errors import UserError, shorten
-
-sys.path.insert(0, str(ROOT / "tools"))
-import grid as grids  # noqa: E402
+from partial_ft.sweep import grid as grids
 
 
 # (YAML text, the value it reads as) — what must keep working

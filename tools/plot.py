@@ -20,7 +20,7 @@ import math
 import re
 from pathlib import Path
 
-from results import COST, mean_rows
+from partial_ft.sweep.results import COST, mean_rows
 
 COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
           "#17becf", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d", "#31a354",
@@ -168,7 +168,7 @@ def plot(rows: list[dict], out: Path, x: str = "learned_params", title: str = ""
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("results", help="results.csv written by tools/sweep.py")
+    p.add_argument("results", help="results.csv written by `python -m partial_ft sweep`")
     p.add_argument("--out", help="output folder (default: next to results.csv)")
     p.add_argument("--x", default="learned_params", choices=COST, help="the cost on the x axis")
     p.add_argument("--title", default="")

@@ -1,24 +1,30 @@
-"""A sweep's results: runs aggregated over seeds into results.csv and results.md (tools/sweep.py writes them).
+"""A sweep's results: runs aggregated over seeds into results.csv and results.md.
 
 results.csv: one row per (dataset, model, strategy setting), with
 
     dataset, model, strategy, options, control_for, learned_params, learned_pct, <each tuned key>, tune_top1,
-    val_top1_mean, val_top1_std, seeds, delta_bytes, train_seconds, peak_memory_mib, images_per_second
+    tune_trials, tune_pruned, tune_seconds, val_top1_mean, val_top1_std, seeds, delta_bytes, train_seconds, peak_memory_mib, images_per_second
 
 `control_for` names the strategy setting a random control matches in learned parameters (empty
-otherwise); the tuned-key columns hold the chosen values; tune_top1 the carve-out accuracy they reached.
+otherwise); the tuned-key columns hold the chosen values; tune_top1 the carve-out accuracy they reached;
+tune_trials, tune_pruned and tune_seconds the configuration's tuning runs (pruned ones included), how many
+of them were pruned, and their training seconds in all.
 results.md: per model, strategies as rows; one dataset: accuracy and every cost column; several:
 one column per dataset (mean ± std over seeds, and the tuned values chosen there) and their mean.
 """
 from __future__ import annotations
 
 import csv
+import io
 import statistics
 from pathlib import Path
 from typing import Optional
 
+from ..atomic import write_atomic, write_text
+
 HEAD = ["dataset", "model", "strategy", "options", "control_for", "learned_params", "learned_pct"]
-TAIL = ["tune_top1", "val_top1_mean", "val_top1_std", "seeds", "delta_bytes", "train_seconds", "peak_memory_mib",
+TUNE_COST = ["tune_trials", "tune_pruned", "tune_seconds"]
+TAIL = ["tune_top1", *TUNE_COST, "val_top1_mean", "val_top1_std", "seeds", "delta_bytes", "train_seconds", "peak_memory_mib",
         "images_per_second"]
 COST = ["learned_params", "delta_bytes", "train_seconds", "peak_memory_mib"]  # what plot.py can put on x
 
@@ -41,6 +47,7 @@ def _row(runs: list[dict], tuned: list[str]) -> dict:
         "learned_pct": 100 * first["learned_fraction"],
         **{key: first["chosen"].get(key, "") for key in tuned},
         "tune_top1": "" if first["tune_top1"] is None else first["tune_top1"],
+        **{key: first.get(key, "") for key in TUNE_COST},
         "val_top1_mean": statistics.fmean(accs),
         "val_top1_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
         "seeds": len(accs),
@@ -53,7 +60,8 @@ def _row(runs: list[dict], tuned: list[str]) -> dict:
 
 def aggregate(runs: list[dict], tuned: list[str]) -> list[dict]:
     """One row per (dataset, model, strategy setting, control): mean and std of val top-1 over seeds.
-    Each run is its summary.json plus 'config' (grid.Config), 'chosen' (tuned values), 'tune_top1'."""
+    Each run is its summary.json plus 'config' (grid.Config), 'chosen' (tuned values), 'tune_top1' (and
+    the tuning cost columns)."""
     groups: dict[tuple, list[dict]] = {}
     for r in runs:
         c = r["config"]
@@ -78,12 +86,13 @@ def order(rows: list[dict]) -> list[dict]:
 
 
 def write_tables(rows: list[dict], out: Path, tuned: list[str]) -> None:
-    """results.csv and results.md in `out`."""
-    with (out / "results.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns(tuned))
-        writer.writeheader()
-        writer.writerows(rows)
-    (out / "results.md").write_text(markdown(rows, tuned))
+    """results.csv and results.md in `out` (each replaced whole: several workers may write them)."""
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=columns(tuned))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(out / "results.csv", lambda tmp: tmp.write_text(text.getvalue(), newline=""))
+    write_text(out / "results.md", markdown(rows, tuned))
 
 
 def _name(r: dict) -> str:

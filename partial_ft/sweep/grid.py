@@ -1,4 +1,4 @@
-"""Grid files for tools/sweep.py: read, validate like recipes, expand into configurations.
+"""Grid files for `python -m partial_ft sweep`: read, validate like recipes, expand into configurations.
 
 A grid is plain YAML with these keys (any other key is an error with a suggestion):
 
@@ -6,7 +6,9 @@ A grid is plain YAML with these keys (any other key is an error with a suggestio
     overrides: [train.epochs=4]            # applied to every run
     budget: 0.02                           # optional: size every tunable strategy to 2% of the weights
     strategies: [{name: full}, {name: filters, grid: {fraction: [0.01, 0.1]}}]
-    tune: {train.lr: [0.001, 0.003]}       # optional: candidates, chosen per configuration on a carve-out
+    tune: {train.lr: [0.001, 0.003]}       # optional: candidates, chosen per configuration on a carve-out;
+                                           # or a range: {train.lr: {low: 1e-4, high: 0.3, log: true}}
+    search: {trials: 8, sampler: tpe, pruner: halving, min_epochs: 1, seed: 0}   # how (see search.py)
     tune_fraction: 0.2                     # the carve-out of train the tuning validates on
     datasets: [{name: digits, overrides: [data.dataset=digits]}]        # optional suite axes
     models: [{name: resnet18, overrides: [model.name=resnet18]}]
@@ -25,13 +27,15 @@ from typing import Any, Optional
 
 import yaml
 
-from partial_ft import recipe as recipes
-from partial_ft import yamlsafe
-from partial_ft.errors import UserError, did_you_mean
-from partial_ft.strategies.registry import parse_options, parse_spec
-from partial_ft.strategies.types import describe
+from .. import recipe as recipes
+from .. import yamlsafe
+from ..errors import UserError, did_you_mean
+from ..strategies.registry import parse_options, parse_spec
+from ..strategies.types import describe
+from .search import Range, Search, parse_search, parse_tune
 
-KEYS = ("seeds", "overrides", "budget", "strategies", "tune", "tune_fraction", "datasets", "models", "controls")
+KEYS = ("seeds", "overrides", "budget", "strategies", "tune", "search", "tune_fraction", "datasets", "models",
+        "controls")
 AXIS_KEYS = ("name", "overrides")
 
 
@@ -51,7 +55,8 @@ class Grid:
     seeds: list[int] = field(default_factory=lambda: [0])
     overrides: list[str] = field(default_factory=list)
     budget: Optional[float] = None
-    tune: dict[str, list] = field(default_factory=dict)
+    tune: dict[str, list | Range] = field(default_factory=dict)
+    search: Search = field(default_factory=Search)
     tune_fraction: float = 0.2
     datasets: list[Axis] = field(default_factory=list)
     models: list[Axis] = field(default_factory=list)
@@ -108,7 +113,7 @@ def expand(strategies: list[dict]) -> list[dict]:
 
 
 def candidates(tune: dict[str, list]) -> list[dict[str, Any]]:
-    """The cartesian product of the tuned keys' values, in the order written."""
+    """The cartesian product of the tuned keys' values, in the order written (lists only)."""
     keys = list(tune)
     return [dict(zip(keys, values)) for values in itertools.product(*(tune[k] for k in keys))]
 
@@ -136,6 +141,13 @@ def load(path: str | Path) -> Grid:
         raise UserError(f"{path}: {e}") from None
 
 
+def from_dict(raw: dict) -> Grid:
+    """A grid from plain data (as a grid file holds), checked as `load` checks a file."""
+    if not isinstance(raw, dict):
+        raise UserError(f"a grid must be a mapping with keys {list(KEYS)}")
+    return _build(raw)
+
+
 def _build(raw: dict) -> Grid:
     for key in raw:
         if key not in KEYS:
@@ -157,11 +169,10 @@ def _build(raw: dict) -> Grid:
     if not isinstance(grid.tune_fraction, float) or not 0 < grid.tune_fraction < 1:
         raise UserError(f"'tune_fraction' must be a number in (0, 1), got {grid.tune_fraction!r}")
     tune = _mapping(raw.get("tune") or {}, "'tune'")
-    for key, values in tune.items():
+    for key in tune:
         _check_key(key, "tune")
-        if not isinstance(values, list) or not values:
-            raise UserError(f"tune: '{key}' must list its candidate values")
-    grid.tune = tune
+    grid.tune = parse_tune(tune)
+    grid.search = parse_search(raw.get("search"), grid.tune)
     if grid.controls is not None:
         parse_spec(_mapping(grid.controls, "'controls'"))
     grid.datasets, grid.models = _axes(raw.get("datasets"), "datasets"), _axes(raw.get("models"), "models")
@@ -193,8 +204,10 @@ def _axes(node: Any, what: str) -> list[Axis]:
         for key in item:
             if key not in AXIS_KEYS:
                 raise UserError(f"{what}: unknown key '{key}'{did_you_mean(key, AXIS_KEYS)}")
-        if not isinstance(item.get("name"), str) or slug(item["name"]) != item["name"]:
-            raise UserError(f"{what}: each entry needs a name made of letters, digits, '_', '-', '.', got "
+        if not isinstance(item.get("name"), str) or slug(item["name"]) != item["name"] or \
+                item["name"].startswith("."):  # a plain folder name: never '..' (outside --out) nor hidden
+            raise UserError(f"{what}: each entry needs a plain folder name (letters, digits, '_', '-', '.', not "
+                            f"starting with '.'), got "
                             f"{item.get('name')!r}")
         axes.append(Axis(item["name"], _list(item.get("overrides", []), f"{what}: {item['name']}: overrides", str)))
     names = [a.name for a in axes]
