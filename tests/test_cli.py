@@ -25,6 +25,7 @@ def _metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow  # a long end-to-end run: CI runs it; -m "not slow" leaves it out while iterating
 @pytest.mark.parametrize("preload", ["auto", "true"])
 def test_quickstart_reaches_its_accuracy_floor(tmp_path, preload):
     """The README's main job, as shipped: >= 0.95 top-1 on digits learning ~10% of the weights; also
@@ -212,6 +213,7 @@ def test_strategies_command_lists_every_strategy_with_options():
     assert listed == LISTED
 
 
+@pytest.mark.slow  # a long end-to-end run: CI runs it; -m "not slow" leaves it out while iterating
 def test_middle_block_recipe_runs_offline_when_overridden(tmp_path):
     """The design card's recipe (pretrained backbone, Hub data) runs offline on digits from random init."""
     out = tmp_path / "middle"

@@ -10,6 +10,7 @@ import pytest
 from conftest import ROOT
 
 
+@pytest.mark.slow  # a long end-to-end run: CI runs it; -m "not slow" leaves it out while iterating
 def test_bench_runs_and_reports_optimizer_state_of_the_learned_part(tmp_path):
     out = tmp_path / "bench.md"
     p = subprocess.run([sys.executable, str(ROOT / "tools" / "bench.py"), "--size", "32", "--steps", "2",
@@ -263,6 +264,7 @@ def test_two_member_ensemble_and_weight_stats_on_trained_runs(tiny_recipe, tmp_p
     assert (out / "member0" / "weight_stats.png").stat().st_size > 1000
 
 
+@pytest.mark.slow  # a long end-to-end run: CI runs it; -m "not slow" leaves it out while iterating
 def test_make_transfer_writes_a_loadable_backbone_and_the_target_imagefolder(tmp_path):
     """The offline transfer task: a source checkpoint without a classifier that loads as model.checkpoint,
     and digits 5-9 as train/validation folders (labels '5'..'9')."""
