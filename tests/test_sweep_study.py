@@ -141,7 +141,7 @@ def test_a_killed_workers_run_is_taken_over_and_resumed(tiny_recipe, tmp_path):
     out, journal = tmp_path / "out", tmp_path / "study.journal"
     first = _worker(base, grid, out, journal, "--heartbeat", "1")
     deadline = time.monotonic() + 600
-    while not list(out.glob("tune/**/checkpoints/*")) and time.monotonic() < deadline and first.poll() is None:
+    while not list(out.glob("tune/**/checkpoints/latest")) and time.monotonic() < deadline and first.poll() is None:
         time.sleep(0.2)
     first.kill()  # SIGKILL: no clean-up of any kind
     first.wait()
