@@ -1,6 +1,7 @@
 """Command line: `python -m partial_ft [train] --recipe R [section.key=value ...] [--resume | --overwrite]`,
 `... eval SOURCE`, `... predict SOURCE INPUT...`, `... export SOURCE --out FILE.safetensors`,
-`... push RUN_DIR REPO_ID`, `... strategies`, `... sweep --recipe R --grid G --out DIR`.
+`... push RUN_DIR REPO_ID`, `... strategies`, `... sweep --recipe R --grid G --out DIR`,
+`... advise --recipe R [--budget B] [--time T] [--out DIR] [--train] [section.key=value ...]`.
 
 Argument parsing and printing only; the work lives in one call per command (train.run, evaluation,
 predict, export, hub). A user mistake prints one `error: ...` line and exits with code 2.
@@ -12,15 +13,18 @@ import os
 import shlex
 import sys
 
+from .advise import cli as advise_cli
 from .errors import UserError, one_line
 from .sweep import cli as sweep_cli
 
-COMMANDS = ("train", "eval", "predict", "export", "push", "strategies", "sweep")
+COMMANDS = ("train", "eval", "predict", "export", "push", "strategies", "sweep", "advise")
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m partial_ft",
-                                description="Learn a small part of a timm backbone's weights on a new task.")
+                                description="Learn a small part of a timm backbone's weights on a new task.",
+                                epilog="train is the default command: python -m partial_ft --recipe "
+                                       "recipes/quickstart.yaml. Each command has its own --help.")
     sub = p.add_subparsers(dest="command")
     t = sub.add_parser("train", help="train as a recipe says (the default command)")
     t.add_argument("--recipe", required=True, help="recipe YAML file")
@@ -40,7 +44,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="more sources over the same base: predicted on the same batches, sharing their fixed prefix")
     r.add_argument("--ensemble", action="store_true", help="also write the average of the sources' probabilities")
     r.add_argument("--top-k", type=int, default=5, help="classes per image (default 5)")
-    r.add_argument("--out", help="write the JSON lines to this file (default: stdout)")
+    r.add_argument("--out", help="write the predictions to this file (default: stdout)")
+    r.add_argument("--format", choices=("jsonl", "csv"), default="jsonl",
+                   help="JSON lines (default), or CSV: input, label_1..k, score_1..k (per source with several)")
+    r.add_argument("--labels", choices=("names", "ids"), default="names",
+                   help="class names (default) or class ids (the classifier's output indices)")
     r.add_argument("--batch-size", type=int, default=64, help="images per batch (default 64)")
     r.add_argument("--skip-bad", action="store_true", help="skip unreadable images (named and counted on stderr)")
     x = sub.add_parser("export", help="write a plain timm state dict (full weights) and timm's config.json "
@@ -57,12 +65,16 @@ def _parser() -> argparse.ArgumentParser:
                    "without it the card says `license: other` and that none was given")
     sub.add_parser("strategies", help="list the strategies with their options and defaults")
     sweep_cli.add_parser(sub)
+    advise_cli.add_parser(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in COMMANDS + ("-h", "--help"):
+    if not argv:  # nothing asked: say what can be asked, rather than demand train's --recipe
+        _parser().print_help()
+        return 0
+    if argv[0] not in COMMANDS + ("-h", "--help"):
         argv = ["train", *argv]
     parser = _parser()
     parser.error = lambda message: _fail(message)  # one line, exit 2, like every user mistake
@@ -71,14 +83,14 @@ def main(argv: list[str] | None = None) -> int:
             sub.error = lambda message: _fail(message)
     # overrides may come before or after --overwrite / --resume / --recipe (argparse takes one run of them)
     args, rest = parser.parse_known_args(argv)
-    if args.command in ("train", "sweep"):
+    if args.command in ("train", "sweep", "advise"):
         args.overrides += [a for a in rest if not a.startswith("-")]
         rest = [a for a in rest if a.startswith("-")]
     if rest:
         return _fail(f"unrecognized arguments: {' '.join(rest)}")
     try:
         command = {"strategies": _strategies, "eval": _eval, "predict": _predict, "export": _export, "push": _push,
-                   "train": _train, "sweep": sweep_cli.command}[args.command]
+                   "train": _train, "sweep": sweep_cli.command, "advise": advise_cli.command}[args.command]
         return command(args)
     except UserError as e:
         return _fail(str(e), e.collective)
@@ -126,10 +138,11 @@ def _eval(args: argparse.Namespace) -> int:
     top5 = "" if r["val_top5"] is None else f"  top5 {r['val_top5']:.4f}"
     print(f"{args.run_dir} on {r['dataset']}, split {r['split']}: {r['val_samples']} images")
     print(f"  top1 {r['val_top1']:.4f}{top5}  loss {r['val_loss']:.4f}")
-    worst = sorted(r["per_class_top1"].items(), key=lambda kv: kv[1])[:5]
-    print("  worst classes: " + ", ".join(f"{name} {acc:.3f}" for name, acc in worst))
-    if r.get("written"):
-        print(f"wrote {r['written']}")
+    worst = sorted((kv for kv in r["per_class_top1"].items() if kv[1] < 1.0), key=lambda kv: kv[1])[:5]
+    print("  worst classes: " + ", ".join(f"{name} {acc:.3f}" for name, acc in worst) if worst else
+          "  every class: 1.000")
+    for path in r.get("written", []):
+        print(f"wrote {path}")
     return 0
 
 
@@ -137,7 +150,8 @@ def _predict(args: argparse.Namespace) -> int:
     from .predict import run
 
     sources = [args.source, *args.more]
-    counts, runner = run(sources, args.inputs, args.out, args.top_k, args.batch_size, args.skip_bad, args.ensemble)
+    counts, runner = run(sources, args.inputs, args.out, args.top_k, args.batch_size, args.skip_bad, args.ensemble,
+                         fmt=args.format, label_ids=args.labels == "ids")
     for line in counts.skipped:
         print(f"skipped {line}", file=sys.stderr)
     skipped = f", {len(counts.skipped)} unreadable skipped" if counts.skipped else ""

@@ -17,6 +17,7 @@ from typing import Any, Optional, Union
 
 from torch import nn
 
+from .errors import UserError
 from .strategies import apply_strategy
 from .strategies.registry import get, parse_options
 
@@ -89,19 +90,30 @@ def _fraction_search(count: Callable[[Any], int], goal: int, at_most: bool, step
 
 def _integer_search(count: Callable[[Any], int], goal: int, at_most: bool, steps: int) -> tuple[int, int]:
     """The integer >= 1 whose count is closest to goal (or the largest with count <= goal): doubling to
-    bracket it, then bisection."""
+    bracket it, then bisection. A value the strategy refuses (UserError: e.g. a lora rank above a layer's
+    full rank) counts as too large; the smallest, 1, must be accepted (its error is the caller's)."""
+
+    def safe(value: int) -> Optional[int]:  # None: refused, so above any size that is allowed
+        try:
+            return count(value)
+        except UserError:
+            return None
+
     lo, lo_count = 1, count(1)
     if lo_count >= goal:
         return 1, lo_count
-    hi = 2
-    while hi < INT_CEILING and (hi_count := count(hi)) < goal:
-        lo, lo_count, hi = hi, hi_count, hi * 2
-    hi = min(hi, INT_CEILING)
-    hi_count = count(hi)
-    while hi - lo > 1:  # invariant: count(lo) < goal <= count(hi)
+    hi, hi_count = 2, safe(2)
+    while hi < INT_CEILING and hi_count is not None and hi_count < goal:
+        lo, lo_count, hi = hi, hi_count, min(hi * 2, INT_CEILING)
+        hi_count = safe(hi)
+    while hi - lo > 1:  # invariant: count(lo) < goal, and count(hi) >= goal or hi is refused
         mid = (lo + hi) // 2
-        c = count(mid)
-        lo, lo_count, hi, hi_count = (mid, c, hi, hi_count) if c < goal else (lo, lo_count, mid, c)
+        c = safe(mid)
+        lo, lo_count, hi, hi_count = (mid, c, hi, hi_count) if c is not None and c < goal else (lo, lo_count, mid, c)
+    if hi_count is None:  # the goal is beyond what the strategy allows: its largest allowed
+        return lo, lo_count
+    if hi_count < goal:  # even the ceiling learns less
+        return hi, hi_count
     if at_most and hi_count > goal or (not at_most and goal - lo_count <= hi_count - goal):
         return lo, lo_count
     return hi, hi_count

@@ -25,6 +25,7 @@ CHECKPOINTS = "checkpoints"
 STATE_NAME = "train_state.json"
 MANIFEST = "manifest.json"
 NAME = re.compile(r"step-\d{8,}-epoch-\d+-batch-\d+")  # what save() names a checkpoint folder
+MAX_JSON_BYTES = 16 * 2**20
 AGAIN = "restore it, or --overwrite to start again"
 
 
@@ -60,7 +61,7 @@ def read_state(folder: Path) -> dict[str, Any]:
     """The loop's position saved with a checkpoint; a damaged file is one clear error."""
     path = folder / STATE_NAME
     try:
-        state = json.loads(path.read_text())
+        state = json.loads(_small_text(path))
         if not isinstance(state, dict) or not isinstance(state.get("step"), int):
             raise ValueError("no integer 'step'")
         return state
@@ -161,7 +162,7 @@ def verify(folder: Path) -> None:
     """Every file of a checkpoint as its manifest lists it (no file missing, added, resized or changed, no
     link), before anything is restored: one error naming the first file that differs."""
     try:
-        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+        manifest = json.loads(_small_text(folder / MANIFEST))
         if not isinstance(manifest, dict) or not all(isinstance(v, dict) for v in manifest.values()):
             raise ValueError("not a mapping of files")
     except (OSError, ValueError, UnicodeDecodeError) as e:
@@ -178,6 +179,14 @@ def verify(folder: Path) -> None:
         if problem:
             raise UserError(f"checkpoint {folder}: {name if len(name) <= 120 else shorten(name, 120)} {problem}; delete {folder} to resume from an "
                             "earlier checkpoint, or --overwrite to start again")
+
+
+def _small_text(path: Path) -> str:
+    """A checkpoint's JSON file, read only when it is of a plausible size (its loss curve and scheduler
+    state are kilobytes; a file of gigabytes was not written by save())."""
+    if path.stat().st_size > MAX_JSON_BYTES:
+        raise ValueError(f"{path.stat().st_size:,} bytes, more than {MAX_JSON_BYTES:,}")
+    return path.read_text(encoding="utf-8")
 
 
 def _count(value: Any) -> str:

@@ -70,3 +70,36 @@ def plot_solver(solver: dict[str, Any], val_top1: float, path: Path, title: str 
     finally:
         plt.close(fig)
     return path
+
+
+def plot_confusion(matrix: list[list[int]], labels: list[str], path: Path, title: str = "") -> Path:
+    """A confusion matrix (rows: true class, columns: predicted class), each row as shares of that class's
+    images, with the counts written in the cells when there are few classes. Writes a PNG to `path`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    counts = np.asarray(matrix, dtype=np.int64)
+    shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    k = len(labels)
+    size = min(max(4.0, 0.45 * k + 2), 24)
+    fig, ax = plt.subplots(figsize=(size + 1, size), constrained_layout=True)
+    try:
+        image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+        fig.colorbar(image, ax=ax, label="share of the true class", shrink=0.8)
+        if k <= 40:  # beyond that, names and numbers would overlap
+            ax.set_xticks(range(k), labels, rotation=90, fontsize=8)
+            ax.set_yticks(range(k), labels, fontsize=8)
+        if k <= 20:
+            for i, j in zip(*np.nonzero(counts)):
+                ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=7,
+                        color="white" if shares[i, j] > 0.5 else "black")
+        ax.set_xlabel("predicted class")
+        ax.set_ylabel("true class")
+        ax.set_title(title, fontsize=10)
+        fig.savefig(path, dpi=110, format="png")
+    finally:
+        plt.close(fig)
+    return path

@@ -19,8 +19,8 @@ import numpy as np
 import pyarrow as pa
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 
-from .data_columns import (choose_val_split, classes_missing_from, detect_image_column, detect_label_column,
-                           label_array, prepare_columns)
+from .data_columns import (VAL_SPLIT_NAMES, choose_val_split, classes_missing_from, detect_image_column,
+                           detect_label_column, label_array, prepare_columns)
 from .data_sources import load_raw
 from .errors import UserError
 from .recipe import DataCfg
@@ -103,6 +103,28 @@ def load(cfg: DataCfg, seed: int = 0) -> DataBundle:
                 rows_sha256={"train": rows_sha256(train, image_col, label_col),
                              "val": rows_sha256(val, image_col, label_col)})
     return DataBundle(train, val, image_col, label_col, class_names, info)
+
+
+def load_split(cfg: DataCfg, split: Optional[str], seed: int = 0, flag: str = "--split") -> DataBundle:
+    """One whole split of a dataset, to measure a finished run on (`eval --dataset/--split`): `split`, else
+    the dataset's validation split, else its only split (a plain folder of class folders has just `train`).
+    Both sides of the bundle are that split; errors name `flag`, the option the user typed."""
+    dsd = load_raw(cfg)
+    if split is None:
+        named = [n for n in VAL_SPLIT_NAMES if n in dsd]
+        split = named[0] if named else next(iter(dsd)) if len(dsd) == 1 else None
+        if split is None:
+            raise UserError(f"{cfg.dataset} has the splits {', '.join(dsd)}; choose one with {flag}")
+    if split not in dsd:
+        raise UserError(f"split '{split}' not found in {cfg.dataset}; its splits: {', '.join(dsd)} ({flag})")
+    image_col = detect_image_column(dsd[split], cfg.image_column)
+    label_col = detect_label_column(dsd[split].features, cfg.label_column, image_col)
+    dsd, class_names, label_kind = prepare_columns(DatasetDict({split: dsd[split]}), image_col, label_col)
+    ds = _subsample(dsd[split], cfg.max_val_samples, seed)
+    info = {"dataset": cfg.dataset, "config": cfg.config, "image_column": image_col, "label_column": label_col,
+            "val_split": split, "val_samples": len(ds), "num_classes": len(class_names), "labels": label_kind,
+            "class_names": class_names}
+    return DataBundle(ds, ds, image_col, label_col, class_names, info)
 
 
 def _carve_val(train: Dataset, label_col: str, cfg: DataCfg, seed: int, info: dict,

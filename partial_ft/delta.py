@@ -147,6 +147,7 @@ def read_info(source: str | Path) -> dict[str, Any]:
     except TypeError as e:
         raise UserError(f"delta {path}: metadata 'model' is not a model section ({first_line(e)})") from None
     delta_checks.check_class_names(path, info["class_names"])
+    delta_checks.check_data_config(path, info["data_config"])
     delta_checks.check_fingerprint_parts(path, info)
     return info
 

@@ -8,6 +8,7 @@ prefix runs once per batch and only each source's learned rest runs per source.
 """
 from __future__ import annotations
 
+import csv
 import os
 import sys
 import time
@@ -152,9 +153,45 @@ def _collate(batch: list) -> list:
     return batch  # stacked by predict(), after unreadable images are set aside
 
 
-def _top(probs: torch.Tensor, class_names: list[str], k: int) -> dict[str, list]:
+def _top(probs: torch.Tensor, class_names: list[str], k: int, ids: bool = False) -> dict[str, list]:
     scores, index = probs.topk(min(k, len(class_names)))
-    return {"labels": [class_names[i] for i in index.tolist()], "scores": scores.tolist()}
+    labels = index.tolist() if ids else [class_names[i] for i in index.tolist()]
+    return {"labels": labels, "scores": scores.tolist()}
+
+
+def columns(record: dict[str, Any]) -> dict[str, Any]:
+    """A record as one flat CSV row (as timm's inference.py writes them): input, label_1..k, score_1..k;
+    with several sources, those columns per source (and the ensemble), prefixed `SOURCE:`."""
+    def flat(top: dict[str, list], prefix: str = "") -> dict[str, Any]:
+        row = {f"{prefix}label_{i + 1}": label for i, label in enumerate(top["labels"])}
+        return {**row, **{f"{prefix}score_{i + 1}": round(score, 6) for i, score in enumerate(top["scores"])}}
+
+    if "predictions" not in record:
+        return {"input": record["input"], **flat(record)}
+    row = {"input": record["input"]}
+    for name, top in [*record["predictions"].items(), *([("ensemble", record["ensemble"])] if "ensemble" in record
+                                                        else [])]:
+        row.update(flat(top, f"{name}:"))
+    return row
+
+
+class Writer:
+    """Records out as JSON lines or CSV (the header from the first record: every record has the same columns)."""
+
+    def __init__(self, stream: IO[str], fmt: str = "jsonl", flush: bool = False):
+        self.stream, self.fmt, self.flush, self.csv = stream, fmt, flush, None
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.fmt == "jsonl":
+            self.stream.write(jsonsafe.dumps(record) + "\n")
+        else:
+            row = columns(record)
+            if self.csv is None:
+                self.csv = csv.DictWriter(self.stream, fieldnames=list(row), lineterminator="\n")
+                self.csv.writeheader()
+            self.csv.writerow(row)
+        if self.flush:
+            self.stream.flush()
 
 
 @dataclass
@@ -167,11 +204,11 @@ class Counts:
 
 def predict(runner: Runner, files: list[Path], top_k: int = 5, batch_size: int = 64, skip_bad: bool = False,
             ensemble: bool = False, num_workers: int = 0, counts: Optional[Counts] = None,
-            progress: bool = True) -> Iterator[dict[str, Any]]:
+            progress: bool = True, label_ids: bool = False) -> Iterator[dict[str, Any]]:
     """One record per readable image, in input order: {"input", "labels", "scores"} for one source;
     {"input", "predictions": {source: {"labels", "scores"}}} for several, plus "ensemble" (the mean of
     their probabilities) with `ensemble`. An unreadable image is a UserError naming it, or is skipped
-    and counted in `counts` with `skip_bad`."""
+    and counted in `counts` with `skip_bad`. Labels are class names, or class ids with `label_ids`."""
     from tqdm.auto import tqdm
 
     sources = runner.sources
@@ -197,19 +234,20 @@ def predict(runner: Runner, files: list[Path], top_k: int = 5, batch_size: int =
         for row, (i, _) in enumerate(good):
             counts.predicted += 1
             if len(sources) == 1:
-                yield {"input": str(files[i]), **_top(probs[0][row], names, top_k)}
+                yield {"input": str(files[i]), **_top(probs[0][row], names, top_k, label_ids)}
                 continue
             record: dict[str, Any] = {"input": str(files[i]), "predictions": {
-                s.name: _top(p[row], s.info["class_names"], top_k) for s, p in zip(sources, probs)}}
+                s.name: _top(p[row], s.info["class_names"], top_k, label_ids) for s, p in zip(sources, probs)}}
             if ensemble:
-                record["ensemble"] = _top(torch.stack([p[row] for p in probs]).mean(0), names, top_k)
+                record["ensemble"] = _top(torch.stack([p[row] for p in probs]).mean(0), names, top_k, label_ids)
             yield record
 
 
 def run(sources: list[str], inputs: list[str], out: Optional[str] = None, top_k: int = 5, batch_size: int = 64,
-        skip_bad: bool = False, ensemble: bool = False, stream: IO[str] = sys.stdout) -> tuple[Counts, Runner]:
-    """The `predict` command: JSON lines to `out` (written whole or not at all) or to `stream`. Cheap
-    checks (arguments, inputs, output path) come before any model is loaded."""
+        skip_bad: bool = False, ensemble: bool = False, stream: IO[str] = sys.stdout, fmt: str = "jsonl",
+        label_ids: bool = False) -> tuple[Counts, Runner]:
+    """The `predict` command: JSON lines (or CSV, `fmt`) to `out` (written whole or not at all) or to
+    `stream`. Cheap checks (arguments, inputs, output path) come before any model is loaded."""
     if top_k < 1 or not 1 <= batch_size <= MAX_BATCH:
         raise UserError(f"--top-k and --batch-size must be at least 1, and --batch-size at most {MAX_BATCH:,} "
                         f"(got {top_k:,} and {batch_size:,})")
@@ -223,16 +261,18 @@ def run(sources: list[str], inputs: list[str], out: Optional[str] = None, top_k:
     runner = Runner.build(load_sources(sources), torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     counts = Counts()
     workers = min(4, os.cpu_count() or 1) if len(files) > batch_size else 0  # worker start-up costs seconds
-    records = predict(runner, files, top_k, batch_size, skip_bad, ensemble, workers, counts)
+    records = predict(runner, files, top_k, batch_size, skip_bad, ensemble, workers, counts, label_ids=label_ids)
     if target is None:
+        writer = Writer(stream, fmt, flush=True)
         for record in records:
-            print(jsonsafe.dumps(record), file=stream, flush=True)
+            writer.write(record)
         return counts, runner
     tmp = target.with_name(f".{target.name}.tmp")
     try:
-        with tmp.open("w") as f:
+        with tmp.open("w", newline="") as f:
+            writer = Writer(f, fmt)
             for record in records:
-                f.write(jsonsafe.dumps(record) + "\n")
+                writer.write(record)
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)

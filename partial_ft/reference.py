@@ -87,7 +87,7 @@ def strategies_table() -> str:
         hints = typing.get_type_hints(s.options)
         own = [_option(f, hints[f.name]) for f in dataclasses.fields(s.options) if f.name not in _common()]
         aliases = f" (alias {', '.join(f'`{a}`' for a in s.aliases)})" if s.aliases else ""
-        rows.append(f"| `{s.name}`{aliases} | {_cell(s.summary)} | {'; '.join(own) or '—'} |")
+        rows.append(f"| `{s.name}`{aliases} | {_cell(s.summary)} | {'<br>'.join(own) or '—'} |")  # one per line
     return "\n".join(rows)
 
 

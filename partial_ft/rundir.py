@@ -26,10 +26,11 @@ MARKER = ".partial_ft-run"
 LOCK = ".partial_ft.lock"
 RECIPE, PLAN, DATA, METRICS, SUMMARY, EVAL = "recipe.yaml", "plan.txt", "data.json", "metrics.jsonl", "summary.json", "eval.json"
 CARD, CURVE, LOGS = "README.md", "training_curve.png", "logs"  # the model card; loss and val top-1 vs step; trackers
+CONFUSION = "confusion_matrix.png"  # written by `eval`, beside eval.json
 STRATEGY = "strategy.json"  # the strategy with data-driven choices resolved (what --resume rebuilds)
 # what a run writes, and so what --overwrite may remove (anything else in the folder is left alone)
 OWN = {MARKER, RECIPE, PLAN, DATA, METRICS, SUMMARY, EVAL, STRATEGY, delta.DELTA_NAME, checkpoints.CHECKPOINTS,
-       CARD, LOGS, CURVE}
+       CARD, LOGS, CURVE, CONFUSION}
 # keys that may change between a run and its resumption: they do not change the numbers
 RESUME_MAY_DIFFER = {"train.progress", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
                      "train.nan_policy", "train.log_with"}
@@ -202,6 +203,13 @@ class RunFolder:
 
     def write_json(self, name: str, obj: Any) -> Path:
         return write_text(self.path / name, jsonsafe.dumps(obj, indent=2) + "\n")
+
+    def write_confusion(self, result: dict[str, Any]) -> Path:
+        """`eval`'s confusion matrix as a picture (the numbers are in eval.json)."""
+        title = f"{result['dataset']}, split {result['split']}: top-1 {result['val_top1']:.4f}"
+        m = result["confusion_matrix"]
+        return write_atomic(self.path / CONFUSION, lambda tmp: curves.plot_confusion(m["matrix"], m["labels"], tmp,
+                                                                                     title))
 
     def metrics_lines(self) -> list[str]:
         path = self.path / METRICS

@@ -48,7 +48,8 @@ def raise_if_stopped(during: str) -> None:
 @contextmanager
 def stop_on_signals():
     """While training, SIGTERM and Ctrl-C ask the loop to finish its step and checkpoint; a second
-    Ctrl-C stops at once. Outside the main thread (signals cannot be caught there) nothing changes."""
+    Ctrl-C stops at once. Outside the main thread (signals cannot be caught there) nothing changes.
+    Blocks nest: a signal caught by an inner block is passed to the outer one when the inner one ends."""
     flag = StopFlag()
     if threading.current_thread() is not threading.main_thread():
         yield flag
@@ -67,13 +68,15 @@ def stop_on_signals():
 
     global _active
     previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
-    _active = flag
+    outer, _active = _active, flag
     try:
         yield flag
     finally:
-        _active = None
+        _active = outer
         for s, h in previous.items():
             signal.signal(s, h)
+        if outer is not None and outer.signum is None:  # a block inside another (a run inside advise):
+            outer.signum = flag.signum  # the signal it caught stops the outer one too, even if it finished
 
 
 def shield_workers(*loaders: Any) -> None:

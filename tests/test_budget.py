@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from partial_ft import learned_count, size_to_budget
+from partial_ft.errors import UserError
 from partial_ft.models import build
 from partial_ft.recipe import ModelCfg
 
@@ -41,6 +42,15 @@ def test_lora_rank_grows_by_one_rank_of_every_adapted_layer(model):
     assert size_to_budget(net, {"name": "lora"}, 37228, at_most=True) == ({"name": "lora", "rank": 6}, 37228)
     assert size_to_budget(net, {"name": "lora"}, 37227, at_most=True) == ({"name": "lora", "rank": 5}, 31185)
     assert size_to_budget(net, {"name": "lora"}, 35000) == ({"name": "lora", "rank": 6}, 37228)  # closest
+
+
+def test_integer_size_stops_below_what_the_strategy_refuses(model):
+    """lora refuses a rank above a layer's full rank: a budget beyond that gets the largest rank allowed."""
+    net, _ = model
+    sized, learned = size_to_budget(net, {"name": "lora"}, 0.9, at_most=True)
+    assert learned == learned_count(net, sized)[0] < 0.9 * 373658
+    with pytest.raises(UserError, match="above the size of layer"):
+        learned_count(net, {**sized, "rank": sized["rank"] + 1})
 
 
 @pytest.mark.parametrize("spec,budget,expected", [

@@ -160,6 +160,60 @@ def test_eval_equals_summary_and_export_loads_into_bare_timm(straight, tmp_path,
     assert torch.allclose(got, expected, rtol=1e-5, atol=1e-5) and torch.equal(got.argmax(1), expected.argmax(1))
 
 
+def _class_folder(root: Path, per_class: int) -> Path:
+    """A plain folder of class folders (root/<digit>/*.png), as a user would hand to `eval --dataset`."""
+    from partial_ft.data_sources import digits
+
+    seen: dict[int, int] = {}
+    for i, row in enumerate(digits()["validation"]):
+        if seen.get(row["label"], 0) < per_class:
+            seen[row["label"]] = seen.get(row["label"], 0) + 1
+            (root / str(row["label"])).mkdir(parents=True, exist_ok=True)
+            row["image"].save(root / str(row["label"]) / f"{i:04d}.png")
+    return root
+
+
+@pytest.mark.parametrize("args, split, samples", [
+    (["--split", "train", "--max-samples", "50"], "train", 50),  # training accuracy is a normal question
+    (["--dataset", "FOLDER"], "train", 30),  # a plain folder of class folders: its one split, all of it
+    (["--dataset", "FOLDER", "--split", "train"], "train", 30),
+])
+def test_eval_on_other_splits_writes_a_confusion_matrix(straight, tmp_path, capsys, args, split, samples):
+    run_dir, _ = straight
+    folder = str(_class_folder(tmp_path / "digits_folder", per_class=3))
+    assert main(["eval", str(run_dir), *[folder if a == "FOLDER" else a for a in args]]) == 0
+    result = json.loads((run_dir / "eval.json").read_text())
+    assert (result["split"], result["val_samples"]) == (split, samples)
+    matrix = result["confusion_matrix"]["matrix"]
+    assert result["confusion_matrix"]["labels"] == [str(i) for i in range(10)]
+    assert sum(map(sum, matrix)) == samples
+    assert sum(matrix[i][i] for i in range(10)) / samples == pytest.approx(result["val_top1"])
+    for i, name in enumerate(result["confusion_matrix"]["labels"]):
+        if sum(matrix[i]):
+            assert result["per_class_top1"][name] == pytest.approx(matrix[i][i] / sum(matrix[i]))
+        else:  # no image of that class: no accuracy, rather than 0
+            assert name not in result["per_class_top1"]
+    assert (run_dir / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    out = capsys.readouterr().out
+    worst = out.split("worst classes: ")[1].splitlines()[0] if "worst classes: " in out else ""
+    assert all(float(item.split()[1]) < 1.0 for item in worst.split(", ") if item), worst
+    assert f"wrote {run_dir / 'confusion_matrix.png'}" in out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--split", "nosuch"], "error: split 'nosuch' not found in digits; its splits: train, validation (--split)"),
+    (["--dataset", "FOLDER", "--split", "validation"], "its splits: train (--split)"),
+    (["--dataset", "/nonexistent/folder"], "error: --dataset /nonexistent/folder: dataset path does not exist"),
+])
+def test_eval_mistakes_name_the_flags_typed(straight, tmp_path, capsys, args, message):
+    run_dir, _ = straight
+    folder = str(_class_folder(tmp_path / "digits_folder", per_class=1))
+    with pytest.raises(SystemExit) as e:
+        main(["eval", str(run_dir), *[folder if a == "FOLDER" else a for a in args]])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
 def test_lora_run_delta_round_trips_and_exports_into_bare_timm(tiny_recipe, tmp_path, monkeypatch, capsys):
     """A trained `lora` run (PEFT adapters injected into timm) keeps only its adapters, the new head and
     the BatchNorm statistics; load_delta rebuilds the very model training ended with, eval reproduces the

@@ -25,6 +25,7 @@ def _metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow  # a long end-to-end run: CI runs it; -m "not slow" leaves it out while iterating
 @pytest.mark.parametrize("preload", ["auto", "true"])
 def test_quickstart_reaches_its_accuracy_floor(tmp_path, preload):
     """The README's main job, as shipped: >= 0.95 top-1 on digits learning ~10% of the weights; also
@@ -212,6 +213,7 @@ def test_strategies_command_lists_every_strategy_with_options():
     assert listed == LISTED
 
 
+@pytest.mark.slow  # a long end-to-end run: CI runs it; -m "not slow" leaves it out while iterating
 def test_middle_block_recipe_runs_offline_when_overridden(tmp_path):
     """The design card's recipe (pretrained backbone, Hub data) runs offline on digits from random init."""
     out = tmp_path / "middle"
@@ -222,3 +224,16 @@ def test_middle_block_recipe_runs_offline_when_overridden(tmp_path):
     s = _summary(out)
     assert s["strategy"] == "block" and s["steps"] == 2 and s["data_config"]["input_size"] == [3, 224, 224]
     assert s["learned_params"] < 0.2 * s["total_params"]
+    # resnet18 from random init keeps the norm layers of the blocks outside layer2 fixed at zero_init_last's 0
+    warning = [line for line in p.stderr.splitlines() if line.startswith("warning: ")]
+    assert len(warning) == 1 and warning[0].startswith("warning: 6 normalisation layers (layer1.0.bn2, "), p.stderr
+    assert "model.kwargs.zero_init_last=false" in warning[0]
+
+
+def test_no_arguments_lists_the_commands(capsys):
+    from partial_ft.__main__ import main
+
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    for command in ("train", "eval", "predict", "export", "push", "strategies"):
+        assert re.search(rf"^    {command} +\S", out, re.MULTILINE), command

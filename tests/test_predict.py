@@ -143,3 +143,41 @@ def test_sources_over_different_bases_are_refused(runs, tmp_path):
         runner = Runner.build(load_sources([str(runs["head"]), str(runs["last"])]), torch.device("cpu"))
         runner.sources[1].info = {**runner.sources[1].info, "class_names": list("abcdefghij")}
         list(predict(runner, [], ensemble=True))
+
+
+@pytest.mark.parametrize("members, fmt, labels", [
+    (["head"], "csv", "names"),
+    (["head"], "csv", "ids"),
+    (["head"], "jsonl", "ids"),
+    (["head", "last"], "csv", "ids"),  # columns per source, and the ensemble
+])
+def test_predict_writes_csv_or_json_lines_with_names_or_ids(runs, image_folder, tmp_path, members, fmt, labels):
+    """`--format csv` holds the JSON lines' numbers as timm's inference.py lays them out; `--labels ids`
+    the class ids (here the digit names are their ids too: class i is named 'i')."""
+    import csv
+    import json
+
+    from partial_ft.__main__ import main
+
+    sources = [str(runs[m]) for m in members]
+    more = ["--with", *sources[1:], "--ensemble"] if len(sources) > 1 else []
+    base, out = tmp_path / "base.jsonl", tmp_path / f"out.{fmt}"
+    assert main(["predict", sources[0], str(image_folder), *more, "--top-k", "3", "--out", str(base)]) == 0
+    assert main(["predict", sources[0], str(image_folder), *more, "--top-k", "3", "--out", str(out),
+                 "--format", fmt, "--labels", labels]) == 0
+    expected = [json.loads(line) for line in base.read_text().splitlines()]
+    if fmt == "jsonl":
+        got = [json.loads(line) for line in out.read_text().splitlines()]
+        assert [r["labels"] for r in got] == [[int(x) for x in r["labels"]] for r in expected]
+        return
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == len(expected) == 40
+    tops = (lambda r: [("", r)]) if len(sources) == 1 else \
+        (lambda r: [(f"{s}:", r["predictions"][s]) for s in sources] + [("ensemble:", r["ensemble"])])
+    for row, record in zip(rows, expected, strict=True):
+        assert row["input"] == record["input"]
+        for prefix, top in tops(record):
+            assert [row[f"{prefix}label_{i}"] for i in (1, 2, 3)] == top["labels"]
+            assert [float(row[f"{prefix}score_{i}"]) for i in (1, 2, 3)] == pytest.approx(top["scores"], abs=1e-6)
+    assert list(rows[0])[:4] == ["input", f"{tops(expected[0])[0][0]}label_1", f"{tops(expected[0])[0][0]}label_2",
+                                 f"{tops(expected[0])[0][0]}label_3"]

@@ -114,7 +114,10 @@ def test_generated_strategy_table_holds_every_option():
             shown = f"`{option}` (written by the run" if default is None and option in ("selected", "chosen") \
                 else f"`{option}` ({reference.value(default)}"
             assert shown in options, (name, option)
-    assert "`dim` (`out`; `out` \\| `in` \\| `spatial`)" in rows["filters"][1]
+    assert "<br>`dim` (`out`; `out` \\| `in` \\| `spatial`): slice along" in rows["filters"][1]
+    common_rows = _rows(reference.table("common-options"))
+    assert sorted(common_rows) == sorted(common - {"name"})
+    assert common_rows["norm"][0] == "`false` (`true` for `auto`, `filters`)" and all(r[1] for r in common_rows.values())
 
 
 @pytest.mark.parametrize("marker", ["<!-- generated: recipe-keys nosuch -->", "<!-- generated: nosuch -->"])

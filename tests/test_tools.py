@@ -10,6 +10,7 @@ import pytest
 from conftest import ROOT
 
 
+@pytest.mark.slow  # a long end-to-end run: CI runs it; -m "not slow" leaves it out while iterating
 def test_bench_runs_and_reports_optimizer_state_of_the_learned_part(tmp_path):
     out = tmp_path / "bench.md"
     p = subprocess.run([sys.executable, str(ROOT / "tools" / "bench.py"), "--size", "32", "--steps", "2",
@@ -170,6 +171,8 @@ def test_tiny_sweep_end_to_end_writes_tables_and_plot(tiny_recipe, tmp_path):
     assert p.returncode == 0, p.stderr[-2000:]
     assert (out / "accuracy_vs_learned_params.png").stat().st_size > 1000
     assert (out / "accuracy_vs_learned_params.svg").is_file()
+    assert p.stdout.splitlines()[-1] == (f"wrote {out / 'accuracy_vs_learned_params.png'}, "
+                                         f"{out / 'accuracy_vs_learned_params.svg'}, {out / 'fits.json'}")
     assert list(json.loads((out / "fits.json").read_text()).values()) == [{}]  # two sizes: too few to fit
 
 
@@ -257,10 +260,11 @@ def test_two_member_ensemble_and_weight_stats_on_trained_runs(tiny_recipe, tmp_p
     p = _tool("weight_stats.py", str(out / "member0"))
     assert p.returncode == 0, p.stderr[-2000:]
     rows = (out / "member0" / "weight_stats.csv").read_text().splitlines()
-    assert rows[0].startswith("layer,entries,learned") and len(rows) > 5
+    assert rows[0].startswith("layer,kind,entries,learned") and len(rows) > 5
     assert (out / "member0" / "weight_stats.png").stat().st_size > 1000
 
 
+@pytest.mark.slow  # a long end-to-end run: CI runs it; -m "not slow" leaves it out while iterating
 def test_make_transfer_writes_a_loadable_backbone_and_the_target_imagefolder(tmp_path):
     """The offline transfer task: a source checkpoint without a classifier that loads as model.checkpoint,
     and digits 5-9 as train/validation folders (labels '5'..'9')."""
@@ -274,6 +278,8 @@ def test_make_transfer_writes_a_loadable_backbone_and_the_target_imagefolder(tmp
     p = _tool("make_transfer.py", "--out", str(out), "--model", "test_resnet", "--epochs", "1")
     assert p.returncode == 0, p.stderr[-2000:]
     record = json.loads((out / "source.json").read_text())
+    assert "source test_resnet on digits 0-4: 100%" in p.stderr  # a progress bar, not silence until the end
+    assert p.stdout.startswith("wrote the target task, digits 5-9")
     assert record["classes"] == [0, 1, 2, 3, 4] and record["target"]["classes"] == [5, 6, 7, 8, 9]
     assert sorted(d.name for d in (out / "digits59" / "train").iterdir()) == ["5", "6", "7", "8", "9"]
     recipe = recipes.load(ROOT / "recipes" / "transfer_digits.yaml", [
@@ -308,5 +314,25 @@ def test_suite_table_cells_say_spread_and_chosen_values(rows, tuned, expected):
     lines = results.markdown(rows, tuned).splitlines()
     if expected is None:
         assert lines[0].startswith("| strategy | learned params | % of total |")
+        assert "| 0.9000 ± – | 1 |" in lines[2]  # one seed: no spread measured, not ± 0.0000
     else:
         assert lines[0] == "| strategy | learned params | a | b | mean |" and lines[2] == expected
+
+
+def test_weight_stats_series_are_one_per_kind_of_layer():
+    """resnet18: the 7x7 stem, sixteen 3x3 convs, three 1x1 downsample convs, the classifier; the 1x1 convs
+    sit between 3x3 ones and are their own series, not a dip in the 3x3 trend."""
+    import timm
+
+    sys.path.insert(0, str(ROOT / "tools"))
+    import weight_stats
+
+    from partial_ft import apply_strategy
+
+    model = timm.create_model("resnet18", num_classes=10)
+    apply_strategy(model, {"name": "filters", "fraction": 0.25})
+    rows = weight_stats.layer_stats(model)
+    kinds = weight_stats.series(rows)
+    assert {k: len(v) for k, v in kinds.items()} == {"conv 7x7": 1, "conv 3x3": 16, "conv 1x1": 3, "linear": 1}
+    assert [rows[i]["layer"] for i in kinds["conv 1x1"]] == [f"layer{n}.0.downsample.0" for n in (2, 3, 4)]
+    assert all(rows[i]["learned"] == rows[i]["entries"] // 4 for i in kinds["conv 3x3"])  # 25% of the filters

@@ -1,7 +1,7 @@
 """An offline transfer task: a source backbone trained by plain timm on digits 0-4, and digits 5-9 as an
 imagefolder (train/ and validation/ folders), so "pretrained -> new task" runs end to end without the Hub.
 
-    python tools/make_transfer.py --out transfer     # about a minute on a 2-core CPU
+    python tools/make_transfer.py --out transfer     # about 2/3 of the quickstart's time (docs/development.md)
     python -m partial_ft --recipe recipes/transfer_digits.yaml
 
 writes
@@ -25,6 +25,7 @@ import torch
 from safetensors.torch import save_file
 from timm.data import create_transform, resolve_data_config
 from torch import nn
+from tqdm.auto import tqdm
 
 from partial_ft import digits
 
@@ -40,7 +41,7 @@ def tensors(split, classes: tuple[int, ...], transform) -> tuple[torch.Tensor, t
     return x, torch.tensor([y for _, y in rows])
 
 
-def train_source(model_name: str, epochs: int, seed: int) -> tuple[nn.Module, dict]:
+def train_source(model_name: str, epochs: int, seed: int, progress: bool = True) -> tuple[nn.Module, dict]:
     """A timm model trained from scratch on digits 0-4 with a plain loop (AdamW, cosine); returns it
     and its record (validation accuracy on 0-4, seconds)."""
     torch.manual_seed(seed)
@@ -56,13 +57,16 @@ def train_source(model_name: str, epochs: int, seed: int) -> tuple[nn.Module, di
     start = time.perf_counter()
     generator = torch.Generator().manual_seed(seed)
     model.train()
-    for _ in range(epochs):
-        for batch in torch.randperm(len(x), generator=generator).split(64):
-            loss = nn.functional.cross_entropy(model(x[batch]), y[batch])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
+    with tqdm(total=steps, desc=f"source {model_name} on digits 0-4", unit="step", disable=not progress) as bar:
+        for epoch in range(epochs):
+            for batch in torch.randperm(len(x), generator=generator).split(64):
+                loss = nn.functional.cross_entropy(model(x[batch]), y[batch])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                bar.update()
+                bar.set_postfix(epoch=f"{epoch + 1}/{epochs}", loss=f"{loss.item():.4f}", refresh=False)
     model.eval()
     with torch.no_grad():
         accuracy = (model(vx).argmax(1) == vy).float().mean().item()
@@ -95,18 +99,21 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model", default="resnet18", help="timm model name for the source backbone")
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     counts = write_target(out / "digits59")
-    model, record = train_source(args.model, args.epochs, args.seed)
+    print(f"wrote the target task, digits 5-9: {out / 'digits59'} ({counts}); training the source backbone",
+          flush=True)
+    model, record = train_source(args.model, args.epochs, args.seed, progress=not args.no_progress)
     classifier = {f"{name}." if name else "" for name, m in model.named_modules() if m is model.get_classifier()}
     state = {k: v.contiguous() for k, v in model.state_dict().items() if not any(k.startswith(c) for c in classifier)}
     save_file(state, str(out / "source.safetensors"))  # a backbone: the target recipe adds its own classifier
     record["target"] = {"classes": list(TARGET_CLASSES), **{f"{k}_images": v for k, v in counts.items()}}
     (out / "source.json").write_text(json.dumps(record, indent=2) + "\n")
     print(f"source {args.model} on digits 0-4: val_top1 {record['val_top1']:.4f} ({record['seconds']} s); "
-          f"wrote {out / 'source.safetensors'} and {out / 'digits59'} ({counts})")
+          f"wrote {out / 'source.safetensors'} and {out / 'source.json'}")
 
 
 if __name__ == "__main__":

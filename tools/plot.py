@@ -174,10 +174,12 @@ def main() -> None:
     p.add_argument("--title", default="")
     args = p.parse_args()
     table = Path(args.results)
-    fits = plot(read_rows(table), Path(args.out) if args.out else table.parent, args.x, args.title)
+    out = Path(args.out) if args.out else table.parent
+    fits = plot(read_rows(table), out, args.x, args.title)
     for panel_name, panel_fits in fits.items():
         for name, fit in panel_fits.items():
             print(f"{panel_name}: {name}: acc = {fit['a']:.4f} + {fit['b']:.4f} ln(x)  (r2 {fit['r2']:.3f})")
+    print(f"wrote {', '.join(str(out / name) for name in (f'accuracy_vs_{args.x}.png', f'accuracy_vs_{args.x}.svg', 'fits.json'))}")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,25 @@ from pathlib import Path
 
 from torch import nn
 
-FIELDS = ["layer", "entries", "learned", "learned_mean_abs", "learned_var", "fixed_mean_abs", "fixed_var"]
+FIELDS = ["layer", "kind", "entries", "learned", "learned_mean_abs", "learned_var", "fixed_mean_abs", "fixed_var"]
+
+
+def layer_kind(module: nn.Module) -> str:
+    """What sort of layer: `conv 3x3`, `conv 1x1`, `conv 3x3 depthwise`, `linear`. Statistics of layers of
+    different kinds are not one trend (a 1x1 downsample conv between two 3x3 convs)."""
+    if isinstance(module, nn.Linear):
+        return "linear"
+    kernel = "x".join(str(k) for k in module.kernel_size)
+    depthwise = module.groups > 1 and module.groups == module.in_channels
+    return f"conv {kernel}" + (" depthwise" if depthwise else " grouped" if module.groups > 1 else "")
+
+
+def series(rows: list[dict]) -> dict[str, list[int]]:
+    """Row positions of each kind, in network order: one plotted series per kind."""
+    out: dict[str, list[int]] = {}
+    for i, row in enumerate(rows):
+        out.setdefault(row["kind"], []).append(i)
+    return out
 
 
 def layer_stats(model: nn.Module) -> list[dict]:
@@ -27,7 +45,8 @@ def layer_stats(model: nn.Module) -> list[dict]:
         if not name.endswith("weight") or not isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)):
             continue
         w = state[name].float()
-        row = {"layer": name.removesuffix(".weight"), "entries": w.numel(), "learned": int(mask.sum())}
+        row = {"layer": name.removesuffix(".weight"), "kind": layer_kind(module), "entries": w.numel(),
+               "learned": int(mask.sum())}
         for part, values in (("learned", w[mask]), ("fixed", w[~mask])):
             row[f"{part}_mean_abs"] = values.abs().mean().item() if values.numel() else None
             row[f"{part}_var"] = values.var().item() if values.numel() > 1 else None
@@ -46,30 +65,40 @@ def write(rows: list[dict], out: Path, title: str) -> None:
         writer = csv.DictWriter(f, fieldnames=FIELDS)
         writer.writeheader()
         writer.writerows(rows)
-    lines = ["| layer | entries | learned | learned mean abs | learned var | fixed mean abs | fixed var |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| layer | kind | entries | learned | learned mean abs | learned var | fixed mean abs | fixed var |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
     lines += ["| " + " | ".join(_fmt(r[k]) for k in FIELDS) + " |" for r in rows]
     (out / "weight_stats.md").write_text("\n".join(lines) + "\n")
 
+    plot(rows, out / "weight_stats.png", title)
+
+
+def plot(rows: list[dict], path: Path, title: str) -> None:
+    """Mean |w| and variance per layer, layer names on the x axis; one series per kind of layer (its own
+    colour), learned entries as dots on solid lines, fixed ones as crosses on dashed lines."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 1, figsize=(max(6, len(rows) * 0.18), 6), sharex=True)
-    x = range(len(rows))
+    fig, axes = plt.subplots(2, 1, figsize=(max(7, len(rows) * 0.22), 7.5), sharex=True)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, stat, label in ((axes[0], "mean_abs", "mean |w|"), (axes[1], "var", "variance")):
-        for part, marker in (("learned", "o"), ("fixed", "x")):
-            ys = [r[f"{part}_{stat}"] if r[f"{part}_{stat}"] is not None else float("nan") for r in rows]
-            ax.plot(x, ys, marker=marker, linestyle="-", linewidth=0.8, markersize=3, label=part)
+        for k, (kind, index) in enumerate(series(rows).items()):
+            for part, marker, style in (("learned", "o", "-"), ("fixed", "x", "--")):
+                ys = [rows[i][f"{part}_{stat}"] for i in index]
+                ys = [float("nan") if y is None else y for y in ys]
+                ax.plot(index, ys, marker=marker, linestyle=style, linewidth=0.8, markersize=4,
+                        color=colors[k % len(colors)], label=f"{kind}, {part}")
         ax.set_ylabel(label)
         ax.set_yscale("log")
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
+    axes[0].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: never over a point
+    axes[1].set_xticks(range(len(rows)), [r["layer"] for r in rows], rotation=90, fontsize=7)
     axes[1].set_xlabel("layer (input to output)")
     axes[0].set_title(title)
     fig.tight_layout()
-    fig.savefig(out / "weight_stats.png", dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 

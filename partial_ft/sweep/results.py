@@ -128,10 +128,15 @@ def _single(rows: list[dict], tuned: list[str]) -> list[str]:
     for r in rows:
         tune_cells = [str(r[k]) for k in tuned] + [f"{r['tune_top1']:.4f}"] if tuned else []
         cells = [_name(r), f"{r['learned_params']:,}", f"{r['learned_pct']:.2f}%", *tune_cells,
-                 f"{r['val_top1_mean']:.4f} ± {r['val_top1_std']:.4f}", str(r["seeds"]), _mib(r["delta_bytes"]),
+                 _mean_std(r), str(r["seeds"]), _mib(r["delta_bytes"]),
                  f"{r['train_seconds']:.1f}", f"{r['peak_memory_mib']:.0f}", f"{r['images_per_second']:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
+
+
+def _mean_std(r: dict) -> str:
+    """Mean ± std over seeds; with one seed no spread was measured, which `–` says (not ± 0.0000)."""
+    return f"{r['val_top1_mean']:.4f} ± " + (f"{r['val_top1_std']:.4f}" if int(r["seeds"]) > 1 else "–")
 
 
 def _cell(r: Optional[dict], tuned: list[str]) -> str:

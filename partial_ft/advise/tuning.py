@@ -1,0 +1,55 @@
+"""Tuning one candidate, one trial at a time, on the sweep engine: a study per candidate (learning rate on a
+log range, TPE, successive-halving pruning) in the advise folder's study storage (or --storage), so that
+finished trials are kept and any number of --worker processes can share them.
+
+The time plan decides how many trials each candidate gets: each call asks for `n` more. A call is a study
+of its own (named by the candidate and the trials it holds, so that a shared --storage never sees one
+study asked for two sizes); the runs of earlier calls are reused from their folders (the engine reuses a
+finished run whose recorded recipe is the same, and resumes a pruned one from its checkpoint), and the
+seeded sampler draws the same learning rates first, so no finished trial is trained again.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..atomic import write_text
+from ..sweep import Options, tune
+from .table import Row
+
+LR_RANGE = {"low": 1e-4, "high": 0.3, "log": True}  # train.lr, searched on a log scale
+BASE = "base_recipe.yaml"  # the recipe every trial starts from (the user's, resolved, with their overrides)
+
+
+class Tuner:
+    """Runs trials of candidates in the advise folder's study storage."""
+
+    def __init__(self, storage: Any, worker: bool, launcher: str, out: Path, n_eval: int, tune_fraction: float,
+                 seed: int):
+        self.storage, self.worker, self.launcher = storage, worker, launcher
+        self.out, self.n_eval, self.tune_fraction, self.seed = out, n_eval, tune_fraction, seed
+
+    def trial(self, row: Row, base: dict, n: int = 1) -> None:
+        """`n` more trials of `row`; the row gets the best so far (chosen lr, top-1, counts)."""
+        path = self.out / BASE
+        raw = {k: v for k, v in base.items() if k != "strategy"}
+        raw["data"] = {k: v for k, v in raw["data"].items() if k not in ("tune_fraction", "tune_seed")}
+        write_text(path, yaml.safe_dump(raw, sort_keys=False))
+        overrides = [f"{k}={json.dumps(v)}" for k, v in row.settings.items()]
+        total = row.trials + n
+        search = {"trials": total, "sampler": "tpe", "pruner": "halving", "min_epochs": 1}
+        tuned = tune(path, row.resolved, {"train.lr": dict(LR_RANGE)}, self.out, overrides, search,
+                     self.tune_fraction, self.seed, self.storage, f"advise-{study_name(row.name)}-{total}",
+                     Options(launcher=self.launcher, worker=self.worker))
+        row.trials = len(tuned.trials)
+        row.pruned = sum(t.state == "pruned" for t in tuned.trials)
+        if tuned.chosen is not None:
+            row.top1, row.lr, row.n_eval = tuned.top1, float(tuned.chosen["train.lr"]), self.n_eval
+
+
+def study_name(label: str) -> str:
+    """A candidate's label as a study name."""
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in label).strip("_")
