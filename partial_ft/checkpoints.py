@@ -17,12 +17,15 @@ import shutil
 from pathlib import Path
 from typing import Any, Optional
 
+from safetensors.torch import load_file, save_file
+
 from . import jsonsafe
 from .atomic import write_text
 from .errors import UserError, first_line, load_reason, shorten
 
 CHECKPOINTS = "checkpoints"
 STATE_NAME = "train_state.json"
+TENSORS_NAME = "loop_tensors.safetensors"  # the loop's own tensors (an EMA, the best epoch's values)
 MANIFEST = "manifest.json"
 NAME = re.compile(r"step-\d{8,}-epoch-\d+-batch-\d+")  # what save() names a checkpoint folder
 MAX_JSON_BYTES = 16 * 2**20
@@ -70,9 +73,11 @@ def read_state(folder: Path) -> dict[str, Any]:
                         "checkpoint, or --overwrite to start again") from None
 
 
-def save(acc: Any, run_dir: Path, progress: dict[str, Any], keep: Optional[int] = 2) -> Path:
-    """Accelerate's save_state plus the loop's position, into a temporary folder renamed into place;
-    then point `latest` at it and keep the newest `keep` checkpoints (None: all). Every process calls this."""
+def save(acc: Any, run_dir: Path, progress: dict[str, Any], keep: Optional[int] = 2,
+         tensors: Optional[dict[str, Any]] = None) -> Path:
+    """Accelerate's save_state plus the loop's position (and `tensors`, the loop's own, as safetensors),
+    into a temporary folder renamed into place; then point `latest` at it and keep the newest `keep`
+    checkpoints (None: all). Every process calls this."""
     root = Path(run_dir) / CHECKPOINTS
     name = f"step-{progress['step']:08d}-epoch-{progress['epoch']}-batch-{progress['batches']}"
     tmp, final = root / f".tmp-{name}", root / name
@@ -84,6 +89,8 @@ def save(acc: Any, run_dir: Path, progress: dict[str, Any], keep: Optional[int] 
     acc.wait_for_everyone()
     if acc.is_main_process:
         (tmp / STATE_NAME).write_text(jsonsafe.dumps(progress) + "\n")
+        if tensors:
+            save_file(tensors, str(tmp / TENSORS_NAME))
         (tmp / MANIFEST).write_text(json.dumps(_describe_files(tmp), indent=1, sort_keys=True) + "\n")
         _fsync(tmp / MANIFEST)  # with _describe_files' fsyncs: the data is on disk before any name points at it
         shutil.rmtree(final, ignore_errors=True)
@@ -123,6 +130,18 @@ def load(acc: Any, folder: Path) -> dict[str, Any]:
         raise UserError(f"checkpoint {folder} cannot be restored ({reason[:200]}); delete it to resume from an "
                         "earlier checkpoint, or --overwrite to start again") from None
     return state
+
+
+def load_tensors(folder: Path) -> dict[str, Any]:
+    """The loop's own tensors a checkpoint holds ({} when it holds none)."""
+    path = folder / TENSORS_NAME
+    if not path.is_file():
+        return {}
+    try:
+        return load_file(str(path))
+    except Exception as e:
+        raise UserError(f"checkpoint {folder} cannot be restored ({first_line(e)}); delete it to resume from an "
+                        "earlier checkpoint, or --overwrite to start again") from None
 
 
 def remove(run_dir: Path) -> None:
