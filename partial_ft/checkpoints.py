@@ -17,14 +17,18 @@ import shutil
 from pathlib import Path
 from typing import Any, Optional
 
+from safetensors.torch import load_file, save_file
+
 from . import jsonsafe
 from .atomic import USER_ERRNOS, write_text
 from .errors import UserError, first_line, load_reason, shorten
 
 CHECKPOINTS = "checkpoints"
 STATE_NAME = "train_state.json"
+TENSORS_NAME = "loop_tensors.safetensors"  # the loop's own tensors (an EMA, the best epoch's values)
 MANIFEST = "manifest.json"
 NAME = re.compile(r"step-\d{8,}-epoch-\d+-batch-\d+")  # what save() names a checkpoint folder
+MAX_JSON_BYTES = 16 * 2**20
 AGAIN = "restore it, or --overwrite to start again"
 
 
@@ -60,7 +64,7 @@ def read_state(folder: Path) -> dict[str, Any]:
     """The loop's position saved with a checkpoint; a damaged file is one clear error."""
     path = folder / STATE_NAME
     try:
-        state = json.loads(path.read_text())
+        state = json.loads(_small_text(path))
         if not isinstance(state, dict) or not isinstance(state.get("step"), int):
             raise ValueError("no integer 'step'")
         return state
@@ -69,9 +73,12 @@ def read_state(folder: Path) -> dict[str, Any]:
                         "checkpoint, or --overwrite to start again") from None
 
 
-def save(acc: Any, run_dir: Path, progress: dict[str, Any], keep: Optional[int] = 2) -> Path:
-    """Accelerate's save_state plus the loop's position, into a temporary folder renamed into place;
-    then point `latest` at it and keep the newest `keep` checkpoints (None: all). Every process calls this."""
+def save(acc: Any, run_dir: Path, progress: dict[str, Any], keep: Optional[int] = 2,
+         tensors: Optional[dict[str, Any]] = None) -> Path:
+    """Accelerate's save_state plus the loop's position (and `tensors`, the loop's own, as safetensors),
+    into a temporary folder renamed into place; then point `latest` at it and keep the newest `keep`
+    checkpoints (None: all). Every process calls this. A full disk (or read-only place) is one UserError
+    naming the checkpoint; the last complete one stays in charge."""
     # not Accelerate's ProjectConfiguration(automatic_checkpoint_naming, total_limit): it deletes the oldest
     # checkpoints before the new one is written, writes in place (no rename), and names by save count
     root = Path(run_dir) / CHECKPOINTS
@@ -88,6 +95,8 @@ def save(acc: Any, run_dir: Path, progress: dict[str, Any], keep: Optional[int] 
         acc.wait_for_everyone()
         if acc.is_main_process:
             (tmp / STATE_NAME).write_text(jsonsafe.dumps(progress) + "\n")
+            if tensors:
+                save_file(tensors, str(tmp / TENSORS_NAME))
             (tmp / MANIFEST).write_text(json.dumps(_describe_files(tmp), indent=1, sort_keys=True) + "\n")
             _fsync(tmp / MANIFEST)  # with _describe_files' fsyncs: the data is on disk before any name points at it
             shutil.rmtree(final, ignore_errors=True)
@@ -138,6 +147,18 @@ def load(acc: Any, folder: Path) -> dict[str, Any]:
     return state
 
 
+def load_tensors(folder: Path) -> dict[str, Any]:
+    """The loop's own tensors a checkpoint holds ({} when it holds none)."""
+    path = folder / TENSORS_NAME
+    if not path.is_file():
+        return {}
+    try:
+        return load_file(str(path))
+    except Exception as e:
+        raise UserError(f"checkpoint {folder} cannot be restored ({first_line(e)}); delete it to resume from an "
+                        "earlier checkpoint, or --overwrite to start again") from None
+
+
 def remove(run_dir: Path) -> None:
     """A finished run keeps its delta, not the (whole-model) checkpoints."""
     root = Path(run_dir) / CHECKPOINTS
@@ -177,7 +198,7 @@ def verify(folder: Path) -> None:
     """Every file of a checkpoint as its manifest lists it (no file missing, added, resized or changed, no
     link), before anything is restored: one error naming the first file that differs."""
     try:
-        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+        manifest = json.loads(_small_text(folder / MANIFEST))
         if not isinstance(manifest, dict) or not all(isinstance(v, dict) for v in manifest.values()):
             raise ValueError("not a mapping of files")
     except (OSError, ValueError, UnicodeDecodeError) as e:
@@ -194,6 +215,14 @@ def verify(folder: Path) -> None:
         if problem:
             raise UserError(f"checkpoint {folder}: {name if len(name) <= 120 else shorten(name, 120)} {problem}; delete {folder} to resume from an "
                             "earlier checkpoint, or --overwrite to start again")
+
+
+def _small_text(path: Path) -> str:
+    """A checkpoint's JSON file, read only when it is of a plausible size (its loss curve and scheduler
+    state are kilobytes; a file of gigabytes was not written by save())."""
+    if path.stat().st_size > MAX_JSON_BYTES:
+        raise ValueError(f"{path.stat().st_size:,} bytes, more than {MAX_JSON_BYTES:,}")
+    return path.read_text(encoding="utf-8")
 
 
 def _count(value: Any) -> str:

@@ -45,6 +45,11 @@ def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
+def learned_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's own tensors that a delta stores (see delta_state), live: what training changes."""
+    return _learned(model)
+
+
 def _learned(model: nn.Module) -> dict[str, torch.Tensor]:
     """The model's own tensors that a delta stores (see delta_state)."""
     state = {name: p for name, p in model.named_parameters() if p.requires_grad}
@@ -147,6 +152,7 @@ def read_info(source: str | Path) -> dict[str, Any]:
     except TypeError as e:
         raise UserError(f"delta {path}: metadata 'model' is not a model section ({first_line(e)})") from None
     delta_checks.check_class_names(path, info["class_names"])
+    delta_checks.check_data_config(path, info["data_config"])
     delta_checks.check_fingerprint_parts(path, info)
     return info
 

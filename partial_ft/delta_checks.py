@@ -4,6 +4,7 @@ only finite values. Each failure is one UserError naming the file and what is wr
 in that order (header, metadata, classifier shape from the header, then the tensors themselves)."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,9 @@ MAX_HEADER_BYTES = 16 * 2**20
 # list cannot make the rebuilt model allocate gigabytes.
 MAX_CLASSES_UNCHECKED = 100_000
 ALTERED = "the file was altered: train again or restore it"
+# The largest image side a delta may ask predict / eval to resize to: one 8,192 px RGB image is 805 MB of
+# floats, and no classifier is trained at more.
+MAX_SIDE = 8192
 
 
 def check_header_size(path: Path) -> None:
@@ -50,6 +54,26 @@ def check_class_names(path: Path, names: list[Any]) -> None:
         if name in seen:
             raise UserError(f"delta {path}: class name {shorten(name)} appears twice ({ALTERED})")
         seen.add(name)
+
+
+def check_data_config(path: Path, config: dict[str, Any]) -> None:
+    """The preprocessing predict and eval will apply: an input size of [channels, height, width] within
+    MAX_SIDE, and finite per-channel mean and std (std > 0) where recorded."""
+    size = config.get("input_size")
+    ints = isinstance(size, list) and len(size) == 3 and all(isinstance(v, int) and not isinstance(v, bool)
+                                                             for v in size)
+    if not ints or not (1 <= size[0] <= 64 and all(1 <= v <= MAX_SIDE for v in size[1:])):
+        raise UserError(f"delta {path}: data_config input_size {shorten(size)} is not [channels, height, width] "
+                        f"with sides of 1..{MAX_SIDE:,} pixels ({ALTERED})")
+    for key in ("mean", "std"):
+        values = config.get(key)
+        if values is None:
+            continue
+        numbers = isinstance(values, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                   and math.isfinite(v) for v in values)
+        if not numbers or len(values) not in (1, size[0]) or (key == "std" and min(values) <= 0):
+            raise UserError(f"delta {path}: data_config {key} {shorten(values)} is not {size[0]} finite numbers"
+                            f"{' above 0' if key == 'std' else ''} ({ALTERED})")
 
 
 def check_fingerprint_parts(path: Path, info: dict[str, Any]) -> None:

@@ -80,7 +80,12 @@ def evaluate_run(run_dir: str | Path, dataset: Optional[str] = None, split: Opti
     acc = Accelerator(mixed_precision=t.mixed_precision, dataloader_config=DataLoaderConfiguration(non_blocking=True))
     with acc.main_process_first():
         # the run's own validation split as it made it (carved or not), else one whole split asked for
-        bundle = data.load(cfg, seed=t.seed) if not (dataset or split) else data.load_split(cfg, split, t.seed)
+        try:
+            bundle = data.load(cfg, seed=t.seed) if not (dataset or split) else data.load_split(cfg, split, t.seed)
+        except UserError as e:  # say which option brought the data in: the user typed --dataset, not data.dataset
+            if dataset and not str(e).startswith("--"):
+                raise UserError(f"--dataset {dataset}: {e}") from None
+            raise
     if bundle.class_names != info["class_names"]:
         raise UserError(f"{'--dataset ' if dataset else 'dataset '}{cfg.dataset} has classes "
                         f"{bundle.class_names[:10]}, but the run learned {info['class_names'][:10]}: the "

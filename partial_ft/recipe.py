@@ -86,6 +86,9 @@ class DataCfg:
     color_jitter: float = key(0.0, "color jitter strength")
     auto_augment: Optional[str] = key(None, "timm auto-augment policy, e.g. `rand-m9-mstd0.5`")
     re_prob: float = key(0.0, "random-erasing probability")
+    mixup: float = key(0.0, "timm Mixup's mixup alpha (0: off); soft-target cross-entropy (see Training extras)")
+    cutmix: float = key(0.0, "timm Mixup's cutmix alpha (0: off); with both on, timm switches per batch")
+    mixup_prob: float = key(1.0, "the share of training batches mixed")
     skip_bad_images: bool = key(False, "skip unreadable images (counted in the summary) instead of stopping")
     preload: Literal["auto", "true", "false"] = key("auto", "`auto`, `true` or `false`: decode every image once "
                                                             "into memory and augment batches on the training "
@@ -106,6 +109,8 @@ class DataCfg:
             (self.max_val_samples is None or self.max_val_samples >= 1, "data.max_val_samples must be >= 1"),
             (0 <= self.hflip <= 1, "data.hflip must be in [0, 1]"),
             (0 <= self.re_prob <= 1, "data.re_prob must be in [0, 1]"),
+            (self.mixup >= 0 and self.cutmix >= 0, "data.mixup and data.cutmix must be >= 0 (0: off)"),
+            (0 <= self.mixup_prob <= 1, "data.mixup_prob must be in [0, 1]"),
             (self.scale is None or len(self.scale) == 2, "data.scale must be [min, max]"),
             (self.ratio is None or len(self.ratio) == 2, "data.ratio must be [min, max]"),
             (size is None or (isinstance(size, int) or len(size) in (2, 3)) and all(v > 0 for v in sizes),
@@ -142,6 +147,11 @@ class TrainCfg:
     min_lr: float = key(0.0, "floor of the schedule")
     clip_grad: Optional[float] = key(None, "max gradient norm")
     label_smoothing: float = key(0.0, "cross-entropy label smoothing")
+    ema: bool = key(False, "keep timm's ModelEmaV3 average of the learned tensors; evaluated and saved as the delta")
+    ema_decay: float = key(0.999, "the average's decay, in [0, 1)")
+    layer_decay: Optional[float] = key(None, "timm layer-wise lr decay: lr × layer_decay^(layers above), in (0, 1]")
+    keep: Literal["last", "best"] = key("last", "`last`, or `best`: the epoch with the best top-1, on a tuning "
+                                                "carve-out only (`data.tune_fraction`)")
     grad_accum_steps: int = key(1, "gradient accumulation")
     mixed_precision: Literal["no", "fp16", "bf16"] = key("no", "`no`, `fp16` or `bf16` (Accelerate autocast)")
     cache_features: Literal["auto", "on", "off"] = key(
@@ -190,6 +200,8 @@ class TrainCfg:
             (self.warmup_epochs >= 0, "train.warmup_epochs must be >= 0"),
             (self.clip_grad is None or self.clip_grad > 0, "train.clip_grad must be > 0"),
             (0 <= self.label_smoothing < 1, "train.label_smoothing must be in [0, 1)"),
+            (0 <= self.ema_decay < 1, "train.ema_decay must be in [0, 1)"),
+            (self.layer_decay is None or 0 < self.layer_decay <= 1, "train.layer_decay must be in (0, 1]"),
             (self.log_every >= 1, "train.log_every must be >= 1"),
             (self.checkpoint_every is None or self.checkpoint_every >= 1,
              "train.checkpoint_every must be >= 1 (null: only at epoch ends)"),
@@ -240,6 +252,7 @@ class Recipe:
         self.model.validate()
         self.data.validate(channels=self.model.kwargs.get("in_chans", 3))
         self.train.validate()  # (output.dir: whether the folder can be used is rundir.check_folder's, on disk)
+        _refuse(_loop_checks(self))
 
 
 # --------------------------------------------------------------------------------------------
@@ -298,3 +311,27 @@ def _refuse(checks: list[tuple[bool, str]]) -> None:
     for ok, message in checks:
         if not ok:
             raise UserError(message)
+
+
+def loop_features(r: Recipe) -> list[str]:
+    """The recipe keys on that act on training steps, which the exact solver (no steps) cannot honour."""
+    d, t = r.data, r.train
+    return [key for key, on in (("data.mixup", d.mixup > 0), ("data.cutmix", d.cutmix > 0), ("train.ema", t.ema),
+                                ("train.layer_decay", t.layer_decay is not None), ("train.keep: best", t.keep == "best"))
+            if on]
+
+
+def _loop_checks(r: Recipe) -> list[tuple[bool, str]]:
+    """Keys that only mean something together: the best epoch on a carve-out, step extras with steps."""
+    features = loop_features(r)
+    return [
+        (r.train.keep != "best" or r.data.tune_fraction is not None,
+         "train.keep: best picks the epoch by its validation top-1, so it needs validation carved out of train "
+         "(data.tune_fraction); on the real validation split it would report a peeked number"),
+        (r.train.solver != "exact" or not features,
+         f"train.solver: exact solves the classifier in one go, with no steps to apply {', '.join(features)} to "
+         "(set train.solver: loop or auto)"),
+        (r.train.cache_features != "on" or not (r.data.mixup > 0 or r.data.cutmix > 0),
+         "train.cache_features: on cannot mix images (data.mixup / data.cutmix): cached features are computed once "
+         "from unmixed images (set cache_features: auto or off)"),
+    ]

@@ -16,6 +16,7 @@ class Trained:
     progress: Progress
     optimizer_state_bytes: int  # per-parameter optimizer state (momentum, Adam moments, ...)
     feature_cache: Optional[dict[str, Any]]  # cache.Cached.info, when trained from cached features
+    kept: Optional[dict[str, Any]] = None  # train.keep: best: the kept epoch's metrics (None: the last epoch's)
 
 
 def summarize(setup: Setup, trained: Trained, delta_bytes: Optional[int]) -> dict[str, Any]:
@@ -23,7 +24,7 @@ def summarize(setup: Setup, trained: Trained, delta_bytes: Optional[int]) -> dic
     extracting cached features; train_images_per_second is the training steps' own, in the steady state
     (see progress.Meter). `delta_bytes`: the saved delta's size (None in processes that save none)."""
     recipe, plan, p = setup.recipe, setup.plan, trained.progress
-    metrics, device = p.metrics, setup.accelerator.device
+    metrics, device = trained.kept or p.metrics, setup.accelerator.device
     feature_cache = dict(trained.feature_cache) if trained.feature_cache else None
     extract = feature_cache.pop("extract_seconds") if feature_cache else 0.0
     return {
@@ -36,7 +37,8 @@ def summarize(setup: Setup, trained: Trained, delta_bytes: Optional[int]) -> dic
         "val_top1": metrics.get("val_top1"),
         "val_top5": metrics.get("val_top5"),
         "val_loss": metrics.get("val_loss"),
-        "epochs": metrics.get("epoch", 0),
+        "epochs": p.metrics.get("epoch", 0),
+        "kept_epoch": trained.kept["epoch"] if trained.kept else None,
         "steps": p.step,
         "solver": p.solver,
         "train_seconds": round(p.train_seconds + extract, 3),

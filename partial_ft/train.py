@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from . import cache, checkpoints, collective, delta, loaders, probe, report, tracking
 from .errors import NonFiniteLoss
 from .evaluation import evaluate
+from .extras import Extras
 from .partial import partial_buffer_names
 from .prepare import Setup, prepare
 from .progress import Progress, optimizer_state_bytes
@@ -105,14 +106,30 @@ class Loop:
     epochs: int
     num_classes: int
     stop: StopFlag
+    extras: Extras  # mixup / cutmix, the EMA, the best epoch kept (each as the recipe asks)
 
     def finished(self, progress: Progress) -> bool:
         return progress.epoch >= self.epochs or bool(self.train.max_steps and progress.step >= self.train.max_steps)
 
     def save(self, progress: Progress) -> Path:
         """A resumable checkpoint of where the loop is (every process calls this)."""
-        state = {**asdict(progress), "scheduler": self.scheduler.state_dict()}
-        return checkpoints.save(self.accelerator, self.folder.path, state, keep=self.train.keep_checkpoints)
+        state = {**asdict(progress), "scheduler": self.scheduler.state_dict(), "extras": self.extras.state()}
+        return checkpoints.save(self.accelerator, self.folder.path, state, keep=self.train.keep_checkpoints,
+                                tensors=self.extras.tensors())
+
+    def base_lr(self) -> float:
+        """The scheduled lr (layer-wise decay scales it per parameter group by the group's `lr_scale`)."""
+        group = self.optimizer.param_groups[0]
+        return group["lr"] / group.get("lr_scale", 1.0)
+
+
+def make_optimizer(model: nn.Module, cfg: TrainCfg) -> torch.optim.Optimizer:
+    """timm's optimizer over the learned parameters only (it skips requires_grad=False, and puts biases
+    and norm weights in a no-weight-decay group). With train.layer_decay, timm's layer-wise groups: each
+    carries an lr_scale that timm's schedulers apply, layer_decay^(layers above it), counted over the
+    network's layers whether they learn or not, so a learned block's lr follows its depth in the network."""
+    return create_optimizer_v2(model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum,
+                               layer_decay=cfg.layer_decay)
 
 
 def _build_loop(setup: Setup, folder: RunFolder, stop: StopFlag) -> tuple[Loop, Optional[cache.Cached]]:
@@ -130,10 +147,7 @@ def _build_loop(setup: Setup, folder: RunFolder, stop: StopFlag) -> tuple[Loop, 
                   f"extracted in {i['extract_seconds']:.1f} s", flush=True)
     elif cfg.cache_features != "off":
         acc.print(f"feature cache: {setup.cache.note}", flush=True)
-    # the optimizer sees learned parameters only (timm skips requires_grad=False, and puts biases and
-    # norm weights in a no-weight-decay group)
-    optimizer = create_optimizer_v2(setup.model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                    momentum=cfg.momentum)
+    optimizer = make_optimizer(setup.model, cfg)
     # fixed slices are identical on every process (seeded); DDP must not broadcast them every step
     torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
         net, partial_buffer_names(net))
@@ -147,9 +161,9 @@ def _build_loop(setup: Setup, folder: RunFolder, stop: StopFlag) -> tuple[Loop, 
     scheduler, _ = create_scheduler_v2(optimizer, sched=cfg.sched, num_epochs=epochs, warmup_epochs=cfg.warmup_epochs,
                                        min_lr=cfg.min_lr, step_on_epochs=False, updates_per_epoch=updates_per_epoch)
     learned = [w for w in model.parameters() if w.requires_grad]
-    loop = Loop(acc, cfg, folder, model, forward, optimizer, scheduler, train_loader, val_loader,
-                nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing), learned, epochs,
-                len(setup.bundle.class_names), stop)
+    extras = Extras(setup.recipe, setup.model, len(setup.bundle.class_names))  # after prepare: on its device
+    loop = Loop(acc, cfg, folder, model, forward, optimizer, scheduler, train_loader, val_loader, extras.criterion,
+                learned, epochs, len(setup.bundle.class_names), stop, extras)
     return loop, cached
 
 
@@ -164,8 +178,9 @@ def train(setup: Setup, folder: RunFolder, resume_from: Optional[Path], stop: St
         per_epoch, t = len(loop.train_loader), loop.train  # a position past this recipe's end is refused
         total = loop.epochs * max(1, math.ceil(per_epoch / t.grad_accum_steps))
         checkpoints.check_position(state, resume_from, loop.epochs, per_epoch, min(total, t.max_steps or total),
-                                   {f.name for f in fields(Progress)} | {"scheduler"})
+                                   {f.name for f in fields(Progress)} | {"scheduler", "extras"})
         loop.scheduler.load_state_dict(state.pop("scheduler"))  # plain data (Accelerate would unpickle it)
+        loop.extras.load(state.pop("extras", None), checkpoints.load_tensors(resume_from))
         progress = Progress(**state)
         if acc.is_main_process:
             folder.keep_metrics(progress.metrics_lines)
@@ -188,7 +203,8 @@ def train(setup: Setup, folder: RunFolder, resume_from: Optional[Path], stop: St
                     raise Interrupted(stop.signum, progress.step, saved)
     finally:  # on errors too: persistent workers must not outlive the loop (see loaders.shutdown_workers)
         loaders.shutdown_workers(loop.train_loader, loop.val_loader, batches)
-    return Trained(progress, optimizer_state_bytes(loop.optimizer), cached.info if cached else None), setup.model
+    kept = loop.extras.finish()  # the averaged values, the best epoch's: what the run keeps
+    return Trained(progress, optimizer_state_bytes(loop.optimizer), cached.info if cached else None, kept), setup.model
 
 
 def train_one_epoch(loop: Loop, progress: Progress) -> Any:
@@ -216,7 +232,7 @@ def train_one_epoch(loop: Loop, progress: Progress) -> Any:
         if not train_step(loop, progress, x, y):
             continue  # a skipped non-finite batch, or inside an accumulation
         if progress.step % cfg.log_every == 0:
-            lr = loop.optimizer.param_groups[0]["lr"]
+            lr = loop.base_lr()
             rate = progress.meter.epoch_rate()
             bar.set_postfix(loss=f"{progress.loss_sum / progress.loss_count:.4f}", img_s=f"{rate:.0f}", lr=f"{lr:.2e}")
             tracking.log(acc, {"loss": progress.log_point(), "lr": lr, "images_per_second": rate}, progress.step)
@@ -239,6 +255,7 @@ def train_step(loop: Loop, progress: Progress, x: torch.Tensor, y: torch.Tensor)
     """Forward, backward and (at the end of an accumulation) an optimizer step; True when a step was
     taken. A non-finite loss never reaches the weights: it stops the run or skips the batch."""
     acc, cfg = loop.accelerator, loop.train
+    x, y = loop.extras.mix(x, y)  # (before the layout change: mixing concatenates)
     if cfg.channels_last and x.dim() == 4:
         x = x.contiguous(memory_format=torch.channels_last)
     with acc.accumulate(loop.model):
@@ -259,6 +276,7 @@ def train_step(loop: Loop, progress: Progress, x: torch.Tensor, y: torch.Tensor)
     if not acc.sync_gradients:
         return False  # checkpoints and stops only fall between whole (accumulated) steps
     progress.step += 1
+    loop.extras.stepped(progress.step)
     loop.scheduler.step_update(progress.step)
     progress.meter.step()
     return True
@@ -268,11 +286,13 @@ def end_of_epoch(loop: Loop, progress: Progress) -> None:
     """Close the epoch's books, measure on the validation split, log a metrics line."""
     acc = loop.accelerator
     progress.close_epoch()
-    progress.metrics = evaluate(loop.forward, loop.val_loader, acc, loop.num_classes)
-    progress.metrics.update(epoch=progress.epoch + 1, step=progress.step,
-                            train_loss=progress.loss_sum / max(progress.loss_count, 1),
-                            lr=loop.optimizer.param_groups[0]["lr"], train_seconds=round(progress.train_seconds, 3),
-                            loss_curve=progress.losses)
+    with loop.extras.kept_values():  # measure what the run would keep
+        progress.metrics = evaluate(loop.forward, loop.val_loader, acc, loop.num_classes)
+        progress.metrics.update(epoch=progress.epoch + 1, step=progress.step,
+                                train_loss=progress.loss_sum / max(progress.loss_count, 1),
+                                lr=loop.base_lr(), train_seconds=round(progress.train_seconds, 3),
+                                loss_curve=progress.losses)
+        loop.extras.offer(progress.metrics)
     tracking.log(acc, {k: v for k, v in progress.metrics.items() if k != "per_class_top1"}, progress.step)
     if acc.is_main_process:
         loop.folder.append_metrics(progress.metrics)

@@ -224,6 +224,7 @@ def test_eval_on_other_splits_writes_a_confusion_matrix(straight, tmp_path, caps
 @pytest.mark.parametrize("args, message", [
     (["--split", "nosuch"], "error: split 'nosuch' not found in digits; its splits: train, validation (--split)"),
     (["--dataset", "FOLDER", "--split", "validation"], "its splits: train (--split)"),
+    (["--dataset", "/nonexistent/folder"], "error: --dataset /nonexistent/folder: dataset path does not exist"),
 ])
 def test_eval_mistakes_name_the_flags_typed(straight, tmp_path, capsys, args, message):
     run_dir, _ = straight

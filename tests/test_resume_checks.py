@@ -82,6 +82,8 @@ CASES = {
                           "batches, 4 steps)"),
     "epoch-past-the-end": (_state(lambda s: s.update(epoch=2)), "is at epoch 2, batch 0, step 2: past the end"),
     "negative-batch": (_state(lambda s: s.update(batches=-1)), "batch -1, step 2: past the end"),
+    "huge-train-state": (_state(lambda s: s.update(losses=[[1, 0.5]] * 2_000_000)),  # over 16 MiB
+                         "train_state.json is damaged (20,00"),  # 2M x 10 bytes + the rest
     "unknown-field": (_state(lambda s: s.update(colour=1)), "does not hold a training position (fields colour)"),
 }
 

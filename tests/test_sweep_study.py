@@ -111,7 +111,7 @@ def _exactly_once(out, journal, runs):
 
 
 @pytest.mark.parametrize("workers", [2, 3])
-def test_workers_on_one_study_run_every_run_exactly_once(tiny_recipe, tmp_path, workers):
+def test_workers_on_one_study_run_every_run_exactly_once(tiny_recipe, tmp_path, capsys, workers):
     base, grid = tiny_recipe("base"), _grid(tmp_path, **WORKER_GRID)
     out, journal = tmp_path / "out", tmp_path / "study.journal"
     procs = [_worker(base, grid, out, journal) for _ in range(workers)]
@@ -121,6 +121,16 @@ def test_workers_on_one_study_run_every_run_exactly_once(tiny_recipe, tmp_path, 
     assert all(s == "COMPLETE" for ts in trials.values() for s, _ in ts)  # no spare trial was ever made
     lines = [line for o, _ in outputs for line in o.splitlines() if " val_top1 " in line and "done," in line]
     assert len(lines) == 8 and not any("finished before" in line for line in lines)
+    # --report writes the same tables from the study; --status counts every run done
+    args = ["sweep", "--recipe", str(base), "--grid", str(grid), "--out", str(out), "--storage", f"journal:{journal}"]
+    table = (out / "results.csv").read_text()
+    (out / "results.csv").unlink()
+    assert main([*args, "--report"]) == 0 and (out / "results.csv").read_text() == table
+    capsys.readouterr()
+    assert main([*args, "--status"]) == 0
+    status = {line.split()[0]: line.split()[1:] for line in capsys.readouterr().out.splitlines()}
+    assert status["tune"] == ["4", "0", "0", "0", "0"] and status["final"] == ["4", "0", "0", "0", "0"]
+    assert status["all"] == ["8", "0", "0", "0", "0"]
 
 
 def test_a_killed_workers_run_is_taken_over_and_resumed(tiny_recipe, tmp_path):
@@ -131,7 +141,7 @@ def test_a_killed_workers_run_is_taken_over_and_resumed(tiny_recipe, tmp_path):
     out, journal = tmp_path / "out", tmp_path / "study.journal"
     first = _worker(base, grid, out, journal, "--heartbeat", "1")
     deadline = time.monotonic() + 600
-    while not list(out.glob("tune/**/checkpoints/*")) and time.monotonic() < deadline and first.poll() is None:
+    while not list(out.glob("tune/**/checkpoints/latest")) and time.monotonic() < deadline and first.poll() is None:
         time.sleep(0.2)
     first.kill()  # SIGKILL: no clean-up of any kind
     first.wait()

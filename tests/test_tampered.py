@@ -95,8 +95,17 @@ CASES = {
                      "200,000 class names, but its classifier fc.bias has 5 outputs"),
     "200k-classes-head-not-stored": (NO_HEAD, None, _set("class_names", [str(i) for i in range(200_000)]),
                                      "200,000 class names, more than 100,000 for a classifier the delta does not store"),
-    "5M-classes": (HEAD, None, _set("class_names", [f"class{i}" for i in range(5_000_000)]),
+    # (the 5 M names; 1.5 M of ~17 bytes each in the header already pass its 16 MiB bound)
+    "1.5M-classes": (HEAD, None, _set("class_names", [f"class{i}" for i in range(1_500_000)]),
                    "more than 16,777,216 (the file was altered"),
+    "input-size-huge": (HEAD, None, _set("data_config", {"input_size": [3, 100_000, 100_000]}),
+                        "data_config input_size [3, 100000, 100000] is not [channels, height, width] with sides of "
+                        "1..8,192 pixels"),
+    "input-size-missing": (HEAD, None, _set("data_config", {}), "data_config input_size None is not"),
+    "std-zero": (HEAD, None, _set("data_config", {"input_size": [3, 32, 32], "std": [0.2, 0.0, 0.2]}),
+                 "data_config std [0.2, 0.0, 0.2] is not 3 finite numbers above 0"),
+    "mean-nan": (HEAD, None, _set("data_config", {"input_size": [3, 32, 32], "mean": [0.5, float("nan"), 0.5]}),
+                 "data_config mean [0.5, nan, 0.5] is not 3 finite numbers"),
     "fingerprint-edited": (HEAD, None, _set("fingerprint", "0" * 64),
                            "its metadata 'fingerprint' is not the hash of its own 'fingerprint_parts'"),
     "fingerprint-part-edited": (HEAD, None, _parts_changed, "(differing parts: fc)"),

@@ -75,3 +75,19 @@ def test_a_data_files_glob_over_a_link_cycle(tree):
         Dataset.from_dict({"label": labels, "x": [0.5] * len(labels)}).to_parquet(str(tree / name))
     raw = load_raw(DataCfg(dataset=f"{tree}/**/*.parquet"))
     assert list(raw["train"]["label"]) == [1, 0, 1, 0, 1]  # each file once, in path order: a/b/... before a/part
+
+
+def test_an_image_folder_dataset_with_a_link_cycle_loads_each_image_once(tmp_path):
+    from PIL import Image
+
+    from partial_ft import data
+    from partial_ft.recipe import DataCfg
+
+    root = tmp_path / "pets"
+    for label in ("cat", "dog"):
+        (root / label).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(root / label / f"{i}.png")
+        (root / label / "up").symlink_to(root, target_is_directory=True)
+    bundle = data.load(DataCfg(dataset=str(root), val_fraction=0.34))
+    assert bundle.class_names == ["cat", "dog"] and len(bundle.train) + len(bundle.val) == 6

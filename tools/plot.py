@@ -20,7 +20,7 @@ import math
 import re
 from pathlib import Path
 
-from partial_ft.sweep.results import COST, mean_rows
+from partial_ft.sweep import results
 
 COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
           "#17becf", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d", "#31a354",
@@ -129,7 +129,7 @@ def figure(rows: list[dict], x: str = "learned_params", title: str = ""):
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))
     panels = [(d, [r for r in rows if r["dataset"] == d]) for d in datasets]
     if len(datasets) > 1:
-        panels.append(("mean", mean_rows(rows, x)))
+        panels.append(("mean", results.mean_rows(rows, x)))
     names = series_names(rows)
     look = styles(sorted(set(names.values())))
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False, sharey=True)
@@ -170,12 +170,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("results", help="results.csv written by `python -m partial_ft sweep`")
     p.add_argument("--out", help="output folder (default: next to results.csv)")
-    p.add_argument("--x", default="learned_params", choices=COST, help="the cost on the x axis")
+    p.add_argument("--x", default="learned_params", choices=results.COST, help="the cost on the x axis")
     p.add_argument("--title", default="")
     args = p.parse_args()
-    results = Path(args.results)
-    out = Path(args.out) if args.out else results.parent
-    fits = plot(read_rows(results), out, args.x, args.title)
+    table = Path(args.results)
+    out = Path(args.out) if args.out else table.parent
+    fits = plot(read_rows(table), out, args.x, args.title)
     for panel_name, panel_fits in fits.items():
         for name, fit in panel_fits.items():
             print(f"{panel_name}: {name}: acc = {fit['a']:.4f} + {fit['b']:.4f} ln(x)  (r2 {fit['r2']:.3f})")

@@ -10,6 +10,7 @@ Public API:
     tune(recipe, strategy, space, out, ...)                            one configuration's tuning study
     Options(launcher, jobs, heartbeat, worker)                         how this process runs its share
     budget.match / budget.match_all / budget.controls                  equal-budget sizing
+    results.COST / results.mean_rows / results.markdown                what tools/plot.py reads results.csv with
 Grid files: see partial_ft/sweep/grid.py and search.py; docs/sweep.md.
 """
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 # where each public name lives; loaded on first use, so that `python -m partial_ft` (which builds the
 # sweep's argument parser from .cli) does not import Optuna and the training stack for every command
 _PUBLIC = {"Finished": "api", "report": "api", "run_sweep": "api", "status": "api", "Options": "engine",
-           "TrialRecord": "tuning", "Tuned": "tuning", "tune": "tuning", "budget": "budget"}
+           "TrialRecord": "tuning", "Tuned": "tuning", "tune": "tuning", "budget": "budget", "results": "results"}
 __all__ = sorted(_PUBLIC)
 
 

@@ -73,7 +73,7 @@ def run_sweep(recipe: str | Path, grid: str | Path | grids.Grid, out: str | Path
         engine = Engine(plan, store, name, where)
         engine.set_up(replace_other=storage is None)
         if not options.worker:
-            engine.restart()
+            engine.restart(exclusive=storage is None, beat=options.heartbeat)
         engine.work(options)
         return Finished(write_report(plan, store, name) if finals else None,
                         records.failures(store, name, len(plan.configs)))

@@ -78,13 +78,16 @@ class Engine:
                 order += 1
         study.set_ready(self.storage, self.name)
 
-    def restart(self) -> None:
-        """The only process of this sweep: runs left RUNNING by a process that stopped, failed runs, and
-        finished runs whose folder lost its summary are queued again; the others are said to be done."""
+    def restart(self, exclusive: bool, beat: float) -> None:
+        """A plain sweep (no --worker): runs left RUNNING by a process that stopped (any, when the study is
+        this folder's own, `exclusive`; else those that missed their heartbeats), failed runs, and finished
+        runs whose folder lost its summary are queued again; the others are said to be done."""
+        now = time.time()
         for sid in self._sids():
             for t in records.live(self.storage.get_all_trials(sid, deepcopy=False)):
                 gone = t.state == TrialState.COMPLETE and not (Path(t.user_attrs.get("run_dir", "")) / SUMMARY).is_file()
-                if t.state == TrialState.RUNNING or t.state == TrialState.FAIL and "where" in t.user_attrs or gone:
+                dead = t.state == TrialState.RUNNING and (exclusive or study.stale(t, now, beat))
+                if dead or t.state == TrialState.FAIL and "where" in t.user_attrs or gone:
                     self._requeue(sid, t)
                 elif t.state == TrialState.COMPLETE:
                     print(f"{t.user_attrs['where']}: val_top1 {t.value:.4f}  (finished before: skipped)", flush=True)
