@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import datasets
 import torch
 
-from sweep import Job, make_raw, run_one  # tools/sweep.py, beside this script
-
-from partial_ft import RunFolder, eval_loader, eval_transform, load_data, load_delta, load_recipe, load_yaml
+import partial_ft
+from partial_ft import RunFolder, UserError, eval_loader, eval_transform, load_data, load_delta, load_recipe
 
 
 @torch.no_grad()
@@ -38,11 +39,26 @@ def member_logits(run_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def train_member(args: argparse.Namespace, spec: dict, seed: int, run_dir: Path) -> None:
-    """One member through the sweep's runner (a finished member is kept, not trained again)."""
-    raw = make_raw(load_yaml(args.recipe, "recipe"), args.overrides, spec, seed, run_dir)
-    job = run_one(Job(run_dir, raw, where=str(run_dir)), args.launcher)
-    if job.error:
-        raise SystemExit(f"error: {job.where}: {job.error}")
+    """One member: the base recipe with its strategy and seed, in its own run folder (a finished member is
+    kept, not trained again)."""
+    try:
+        RunFolder(run_dir).read_summary()
+        return  # finished before
+    except UserError:
+        pass
+    recipe = load_recipe(args.recipe, args.overrides)
+    recipe.strategy, recipe.train.seed, recipe.train.progress, recipe.output.dir = spec, seed, False, str(run_dir)
+    if args.launcher == "inprocess":
+        partial_ft.run(recipe, overwrite=True)
+        return
+    path = run_dir.parent / f"{run_dir.name}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(recipe.to_yaml())
+    launch = [sys.executable, "-m", "partial_ft"] if args.launcher == "python" else ["accelerate", "launch", "-m",
+                                                                                  "partial_ft"]
+    p = subprocess.run([*launch, "--recipe", str(path), "--overwrite"], capture_output=True, text=True)
+    if p.returncode != 0:
+        raise SystemExit(f"error: {run_dir}: {p.stderr.strip().splitlines()[-1] if p.stderr.strip() else p.returncode}")
 
 
 def report(run_dirs: list[Path]) -> dict:
