@@ -8,8 +8,7 @@ import argparse
 
 import datasets
 
-from partial_ft import load_recipe, parse_yaml
-from partial_ft.sweep import budget
+from partial_ft import load_recipe, parse_yaml, sweep
 
 
 def main() -> None:
@@ -22,7 +21,7 @@ def main() -> None:
     datasets.disable_progress_bars()
     specs = [{k: parse_yaml(v, f"--strategy {k}") for k, v in (kv.split("=", 1) for kv in s.split(","))}
              for s in args.strategy]
-    budget.match_all(load_recipe(args.recipe), specs, args.budget)
+    sweep.budget.match_all(load_recipe(args.recipe), specs, args.budget)
 
 
 if __name__ == "__main__":

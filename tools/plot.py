@@ -20,7 +20,9 @@ import math
 import re
 from pathlib import Path
 
-from partial_ft.sweep import results
+from partial_ft import sweep
+
+results = sweep.results  # the columns and means results.csv is written with
 
 COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
           "#17becf", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d", "#31a354",

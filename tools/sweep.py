@@ -1,4 +1,5 @@
 """Alias of `python -m partial_ft sweep` (docs/sweep.md), kept for the commands written before it."""
+import runpy
 import sys
-from partial_ft.__main__ import main
-sys.exit(main(["sweep", *sys.argv[1:]]))
+sys.argv[1:1] = ["sweep"]
+runpy.run_module("partial_ft", run_name="__main__", alter_sys=True)
