@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .recipe import DataCfg
+from .sections import DataCfg
 
 _GOLDEN, _M1, _M2 = (np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB))
 DRAWS = 23  # per item: 10 crop attempts x (area, aspect), crop position (2), flip

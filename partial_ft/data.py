@@ -23,7 +23,7 @@ from .data_columns import (VAL_SPLIT_NAMES, choose_val_split, classes_missing_fr
                            detect_label_column, label_array, prepare_columns)
 from .data_sources import load_raw
 from .errors import UserError
-from .recipe import DataCfg
+from .sections import DataCfg
 
 @dataclass
 class DataBundle:

@@ -14,7 +14,7 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, NamedSpl
 from . import walk
 from .data_columns import IMAGE_SUFFIXES
 from .errors import UserError, first_line
-from .recipe import DataCfg
+from .sections import DataCfg
 
 SAVED_MARKERS = ("dataset_dict.json", "state.json")  # what save_to_disk writes
 

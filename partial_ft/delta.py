@@ -27,7 +27,7 @@ from . import delta_checks, models
 from .atomic import write_atomic
 from .errors import UserError, first_line
 from .normstats import updates_norm_stats
-from .recipe import ModelCfg
+from .sections import ModelCfg
 from .strategies import apply_strategy, for_export
 from .version import __version__
 

@@ -13,7 +13,7 @@ from safetensors import safe_open
 
 from . import models
 from .errors import UserError, first_line, shorten
-from .recipe import ModelCfg
+from .sections import ModelCfg
 
 # A delta's header holds its tensor table and metadata: a few KB, plus the class names (a million names
 # of 15 characters is 16 MiB). safetensors itself would parse up to 100 MB of JSON before we see it.

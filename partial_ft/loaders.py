@@ -18,7 +18,7 @@ from PIL import UnidentifiedImageError
 from .data import DataBundle
 from .data_columns import INDEX_COLUMN
 from .errors import UserError, first_line
-from .recipe import DataCfg
+from .sections import DataCfg
 
 def _common(data_config: dict) -> dict[str, Any]:
     return dict(input_size=data_config["input_size"], interpolation=data_config.get("interpolation", "bilinear"),

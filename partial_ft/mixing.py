@@ -11,7 +11,7 @@ from timm.data.mixup import mixup_target
 from timm.loss import SoftTargetCrossEntropy
 from torch import nn
 
-from .recipe import DataCfg
+from .sections import DataCfg
 
 
 def mixes(cfg: DataCfg) -> bool:

@@ -13,7 +13,7 @@ from timm.models import load_state_dict
 from torch import nn
 
 from .errors import UserError, first_line, load_reason
-from .recipe import DataCfg, ModelCfg
+from .sections import DataCfg, ModelCfg
 from .layers import classifier_params
 
 

@@ -12,7 +12,7 @@ import re
 import typing
 from typing import Any
 
-from .recipe import SECTIONS
+from .sections import SECTIONS
 from .strategies import Options, Strategy, list_strategies
 
 MARKER = re.compile(r"^<!-- generated: ([a-z-]+)(?: ([a-z_]+))? -->$", re.MULTILINE)
@@ -56,7 +56,7 @@ def recipe_keys(section: str) -> str:
     for f in dataclasses.fields(SECTIONS[section]):
         meaning = f.metadata.get("help")
         if not meaning:
-            raise ValueError(f"recipe key {section}.{f.name} has no help text (recipe.key(default, help))")
+            raise ValueError(f"recipe key {section}.{f.name} has no help text (sections.key(default, help))")
         rows.append(f"| `{section}.{f.name}` | {value(_default(f))} | {_cell(meaning)} |")
     return "\n".join(rows)
 

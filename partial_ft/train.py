@@ -29,7 +29,8 @@ from .extras import Extras
 from .partial import partial_buffer_names
 from .prepare import Setup, prepare
 from .progress import Progress, optimizer_state_bytes
-from .recipe import Recipe, TrainCfg
+from .recipe import Recipe
+from .sections import TrainCfg
 from .rundir import RunFolder
 from .signals import Interrupted, StopFlag, Stopped, deferred, stop_on_signals
 from .strategies import silent_norms

@@ -14,7 +14,8 @@ from torch import nn
 
 from . import loaders, models, rundir, tracking
 from .errors import UserError, did_you_mean, first_line
-from .recipe import DataCfg, Recipe, TrainCfg
+from .recipe import Recipe
+from .sections import DataCfg, TrainCfg
 
 
 def validate(recipe: Recipe, overwrite: bool = False, resume: bool = False) -> Optional[Path]:

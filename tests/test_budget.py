@@ -7,7 +7,7 @@ import pytest
 from partial_ft import learned_count, size_to_budget
 from partial_ft.errors import UserError
 from partial_ft.models import build
-from partial_ft.recipe import ModelCfg
+from partial_ft.sections import ModelCfg
 
 
 @pytest.fixture(scope="module")

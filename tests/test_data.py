@@ -20,7 +20,7 @@ from conftest import (empty_class, negative_ints, no_image_parquet, no_label_par
 from partial_ft import data, data_sources, loaders
 from partial_ft.data_columns import INDEX_COLUMN
 from partial_ft.errors import UserError
-from partial_ft.recipe import DataCfg
+from partial_ft.sections import DataCfg
 
 NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 ROWS = 200  # digits rows in each local form

@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 
 from partial_ft import models
 from partial_ft.errors import UserError
-from partial_ft.recipe import DataCfg, ModelCfg
+from partial_ft.sections import DataCfg, ModelCfg
 from partial_ft.layers import classifier_params
 
 

@@ -14,7 +14,7 @@ from PIL import Image
 
 from partial_ft import data, rundir
 from partial_ft.errors import UserError
-from partial_ft.recipe import DataCfg
+from partial_ft.sections import DataCfg
 from test_rundir import _fails, _tree, stopped  # noqa: F401 - stopped is a fixture
 
 

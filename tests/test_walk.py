@@ -69,7 +69,7 @@ def test_a_data_files_glob_over_a_link_cycle(tree):
     from datasets import Dataset
 
     from partial_ft.data_sources import load_raw
-    from partial_ft.recipe import DataCfg
+    from partial_ft.sections import DataCfg
 
     for name, labels in (("a/part-0.parquet", [0, 1]), ("a/b/part-1.parquet", [1, 0, 1])):
         Dataset.from_dict({"label": labels, "x": [0.5] * len(labels)}).to_parquet(str(tree / name))
@@ -81,7 +81,7 @@ def test_an_image_folder_dataset_with_a_link_cycle_loads_each_image_once(tmp_pat
     from PIL import Image
 
     from partial_ft import data
-    from partial_ft.recipe import DataCfg
+    from partial_ft.sections import DataCfg
 
     root = tmp_path / "pets"
     for label in ("cat", "dog"):

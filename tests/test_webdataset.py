@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from partial_ft import data
-from partial_ft.recipe import DataCfg
+from partial_ft.sections import DataCfg
 
 # (split, labels of its samples): written down here, not computed
 SPLITS = {"train": [0, 1, 2, 0, 1, 2, 0, 1, 2, 2], "test": [2, 1, 0, 0]}
