@@ -14,9 +14,11 @@ from typing import Any, Optional
 
 
 class StopFlag:
-    """Set by SIGTERM or the first Ctrl-C; the loop checks it after each step."""
+    """Set by SIGTERM or the first Ctrl-C; the loop checks it after each step. `signum` may also be set
+    by the program (a sweep's pruner stops a run as a scheduler would); `caught` is only a real signal."""
 
     signum: Optional[int] = None
+    caught: Optional[int] = None
 
 
 class Interrupted(Exception):
@@ -62,7 +64,7 @@ def stop_on_signals():
             return
         if flag.signum is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        flag.signum = signum
+        flag.signum = flag.caught = signum
         os.write(sys.stderr.fileno(), f"\n{signal.Signals(signum).name}: finishing the current step, then saving "
                  "a checkpoint (Ctrl-C again to stop at once)\n".encode())
 
@@ -75,8 +77,8 @@ def stop_on_signals():
         _active = outer
         for s, h in previous.items():
             signal.signal(s, h)
-        if outer is not None and outer.signum is None:  # a block inside another (a run inside advise):
-            outer.signum = flag.signum  # the signal it caught stops the outer one too, even if it finished
+        if outer is not None and outer.signum is None and flag.caught is not None:  # a run inside advise:
+            outer.signum = outer.caught = flag.caught  # its signal stops the outer one too; a pruned stop does not
 
 
 @contextmanager
