@@ -1,7 +1,7 @@
 """An offline transfer task: a source backbone trained by plain timm on digits 0-4, and digits 5-9 as an
 imagefolder (train/ and validation/ folders), so "pretrained -> new task" runs end to end without the Hub.
 
-    python tools/make_transfer.py --out transfer     # about 2/3 of the quickstart's time (docs/development.md)
+    python tools/make_transfer.py --out transfer     # about 21 s on an idle 2-core CPU (docs/development.md)
     python -m partial_ft --recipe recipes/transfer_digits.yaml
 
 writes
