@@ -8,10 +8,13 @@ when the inode it locked was unlinked meanwhile).
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import socket
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -102,3 +105,18 @@ class RunLock:
         finally:
             self._lock.release()
             self._lock = None
+
+
+@contextmanager
+def hold_folder(lock_path: Path, shared: bool, busy: str) -> Iterator[None]:
+    """One sweep or advise per folder: held alone, or shared by the workers of one study (flock, freed
+    when the process dies). `busy`: the error when another process holds it in the other mode."""
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(busy) from None
+        yield
+    finally:
+        os.close(fd)  # and with it the lock

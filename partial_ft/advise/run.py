@@ -8,14 +8,10 @@ folder per measured epoch (measure/) and per trial (tune/), and trained/ (--trai
 """
 from __future__ import annotations
 
-import fcntl
 import math
-import os
 import re
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -23,6 +19,7 @@ from typing import Optional
 from .. import recipe as recipes
 from ..atomic import check_writable
 from ..errors import UserError
+from ..runlock import hold_folder
 from ..signals import Interrupted, Stopped, stop_on_signals
 from ..train import run
 from . import candidates, report, state
@@ -123,19 +120,10 @@ def _check_out(out: Path) -> None:
                         "another folder: choose another --out")
 
 
-@contextmanager
-def _hold(out: Path, worker: bool) -> Iterator[None]:
+def _hold(out: Path, worker: bool):
     """One advise per folder; --worker processes of one study share it."""
-    fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, (fcntl.LOCK_SH if worker else fcntl.LOCK_EX) | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UserError(f"another advise is running in {out}; wait for it, or join its studies as a worker "
-                            "(--storage URL --worker)") from None
-        yield
-    finally:
-        os.close(fd)
+    return hold_folder(out / LOCK, worker, f"another advise is running in {out}; wait for it, or join its studies "
+                                           "as a worker (--storage URL --worker)")
 
 
 def _measure(base: dict, row: Row, run_dir: Path, n_eval: int) -> None:

@@ -2,14 +2,12 @@
 from the study, and `tune`: one configuration's tuning study on its own (what `advise` builds on)."""
 from __future__ import annotations
 
-import fcntl
-import os
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 from ..errors import UserError
+from ..runlock import hold_folder
 from . import grid as grids, records, results, study
 from .engine import Engine, Options
 from .jobs import LAUNCHERS
@@ -40,20 +38,11 @@ def _check(options: Options, storage: Optional[str]) -> None:
                         "on a shared file system)")
 
 
-@contextmanager
-def _hold(out: Path, worker: bool) -> Iterator[None]:
+def _hold(out: Path, worker: bool):
     """One sweep per folder: a plain sweep holds the folder alone; workers of one study share it."""
     out.mkdir(parents=True, exist_ok=True)
-    fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, (fcntl.LOCK_SH if worker else fcntl.LOCK_EX) | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UserError(f"another sweep is running in {out}; wait for it, or join it as a worker of its study "
-                            "(--storage URL --worker)") from None
-        yield
-    finally:
-        os.close(fd)  # and with it the lock
+    return hold_folder(out / LOCK, worker, f"another sweep is running in {out}; wait for it, or join it as a "
+                                           "worker of its study (--storage URL --worker)")
 
 
 def run_sweep(recipe: str | Path, grid: str | Path | grids.Grid, out: str | Path, overrides: list[str] = (),
