@@ -30,13 +30,12 @@ from .partial import partial_buffer_names
 from .prepare import Setup, prepare
 from .progress import Progress, optimizer_state_bytes
 from .recipe import Recipe
-from .sections import TrainCfg
 from .rundir import RunFolder
+from .sections import TrainCfg
 from .signals import Interrupted, StopFlag, Stopped, deferred, stop_on_signals
 from .strategies import silent_norms
 from .summary import Trained, summarize
 from .validate import validate
-
 
 EpochHook = Callable[[dict[str, Any]], bool]  # gets an epoch's metrics line; True asks the run to stop
 
