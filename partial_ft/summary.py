@@ -25,7 +25,7 @@ class Trained:
 
 def finish(setup: Setup, folder: RunFolder, trained: Trained, model: nn.Module) -> dict[str, Any]:
     """The run's last step, as one: the summary, and (main process) what the run folder keeps of it: the
-    delta, the curve, the model card and summary.json (RunFolder.finish). Returns the summary."""
+    model card, the curve, the delta and summary.json (RunFolder.finish). Returns the summary."""
     summary = summarize(setup, trained)
     if setup.accelerator.is_main_process:
         folder.finish(summary, model, setup.recipe, setup.plan, setup.bundle.class_names, setup.data_config,
