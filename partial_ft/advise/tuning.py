@@ -34,10 +34,7 @@ class Tuner:
 
     def trial(self, row: Row, base: dict, n: int = 1) -> None:
         """`n` more trials of `row`; the row gets the best so far (chosen lr, top-1, counts)."""
-        path = self.out / BASE
-        raw = {k: v for k, v in base.items() if k != "strategy"}
-        raw["data"] = {k: v for k, v in raw["data"].items() if k not in ("tune_fraction", "tune_seed")}
-        write_text(path, yaml.safe_dump(raw, sort_keys=False))
+        path = write_base(self.out, base)
         overrides = [f"{k}={json.dumps(v)}" for k, v in row.settings.items()]
         total = row.trials + n
         search = {"trials": total, "sampler": "tpe", "pruner": "halving", "min_epochs": 1}
@@ -48,6 +45,14 @@ class Tuner:
         row.pruned = sum(t.state == "pruned" for t in tuned.trials)
         if tuned.chosen is not None:
             row.top1, row.lr, row.n_eval = tuned.top1, float(tuned.chosen["train.lr"]), self.n_eval
+
+
+def write_base(out: Path, base: dict) -> Path:
+    """`out`/base_recipe.yaml: the recipe as advise resolved it (the user's, with their overrides), without
+    a strategy and without the carve-out (the sweep engine adds each), what tuning and the check sweep start from."""
+    raw = {k: v for k, v in base.items() if k != "strategy"}
+    raw["data"] = {k: v for k, v in raw["data"].items() if k not in ("tune_fraction", "tune_seed")}
+    return write_text(out / BASE, yaml.safe_dump(raw, sort_keys=False))
 
 
 def study_name(label: str) -> str:
