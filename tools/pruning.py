@@ -5,14 +5,17 @@
     python tools/pruning.py --recipe recipes/quickstart.yaml --grid recipes/sweeps/suite_offline.yaml \
         --out sweeps/pruning --dataset transfer --jobs 2 --workers 2
 
-OUT/grid.yaml is the grid as run (`--dataset` keeps one dataset of a suite); OUT/<pruner>/ and OUT/none/ are
-its two sweeps (single process, `--jobs` runs at once); with `--workers N`, OUT/workers/ is the grid as written
-swept again with `pruner: none` by N processes of one journal study (none: with a pruner, what is pruned
-depends on which of the runs going at once reports first, so only none is deterministic). OUT/pruning.md (printed too) has, per configuration, the
-learning rate each sweep chose, its tuning runs (pruned), optimizer steps and seconds, and the final
-validation top-1 over the grid's seeds; the totals and their ratio; and, with workers, whether their
-results.csv equals the single process's (timings and memory aside) and whether any run was trained twice.
-Rerunning the command continues: each sweep reuses its finished runs.
+`--dataset` keeps one dataset of a suite. Both sweeps run in OUT/<pruner>/ (single process, `--jobs` runs at
+once), the pruned one first; its tables are kept as OUT/<pruner>.csv / .md. The none sweep then reuses its
+finished runs and resumes its pruned ones to their end (their steps and seconds count whole), so only what
+pruning skipped is trained; its tables are OUT/none.csv / .md. With `--workers N`, the grid with `pruner: none`
+is swept from scratch by one process (OUT/one/) and by N processes of one journal study (OUT/workers/); none,
+because with a pruner what is pruned depends on which of the runs going at once reports first.
+OUT/pruning.md (printed too) has, per configuration, the learning rate each sweep chose, its tuning runs
+(pruned), optimizer steps and seconds, and the final validation top-1 over the grid's seeds; the totals and
+their ratio; and, with workers, whether their results.csv equals the single process's (timings and memory
+aside) and whether any run was trained twice.
+Rerunning the command continues (the pruned sweep, once its tables are kept, is not run again).
 """
 from __future__ import annotations
 
@@ -71,6 +74,13 @@ def sweep_workers(recipe: Path, grid: dict, out: Path, workers: int, launcher: s
     runs = (RUN_LINE.match(line) for log in logs for line in log.read_text().splitlines())
     printed = Counter(m.group(1) for m in runs if m)
     return read_rows(out / "results.csv"), printed
+
+
+def keep_tables(rows: list[dict], runs: Path, to: Path) -> list[dict]:
+    """Copy the sweep's results.csv and .md to `to`.csv / .md (the next sweep in the folder rewrites them)."""
+    for suffix in (".csv", ".md"):
+        to.with_suffix(suffix).write_text((runs / "results").with_suffix(suffix).read_text())
+    return rows
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -138,18 +148,22 @@ def main(argv: list[str] | None = None) -> int:
         pruner = (grid.get("search") or {}).get("pruner", "none")
         if pruner == "none":
             raise UserError(f"{args.grid}: its search section has no pruner to compare with none")
-        pruned = sweep_once(args.recipe, grid, args.out / pruner, args.jobs, args.launcher)
-        full = sweep_once(args.recipe, {**grid, "search": {**grid["search"], "pruner": "none"}}, args.out / "none",
-                          args.jobs, args.launcher)
+        none = {**grid, "search": {**grid["search"], "pruner": "none"}}
+        runs = args.out / pruner
+        if not (args.out / f"{pruner}.csv").is_file():  # measured once: a rerun would find its runs trained on
+            keep_tables(sweep_once(args.recipe, grid, runs, args.jobs, args.launcher), runs, args.out / pruner)
+        pruned = read_rows(args.out / f"{pruner}.csv")
+        # none in the same folder: finished runs are reused, pruned ones resumed to their end (their steps
+        # and seconds count whole), so only what pruning skipped is trained
+        full = keep_tables(sweep_once(args.recipe, none, runs, args.jobs, args.launcher), runs, args.out / "none")
         lines = [f"# {pruner} against none: {args.grid}" + (f", dataset {args.dataset}" if args.dataset else ""), "",
                  *compare(pruned, full, pruner)]
-        if args.workers:
-            # the none grid: with a pruner, what is pruned depends on which concurrent runs reported first
-            none = {**grid, "search": {**grid["search"], "pruner": "none"}}
+        if args.workers:  # the none grid: with a pruner, what is pruned depends on which run reported first
+            one = sweep_once(args.recipe, none, args.out / "one", args.jobs, args.launcher)
             rows, printed = sweep_workers(args.recipe, none, args.out / "workers", args.workers, args.launcher)
             twice = sorted(k for k, n in printed.items() if n > 1)
             lines += ["", f"{args.workers} workers of one journal study against one process (pruner none): results.csv "
-                      f"{'identical' if same_tables(full, rows) else 'DIFFERENT'} (timings and memory aside); "
+                      f"{'identical' if same_tables(one, rows) else 'DIFFERENT'} (timings and memory aside); "
                       f"{sum(printed.values())} runs reported, {len(twice)} more than once{': ' if twice else ''}"
                       f"{', '.join(twice)}; {folders_trained(args.out / 'workers')} run folders."]
     except UserError as e:
