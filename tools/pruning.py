@@ -33,7 +33,8 @@ from partial_ft import UserError, parse_yaml, sweep
 
 TIMING = {"tune_seconds", "train_seconds", "images_per_second", "peak_memory_mib"}  # differ run to run
 KEY = ("dataset", "model", "options")  # a configuration's row in results.csv
-RUN_LINE = re.compile(r"^(.*?): (?:val_top1 |pruned after |FAILED: ).*\[\d+/\d+ done")  # the line a sweep prints per run
+# the line a sweep prints per finished or pruned run; group 1 names the run
+RUN_LINE = re.compile(r"^(.*?): (?:val_top1 |pruned after |FAILED: ).*\[\d+/\d+ done")
 
 
 def grid_as_run(path: Path, dataset: str | None) -> dict:
@@ -70,7 +71,8 @@ def sweep_workers(recipe: Path, grid: dict, out: Path, workers: int, launcher: s
     procs = [subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT) for log in logs]
     if any(p.wait() for p in procs):
         raise SystemExit(f"error: a worker failed; see {logs}")
-    subprocess.run([*command[:-2], "--report"], check=True, stdout=subprocess.DEVNULL)  # whichever ended last wrote them
+    # the worker that ended the last run wrote the tables; write them once more from the study, all runs in
+    subprocess.run([*command[:-2], "--report"], check=True, stdout=subprocess.DEVNULL)
     runs = (RUN_LINE.match(line) for log in logs for line in log.read_text().splitlines())
     printed = Counter(m.group(1) for m in runs if m)
     return read_rows(out / "results.csv"), printed
@@ -98,7 +100,8 @@ def compare(pruned: list[dict], full: list[dict], pruner: str) -> list[str]:
     by_key = {tuple(r[k] for k in KEY): r for r in full}
     tuned = [c for c in pruned[0] if c.startswith("train.") or c.startswith("data.") or c.startswith("strategy.")]
     lines = [f"| dataset | strategy | chosen ({pruner} / none) | tuning runs (pruned): {pruner} / none | "
-             f"tuning steps: {pruner} / none | tuning s: {pruner} / none | val top-1: {pruner} | val top-1: none | Δ |",
+             f"tuning steps: {pruner} / none | tuning s: {pruner} / none | val top-1: {pruner} | val top-1: none "
+             "| Δ |",
              "|---|---|---|---|---|---|---:|---:|---:|"]
     totals = Counter()
     for r in pruned:
@@ -114,7 +117,8 @@ def compare(pruned: list[dict], full: list[dict], pruner: str) -> list[str]:
             totals[f"{name} seconds"] += float(row["tune_seconds"])
         totals["worst"] = max(totals["worst"], abs(delta))
     steps, seconds = (totals[f"{pruner} {k}"] / totals[f"none {k}"] for k in ("steps", "seconds"))
-    lines += ["", f"Tuning, all configurations: {totals[f'{pruner} steps']:,} steps and {totals[f'{pruner} seconds']:.0f} s "
+    ours = f"{totals[f'{pruner} steps']:,} steps and {totals[f'{pruner} seconds']:.0f} s"
+    lines += ["", f"Tuning, all configurations: {ours} "
               f"with {pruner}, {totals['none steps']:,} steps and {totals['none seconds']:.0f} s with none: "
               f"{steps:.0%} of the steps, {seconds:.0%} of the seconds. Largest final top-1 difference: "
               f"{totals['worst']:.4f}."]
