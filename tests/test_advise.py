@@ -3,6 +3,7 @@ advise on a tiny task (within its time, continued after an interruption, its rec
 from __future__ import annotations
 
 import pytest
+import yaml
 
 from partial_ft.advise.table import CUT, DONE, SKIPPED, Row, binomial_se, recommend, sentence
 from partial_ft.advise.timeplan import cuts, next_step
@@ -189,3 +190,9 @@ def test_advise_stops_on_sigterm_continues_without_repeating_trials_keeps_time_a
     assert second.choice is not None and second.val_top1 is not None
     assert "Trained as advised on all of train: validation top-1" in second.text
     assert (out / "trained" / "summary.json").is_file()
+    # the exhaustive check's grid: the candidates not skipped, as sized (docs/advise.md)
+    check = yaml.safe_load((out / "check.yaml").read_text())
+    assert check["strategies"] == [{"name": "head", "norm_stats": "freeze",
+                                    "overrides": ["train.solver=exact", "data.augment=false"]},
+                                   {"name": "bias"}, {"name": "full"}]
+    assert json.loads((out / "state.json").read_text())["budget"] == 3000

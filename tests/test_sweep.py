@@ -65,6 +65,12 @@ GRID_ERRORS = [  # (grid, what the one-line error must say)
      "head dataset bad seed 0: train.epochs must be >= 1"),
     ({"strategies": STRATEGIES, "tune": {"train.opt": ["adamw"], "train.lr": [0.1, -1]}},
      "tune head {'train.opt': 'adamw', 'train.lr': -1}: train.lr must be > 0"),
+    # a strategy entry's own overrides: checked as the grid's, the configuration named with them
+    ({"strategies": [{"name": "head", "overrides": ["train.epoch=2"]}]}, "override 'train.epoch': unknown recipe key"),
+    ({"strategies": [{"name": "head", "overrides": "train.epochs=2"}]},
+     "'strategies: head: overrides' must be a list of strs"),
+    ({"strategies": [{"name": "head"}, {"name": "head", "overrides": ["train.epochs=0"]}]},
+     "head [train.epochs=0] seed 0: train.epochs must be >= 1"),
 ]
 
 

@@ -55,6 +55,9 @@ def test_halving_prunes_losing_candidates_and_never_chooses_one(tiny_recipe, tmp
     (row,) = csv.DictReader((out / "results.csv").open())
     assert float(row["train.lr"]) == 0.01
     assert (row["tune_trials"], row["tune_pruned"]) == ("3", "2") and float(row["tune_seconds"]) > 0
+    # the carve-out is taken from all 1,437 digits first, then max_train_samples caps the rest at 256: 8 batches
+    # of 32 an epoch; 3 + 2 + 2 epochs
+    assert [a["steps"] for _, a in tune_trials] == [24, 16, 16] and row["tune_steps"] == "56"
 
 
 def test_tpe_range_rerun_draws_and_chooses_the_same(tiny_recipe, tmp_path):
@@ -246,3 +249,17 @@ def test_a_worker_of_another_grid_and_a_second_sweep_on_one_folder_are_refused(t
         assert sorted(p.name for p in out.iterdir()) == [".sweep.lock"]
     finally:
         os.close(fd)
+
+
+def test_deadline_stops_the_running_trial_at_its_epoch_end_and_starts_no_other(tiny_recipe, tmp_path, monkeypatch):
+    """Options.deadline (advise's --time): the clock is past it from the first epoch's end on, so the first
+    candidate stops there (recorded as pruned, never chosen) and the second never starts."""
+    from partial_ft.sweep import engine
+
+    looks = []
+    monkeypatch.setattr(engine, "past", lambda deadline: looks.append(deadline) or len(looks) > 1)
+    base = tiny_recipe("base", train={"epochs": 3, "max_steps": None, "batch_size": 32, "progress": False})
+    result = tune(base, {"name": "head"}, {"train.lr": [0.01, 0.001]}, tmp_path / "t",
+                  options=Options(launcher="inprocess", deadline=1.0))
+    assert [(t.params, t.state, t.epochs) for t in result.trials] == [({"train.lr": 0.01}, "pruned", 1)]
+    assert result.chosen is None and set(looks) == {1.0}

@@ -89,7 +89,8 @@ def size(task: Task, recipe: Recipe, only: Optional[str] = None) -> list[Row]:
     for name, node, settings, inside in CANDIDATES:
         if only is not None and name != only:
             continue
-        row = Row(name, None, total=task.total, in_budget=inside, settings=dict(settings), tunes_lr=name != PROBE)
+        row = Row(name, None, total=task.total, in_budget=inside, settings=dict(settings), tunes_lr=name != PROBE,
+                  candidate=name)
         try:
             spec = size_to_budget(task.model, node, task.budget, recipe.train.seed, task.init_model,
                                   at_most=True, steps=20)[0] if inside and _sizable(node) else dict(node)

@@ -8,13 +8,14 @@ folder per measured epoch (measure/) and per trial (tune/), and trained/ (--trai
 """
 from __future__ import annotations
 
+import functools
 import math
 import re
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from .. import recipe as recipes
 from ..atomic import check_writable
@@ -22,13 +23,13 @@ from ..errors import UserError
 from ..runlock import hold_folder
 from ..signals import Interrupted, Stopped, stop_on_signals
 from ..train import run
-from . import candidates, report, state
+from . import candidates, check, report, state
 from .measure import measure
 from .table import SKIPPED, Row
 from .timeplan import cuts, next_step, settle, trial_seconds
-from .tuning import Tuner, study_name
+from .tuning import Tuner, study_name, write_base
 
-TUNE_FRACTION, TUNE_SEED = 0.2, 0  # the carve-out of train every candidate is tuned on
+TUNE_FRACTION, TUNE_SEED = state.CARVE_OUT  # the carve-out of train every candidate is tuned on
 LOCK = ".advise.lock"
 
 
@@ -77,22 +78,30 @@ def advise(req: Request) -> Outcome:
     rows = [probe, *(r for r in candidates.size(task, recipe) if r.name != candidates.PROBE)]
     state.restore(out, fingerprint, rows[1:])
     out.mkdir(parents=True, exist_ok=True)
-    tuner = Tuner(req.storage, req.worker, req.launcher, out, n_eval, TUNE_FRACTION, TUNE_SEED)
+    # the limit as a wall-clock time for the sweep engine: no trial starts after it, a running one stops at its
+    # epoch's end (the plan's estimates are from a measured epoch; a machine that slows down would overrun them)
+    deadline = time.time() + req.seconds - (time.monotonic() - start)
+    tuner = Tuner(req.storage, req.worker, req.launcher, out, n_eval, TUNE_FRACTION, TUNE_SEED, deadline)
+    meta = {"budget": task.budget, "total": task.total, "tune_fraction": TUNE_FRACTION, "tune_seed": TUNE_SEED}
     signum = None
     with _hold(out, req.worker), stop_on_signals() as stop:
-        state.save(out, fingerprint, rows)  # the folder is advice from now on (continuing reads it)
+        save = functools.partial(state.save, out, fingerprint, rows, meta)  # after every step
+        save()  # the folder is advice from now on (continuing reads it)
         try:
-            _work(rows, base, out, tuner, n_eval, start + req.seconds, req.trials, stop, fingerprint)
+            _work(rows, base, out, tuner, n_eval, start + req.seconds, req.trials, stop, save)
         except (Interrupted, Stopped) as e:
             signum = e.signum
         signum = signum or stop.signum
         settle(rows, req.trials)
-        state.save(out, fingerprint, rows)
+        save()
     header = {"recipe": req.recipe, "budget": task.budget, "total": task.total, "time": req.time_text,
               "used": time.monotonic() - start, "n_eval": n_eval, "fraction": TUNE_FRACTION, "seed": TUNE_SEED}
     notes = (["stopped by a signal: this is the report of what was done so far; the same command continues"]
              if signum else []) + cuts(rows, req.trials)
     text, rec = report.write(out, rows, header, state.user_raw(req.recipe), req.overrides, notes, probe)
+    if any(r.status != SKIPPED for r in rows):  # the exhaustive check's sweep: its recipe and grid (docs/advise.md)
+        write_base(out, base)
+        check.write_check_grid(out)
     outcome = Outcome(text, rec.choice if rec else None, signum, folder=out)
     if req.train and rec is not None and not signum:
         outcome.val_top1 = _train(out, rec.choice)
@@ -135,7 +144,7 @@ def _measure(base: dict, row: Row, run_dir: Path, n_eval: int) -> None:
 
 
 def _work(rows: list[Row], base: dict, out: Path, tuner: Tuner, n_eval: int, deadline: float, trials: int,
-          stop, fingerprint: str) -> None:
+          stop, save: Callable[[], None]) -> None:
     """Measure and tune as the time plan says until nothing more fits, or a signal."""
     for r in rows:
         if r.status == SKIPPED:
@@ -149,7 +158,7 @@ def _work(rows: list[Row], base: dict, out: Path, tuner: Tuner, n_eval: int, dea
         else:
             tuner.trial(step.row, base, step.n)
             print(_line(step.row, f"{step.row.trials} trials"), flush=True)
-        state.save(out, fingerprint, rows)
+        save()
 
 
 def _line(r: Row, what: str) -> str:

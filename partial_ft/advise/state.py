@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from .. import yamlsafe
 from ..atomic import write_text
@@ -14,6 +14,7 @@ from ..errors import UserError
 from .table import Row
 
 STATE = "state.json"
+CARVE_OUT = (0.2, 0)  # the carve-out of train every candidate is tuned on: its fraction and seed
 FIELDS = ("epoch_seconds", "setup_seconds", "trial_epochs", "peak_memory_bytes", "delta_bytes", "learned", "top1",
           "n_eval", "lr", "trials", "pruned")
 # recipe keys that do not change what a candidate learns or how fast
@@ -47,11 +48,13 @@ def restore(out: Path, digest: str, rows: list[Row]) -> None:
                 setattr(row, key, value)
 
 
-def save(out: Path, digest: str, rows: list[Row]) -> None:
-    """Write state.json (atomically)."""
-    data: dict[str, Any] = {"fingerprint": digest,
-                            "rows": {r.name: {k: getattr(r, k) for k in FIELDS} for r in rows if r.status != "skipped"}}
-    write_text(out / STATE, json.dumps(data, indent=1))
+def save(out: Path, digest: str, rows: list[Row], meta: Optional[dict[str, Any]] = None) -> None:
+    """Write state.json (atomically): per candidate not skipped, what it measured and found, its sized
+    strategy and candidate kind (what the exhaustive check, check.py, rebuilds it from); `meta` (the
+    budget, the model's size, the carve-out) at the top level."""
+    rows_out = {r.name: {**{k: getattr(r, k) for k in FIELDS}, "candidate": r.candidate, "spec": r.spec}
+                for r in rows if r.status != "skipped"}
+    write_text(out / STATE, json.dumps({"fingerprint": digest, **(meta or {}), "rows": rows_out}, indent=1))
 
 
 def user_raw(path: str) -> dict:

@@ -39,6 +39,7 @@ class Row:
     trials: int = 0
     pruned: int = 0
     tunes_lr: bool = True  # False for the exact probe: nothing to tune
+    candidate: str = ""  # which of advise's candidates (candidates.CANDIDATES) it is
 
     @property
     def se(self) -> float:

@@ -31,6 +31,12 @@ class Options:
     jobs: int = 1
     heartbeat: float = 60.0
     worker: bool = False  # one of several processes on one study (else: the only one)
+    deadline: Optional[float] = None  # time.time() after which no run starts and a tuning run stops at the end
+    # of its epoch (advise's --time); a run stopped so is recorded as pruned: never chosen, continued by a rerun
+
+
+def past(deadline: Optional[float]) -> bool:
+    return deadline is not None and time.time() >= deadline
 
 
 class Engine:
@@ -132,7 +138,7 @@ class Engine:
             beat.stop()
 
     def _loop(self, options: Options, beat: study.Heartbeat, device: Optional[str]) -> None:
-        while True:
+        while not past(options.deadline):
             claimed = self._claim()
             if claimed is not None:
                 self._run(*claimed, options, beat, device)
@@ -202,7 +208,7 @@ class Engine:
 
         def report(epoch: int, top1: float) -> bool:
             trial.report(top1, epoch)
-            return trial.should_prune()
+            return trial.should_prune() or past(options.deadline)
 
         outcome = run_job(job, options.launcher, report, device)
         return outcome, _attrs(job.where, job.run_dir, outcome)
@@ -245,7 +251,8 @@ class Engine:
 
 
 def _attrs(where: str, run_dir: Any, o: Outcome) -> dict[str, Any]:
-    attrs = {"where": where, "run_dir": str(run_dir), "epochs": o.epochs, "seconds": round(o.seconds, 3)}
+    attrs = {"where": where, "run_dir": str(run_dir), "epochs": o.epochs, "seconds": round(o.seconds, 3),
+             "steps": o.steps}
     return {**attrs, **({"error": o.error} if o.error else {}), **({"top1": o.top1} if o.top1 is not None else {})}
 
 

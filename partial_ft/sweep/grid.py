@@ -6,6 +6,7 @@ A grid is plain YAML with these keys (any other key is an error with a suggestio
     overrides: [train.epochs=4]            # applied to every run
     budget: 0.02                           # optional: size every tunable strategy to 2% of the weights
     strategies: [{name: full}, {name: filters, grid: {fraction: [0.01, 0.1]}}]
+                                           # an entry's `overrides: [key=value, ...]` apply to its runs only
     tune: {train.lr: [0.001, 0.003]}       # optional: candidates, chosen per configuration on a carve-out;
                                            # or a range: {train.lr: {low: 1e-4, high: 0.3, log: true}}
     search: {trials: 8, sampler: tpe, pruner: halving, min_epochs: 1, seed: 0}   # how (see search.py)
@@ -52,6 +53,7 @@ class Grid:
     """A validated grid file."""
 
     strategies: list[dict]
+    strategy_overrides: list[list[str]] = field(default_factory=list)  # per strategy (its entry's `overrides`)
     seeds: list[int] = field(default_factory=lambda: [0])
     overrides: list[str] = field(default_factory=list)
     budget: Optional[float] = None
@@ -62,6 +64,10 @@ class Grid:
     models: list[Axis] = field(default_factory=list)
     controls: Optional[dict] = None
 
+    def own(self) -> list[list[str]]:
+        """Each strategy's own overrides (none for each where the grid was built without them)."""
+        return self.strategy_overrides or [[] for _ in self.strategies]
+
 
 @dataclass
 class Config:
@@ -71,10 +77,11 @@ class Config:
     dataset: Optional[Axis] = None
     model: Optional[Axis] = None
     control_for: Optional[str] = None  # a random control: the label of the strategy it matches
+    own: list[str] = field(default_factory=list)  # the strategy entry's own recipe overrides
 
     @property
     def label(self) -> str:
-        return label(self.spec)
+        return config_label(self.spec, self.own)
 
     def where(self) -> str:
         """The configuration in words, for messages."""
@@ -86,12 +93,19 @@ class Config:
         return Path(*[a.name for a in (self.dataset, self.model) if a] or ["."])
 
     def overrides(self) -> list[str]:
-        return [*(self.dataset.overrides if self.dataset else []), *(self.model.overrides if self.model else [])]
+        return [*(self.dataset.overrides if self.dataset else []), *(self.model.overrides if self.model else []),
+                *self.own]
 
 
 def label(spec: dict) -> str:
     """A readable, stable label (strategy name + options that differ from their defaults)."""
     return describe(parse_options(spec))
+
+
+def config_label(spec: dict, own: list[str] = ()) -> str:
+    """A configuration's label: the strategy's, and its entry's own overrides (so that one strategy with
+    different overrides gets different run folders and rows), e.g. `head [train.solver=exact]`."""
+    return label(spec) + (f" [{', '.join(own)}]" if own else "")
 
 
 def slug(text: str) -> str:
@@ -154,10 +168,8 @@ def _build(raw: dict) -> Grid:
             raise UserError(f"unknown grid key '{key}'{did_you_mean(key, KEYS)}")
     if not isinstance(raw.get("strategies"), list) or not raw["strategies"]:
         raise UserError("'strategies' must be a non-empty list of strategy specs")
-    specs = expand([_mapping(s, "a strategy") for s in raw["strategies"]])
-    for spec in specs:
-        parse_spec(spec)  # the registry's own validation: unknown strategy or option, with suggestions
-    grid = Grid(strategies=specs, seeds=_list(raw.get("seeds", [0]), "seeds", int),
+    specs, own = _strategies(raw["strategies"])
+    grid = Grid(strategies=specs, strategy_overrides=own, seeds=_list(raw.get("seeds", [0]), "seeds", int),
                 overrides=_list(raw.get("overrides", []), "overrides", str), budget=raw.get("budget"),
                 tune_fraction=raw.get("tune_fraction", 0.2), controls=raw.get("controls"))
     if not grid.seeds:
@@ -176,9 +188,23 @@ def _build(raw: dict) -> Grid:
     if grid.controls is not None:
         parse_spec(_mapping(grid.controls, "'controls'"))
     grid.datasets, grid.models = _axes(raw.get("datasets"), "datasets"), _axes(raw.get("models"), "models")
-    for override in [*grid.overrides, *(o for a in grid.datasets + grid.models for o in a.overrides)]:
+    for override in [*grid.overrides, *(o for a in grid.datasets + grid.models for o in a.overrides),
+                     *(o for entry in own for o in entry)]:
         _check_key(override.split("=", 1)[0], "override")
     return grid
+
+
+def _strategies(entries: list) -> tuple[list[dict], list[list[str]]]:
+    """The strategy specs (each entry's `grid` expanded) and, per spec, its entry's own overrides."""
+    specs, own = [], []
+    for entry in entries:
+        entry = _mapping(entry, "a strategy")
+        extra = _list(entry.get("overrides", []), f"strategies: {entry.get('name')}: overrides", str)
+        for spec in expand([{k: v for k, v in entry.items() if k != "overrides"}]):
+            parse_spec(spec)  # the registry's own validation: unknown strategy or option, with suggestions
+            specs.append(spec)
+            own.append(list(extra))
+    return specs, own
 
 
 def _mapping(node: Any, what: str) -> dict:
@@ -227,6 +253,6 @@ def _check_key(dotted: str, what: str) -> None:
 
 def configurations(grid: Grid, specs: Optional[list[dict]] = None) -> list[Config]:
     """Every (dataset, model, strategy) of the grid, datasets outermost."""
-    return [Config(copy.deepcopy(spec), dataset, model)
+    return [Config(copy.deepcopy(spec), dataset, model, own=list(extra))
             for dataset in grid.datasets or [None] for model in grid.models or [None]
-            for spec in (specs if specs is not None else grid.strategies)]
+            for spec, extra in zip(specs if specs is not None else grid.strategies, grid.own())]

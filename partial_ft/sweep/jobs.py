@@ -9,6 +9,7 @@ A finished run folder is reused only when the recipe it recorded is the one the 
 from __future__ import annotations
 
 import json
+import contextlib
 import os
 import signal
 import subprocess
@@ -22,7 +23,7 @@ import yaml
 
 from .. import checkpoints, recipe as recipes, rundir
 from ..errors import UserError
-from ..signals import Interrupted
+from ..signals import WATCHED, Interrupted
 
 LAUNCHERS = ("python", "accelerate", "inprocess")
 POLL_SECONDS = 0.5  # how often a subprocess run's metrics.jsonl is read for its epochs' accuracy
@@ -54,6 +55,7 @@ class Outcome:
     epochs: int = 0  # epochs it reached
     top1: Optional[float] = None  # its last accuracy
     seconds: float = 0.0  # its training seconds (a pruned run's up to where it stopped)
+    steps: int = 0  # optimizer steps it trained (a pruned run's up to where it stopped)
 
 
 def make_raw(base: dict, overrides: list[str], spec: dict, seed: int, run_dir: Path,
@@ -128,7 +130,7 @@ def run_job(job: Job, launcher: str, report: Optional[Report] = None, device: Op
     summary = finished_before(job)
     if summary is not None:
         return Outcome("reused", summary, epochs=summary.get("epochs") or 0, top1=summary["val_top1"],
-                       seconds=summary.get("train_seconds", 0.0))
+                       seconds=summary.get("train_seconds", 0.0), steps=summary.get("steps") or 0)
     job.run_dir.parent.mkdir(parents=True, exist_ok=True)
     recipe_path = job.run_dir.parent / f"{job.run_dir.name}.yaml"
     recipe_path.write_text(yaml.safe_dump(job.raw, sort_keys=False))
@@ -150,26 +152,34 @@ def _in_process(job: Job, recipe_path: Path, told: Optional[Told]) -> Outcome:
         return bool(stopped)
 
     overwrite, resume = _mode(job)
+    log = job.run_dir.parent / f"{job.run_dir.name}.log"  # the run's own lines, as a subprocess run's are not shown
     try:
-        try:
-            summary = run(recipes.load(recipe_path), overwrite=overwrite, resume=resume, on_epoch_end=on_epoch_end)
-        except UserError:
-            if not resume:
-                raise
-            seen.clear()  # it cannot be resumed (its data changed): start afresh
-            summary = run(recipes.load(recipe_path), overwrite=True, on_epoch_end=on_epoch_end)
+        with open(log, "a") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+            try:
+                summary = run(recipes.load(recipe_path), overwrite=overwrite, resume=resume, on_epoch_end=on_epoch_end)
+            except UserError:
+                if not resume:
+                    raise
+                seen.clear()  # it cannot be resumed (its data changed): start afresh
+                summary = run(recipes.load(recipe_path), overwrite=True, on_epoch_end=on_epoch_end)
     except Interrupted:
         if stopped:
             return _pruned(seen)
         raise
     except UserError as e:
         return Outcome("failed", error=str(e))
-    return Outcome("complete", summary, epochs=len(seen), top1=summary["val_top1"], seconds=summary["train_seconds"])
+    return _complete(summary, len(seen))
+
+
+def _complete(summary: dict, epochs: int) -> Outcome:
+    return Outcome("complete", summary, epochs=epochs, top1=summary["val_top1"], seconds=summary["train_seconds"],
+                   steps=summary.get("steps") or 0)
 
 
 def _pruned(seen: list[dict]) -> Outcome:
     last = seen[-1]
-    return Outcome("pruned", epochs=last["epoch"], top1=last["val_top1"], seconds=last.get("train_seconds", 0.0))
+    return Outcome("pruned", epochs=last["epoch"], top1=last["val_top1"], seconds=last.get("train_seconds", 0.0),
+                   steps=last.get("step") or 0)
 
 
 def _identity(path: Path) -> Optional[tuple[int, int]]:
@@ -211,7 +221,8 @@ def _launch(job: Job, recipe_path: Path, launcher: str, told: Optional[Told], de
             resume: bool) -> Outcome:
     # `accelerate launch` of this interpreter's accelerate, not whichever `accelerate` is first on PATH
     launch = [sys.executable, "-m", "accelerate.commands.launch"] if launcher == "accelerate" else [sys.executable]
-    env = {**os.environ, **({"CUDA_VISIBLE_DEVICES": device} if device is not None else {})}
+    env = {**os.environ, WATCHED: str(os.getpid()),  # the run stops when this process is gone
+           **({"CUDA_VISIBLE_DEVICES": device} if device is not None else {})}
     metrics_path = job.run_dir / rundir.METRICS
     stale = None if resume else _identity(metrics_path)
     seen: list[dict] = []
@@ -248,4 +259,4 @@ def _launch(job: Job, recipe_path: Path, launcher: str, told: Optional[Told], de
         error = next((line for line in reversed(lines) if line.startswith("error:")), "\n".join(lines[-15:]))
         return Outcome("failed", error=error.removeprefix("error: ") or f"exit code {p.returncode}")
     summary = rundir.RunFolder(job.run_dir).read_summary()
-    return Outcome("complete", summary, epochs=len(seen), top1=summary["val_top1"], seconds=summary["train_seconds"])
+    return _complete(summary, len(seen))

@@ -38,7 +38,10 @@ class Plan:
 
     def digest(self) -> str:
         """What decides every run (not the folder, not how many processes run them)."""
-        return fingerprint(dataclasses.asdict(self.grid), self.base, self.cli)
+        grid = dataclasses.asdict(self.grid)
+        if not any(grid["strategy_overrides"]):  # as before strategies had their own: older studies still match
+            del grid["strategy_overrides"]
+        return fingerprint(grid, self.base, self.cli)
 
     def tune_job(self, index: int, candidate: dict[str, Any]) -> Job:
         """Configuration `index` trained with `candidate` (first seed) on train minus the carve-out."""
@@ -98,8 +101,9 @@ def _configs(grid: grids.Grid, base_path: Path, cli: list[str]) -> list[grids.Co
             recipe = recipes.load(base_path, [*grid.overrides, *axis.overrides(), *cli])
             specs = budget.match_all(recipe, grid.strategies, grid.budget) if grid.budget else grid.strategies
             pairs = budget.controls(recipe, specs, grid.controls) if grid.controls else [(s, None) for s in specs]
-            for spec, control in pairs:
-                out.append(grids.Config(spec, dataset, model))
-                if control is not None:
-                    out.append(grids.Config(control, dataset, model, control_for=grids.label(spec)))
+            for (spec, control), own in zip(pairs, grid.own()):
+                config = grids.Config(spec, dataset, model, own=list(own))
+                out.append(config)
+                if control is not None:  # trained as the strategy it matches is (its own overrides too)
+                    out.append(grids.Config(control, dataset, model, control_for=config.label, own=list(own)))
     return out
