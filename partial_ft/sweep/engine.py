@@ -62,6 +62,7 @@ class Engine:
                 study.delete_sweep(self.storage, self.name)
                 return self.set_up(False)
             study.wait_ready(self.storage, self.name, digest, self.where)
+            self._extend()
             return None
         order = 0
         if self.plan.grid.tune:
@@ -77,6 +78,21 @@ class Engine:
                 study.enqueue(self.storage, sid, {}, {"config": i, "seed": seed, "kind": "final", "order": order})
                 order += 1
         study.set_ready(self.storage, self.name)
+
+    def _extend(self) -> None:
+        """Up to `search.trials` drawn trials in each configuration's tuning: a study set up with fewer
+        (a tuning study's fingerprint leaves the count out, so `tune` with more trials continues it) gets
+        the missing ones, each enqueued once across processes (the claim of slot K is the creation of the
+        study NAME/tune/I/slot/K, which only one process can do)."""
+        if not self.plan.grid.tune or self.search.sampler == "grid":
+            return
+        for i in range(len(self.plan.configs)):
+            name = study.tune_name(self.name, i)
+            sid = self.storage.get_study_id_from_name(name)
+            have = {t.user_attrs.get("order") for t in self.storage.get_all_trials(sid, deepcopy=False)}
+            for k in range(self.search.trials):
+                if k not in have and study.claim_slot(self.storage, name, k):
+                    study.enqueue(self.storage, sid, {}, {"config": i, "kind": "tune", "order": k})
 
     def restart(self, exclusive: bool, beat: float) -> None:
         """A plain sweep (no --worker): runs left RUNNING by a process that stopped (any, when the study is
@@ -112,6 +128,11 @@ class Engine:
                                                         sampler=self.search.make_sampler(),
                                                         pruner=self.search.make_pruner())
             return self._studies[name]
+
+    def _trial_study(self, name: str, number: int) -> optuna.Study:
+        """The study as trial `number` draws from it: its sampler seeded for that trial (search.make_sampler)."""
+        return optuna.load_study(study_name=name, storage=self.storage, sampler=self.search.make_sampler(number),
+                                 pruner=self.search.make_pruner())
 
     # ---------------------------------------------------------------- working
 
@@ -178,7 +199,7 @@ class Engine:
     def _run(self, name: str, sid: int, claimed: tuple[int, FrozenTrial], options: Options, beat: study.Heartbeat,
              device: Optional[str]) -> None:
         trial_id, frozen = claimed
-        trial = optuna.Trial(self._study(name), trial_id)
+        trial = optuna.Trial(self._trial_study(name, frozen.number), trial_id)
         beat.add(trial_id)
         try:
             i = frozen.user_attrs["config"]

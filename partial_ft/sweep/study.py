@@ -5,6 +5,8 @@ Layout, under one name (`--study`, default "sweep"):
     NAME/tune/I          configuration I's tuning: one trial per candidate (or per draw from a range)
     NAME/final           every (configuration, seed) final run
     NAME/takeover/T      a claim: trial T's run was taken over after its worker stopped beating
+    NAME/tune/I/slot/K   a claim: drawn trial K of configuration I was enqueued when a tuning study
+                         was continued with more trials (`tune`)
 
 Every run is a trial enqueued once, when the sweep is set up (by whichever process creates NAME first),
 and claimed by moving it from WAITING to RUNNING, which the storage grants to one process only. Optuna's
@@ -191,6 +193,16 @@ def take_over(storage: BaseStorage, name: str, sid: int, trial: FrozenTrial) -> 
         storage.set_trial_state_values(trial_id, TrialState.FAIL)
     except UpdateFinishedTrialError:
         pass  # it finished after all; the new trial finds its run folder finished and reuses it
+    return True
+
+
+def claim_slot(storage: BaseStorage, name: str, k: int) -> bool:
+    """Claim the enqueuing of trial slot `k` of the tuning study `name` (more trials asked for than it was
+    set up with): True for the one process whose creation of NAME/slot/K succeeds."""
+    try:
+        storage.create_new_study(MAXIMIZE, f"{name}/slot/{k}")
+    except DuplicatedStudyError:
+        return False
     return True
 
 
