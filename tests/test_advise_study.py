@@ -79,7 +79,8 @@ def test_two_advise_workers_share_the_studies_and_run_each_trial_once(tiny_recip
     assert trials and all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
     assert sorted(t.user_attrs["where"].split()[1] for t in trials) == ["bias", "bias", "full", "full"]
     run_dirs = sorted(t.user_attrs["run_dir"] for t in trials)
-    assert run_dirs == sorted(str(p) for p in (out / "tune").iterdir() if p.is_dir())  # one folder per trial, one trial per folder
+    # one folder per trial, one trial per folder
+    assert run_dirs == sorted(str(p) for p in (out / "tune").iterdir() if p.is_dir())
     lines = [line for o, _ in outputs for line in o.splitlines()]
     assert not any("finished before: skipped" in line or "cannot run" in line for line in lines)
     assert len(list((out / "measure").iterdir())) == 2

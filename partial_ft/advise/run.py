@@ -87,7 +87,8 @@ def advise(req: Request) -> Outcome:
         save = functools.partial(state.save, out, fingerprint, rows, meta)  # after every step
         save()  # the folder is advice from now on (continuing reads it)
         try:
-            _work(rows, base, _measure_root(out, req.worker), tuner, n_eval, start + req.seconds, req.trials, stop, save)
+            _work(rows, base, _measure_root(out, req.worker), tuner, n_eval, start + req.seconds, req.trials, stop,
+                  save)
         except (Interrupted, Stopped) as e:
             signum = e.signum
         signum = signum or stop.signum
