@@ -55,6 +55,9 @@ def test_halving_prunes_losing_candidates_and_never_chooses_one(tiny_recipe, tmp
     (row,) = csv.DictReader((out / "results.csv").open())
     assert float(row["train.lr"]) == 0.01
     assert (row["tune_trials"], row["tune_pruned"]) == ("3", "2") and float(row["tune_seconds"]) > 0
+    # the carve-out is taken from all 1,437 digits first, then max_train_samples caps the rest at 256: 8 batches
+    # of 32 an epoch; 3 + 2 + 2 epochs
+    assert [a["steps"] for _, a in tune_trials] == [24, 16, 16] and row["tune_steps"] == "56"
 
 
 def test_tpe_range_rerun_draws_and_chooses_the_same(tiny_recipe, tmp_path):

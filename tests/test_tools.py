@@ -336,3 +336,27 @@ def test_weight_stats_series_are_one_per_kind_of_layer():
     assert {k: len(v) for k, v in kinds.items()} == {"conv 7x7": 1, "conv 3x3": 16, "conv 1x1": 3, "linear": 1}
     assert [rows[i]["layer"] for i in kinds["conv 1x1"]] == [f"layer{n}.0.downsample.0" for n in (2, 3, 4)]
     assert all(rows[i]["learned"] == rows[i]["entries"] // 4 for i in kinds["conv 3x3"])  # 25% of the filters
+
+
+def _result(options: str, lr: str, trials: int, pruned: int, steps: int, seconds: float, mean: float) -> dict:
+    return {"dataset": "transfer", "model": "resnet18", "options": options, "train.lr": lr, "tune_trials": str(trials),
+            "tune_pruned": str(pruned), "tune_steps": str(steps), "tune_seconds": str(seconds),
+            "val_top1_mean": str(mean), "val_top1_std": "0.01", "train_seconds": "9.5"}
+
+
+def test_pruning_table_totals_ratio_and_largest_difference():
+    """tools/pruning.py's table from hand-made results rows: the choices side by side, the steps and
+    seconds summed over configurations, their ratio, and the largest final top-1 difference."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    import pruning
+
+    halving = [_result("full", "0.003", 5, 3, 120, 30.0, 0.99), _result("block", "0.03", 5, 2, 180, 50.0, 0.97)]
+    none = [_result("full", "0.003", 5, 0, 300, 80.0, 0.99), _result("block", "0.01", 5, 0, 300, 120.0, 0.985)]
+    lines = pruning.compare(halving, none, "halving")
+    assert lines[2] == ("| transfer | full | 0.003 / 0.003 | 5 (3) / 5 (0) | 120 / 300 | 30 / 80 | 0.9900 ± 0.0100 | "
+                        "0.9900 ± 0.0100 | +0.0000 |")
+    assert "| 0.03 / 0.01 |" in lines[3] and lines[3].endswith("| -0.0150 |")
+    assert lines[-1] == ("Tuning, all configurations: 300 steps and 80 s with halving, 600 steps and 200 s with none: "
+                         "50% of the steps, 40% of the seconds. Largest final top-1 difference: 0.0150.")
+    assert pruning.same_tables(none, [{**r, "train_seconds": "11.0", "tune_seconds": "1"} for r in none])
+    assert not pruning.same_tables(none, [{**none[0], "val_top1_mean": "0.98"}, none[1]])

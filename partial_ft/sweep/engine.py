@@ -266,7 +266,8 @@ class Engine:
 
 
 def _attrs(where: str, run_dir: Any, o: Outcome) -> dict[str, Any]:
-    attrs = {"where": where, "run_dir": str(run_dir), "epochs": o.epochs, "seconds": round(o.seconds, 3)}
+    attrs = {"where": where, "run_dir": str(run_dir), "epochs": o.epochs, "seconds": round(o.seconds, 3),
+             "steps": o.steps}
     return {**attrs, **({"error": o.error} if o.error else {}), **({"top1": o.top1} if o.top1 is not None else {})}
 
 

@@ -54,6 +54,7 @@ class Outcome:
     epochs: int = 0  # epochs it reached
     top1: Optional[float] = None  # its last accuracy
     seconds: float = 0.0  # its training seconds (a pruned run's up to where it stopped)
+    steps: int = 0  # optimizer steps it trained (a pruned run's up to where it stopped)
 
 
 def make_raw(base: dict, overrides: list[str], spec: dict, seed: int, run_dir: Path,
@@ -142,7 +143,7 @@ def run_job(job: Job, launcher: str, report: Optional[Report] = None, device: Op
     summary = finished_before(job)
     if summary is not None:
         return Outcome("reused", summary, epochs=summary.get("epochs") or 0, top1=summary["val_top1"],
-                       seconds=summary.get("train_seconds", 0.0))
+                       seconds=summary.get("train_seconds", 0.0), steps=summary.get("steps") or 0)
     job.run_dir.parent.mkdir(parents=True, exist_ok=True)
     recipe_path = job.run_dir.parent / f"{job.run_dir.name}.yaml"
     recipe_path.write_text(yaml.safe_dump(job.raw, sort_keys=False))
@@ -178,12 +179,18 @@ def _in_process(job: Job, recipe_path: Path, told: Optional[Told]) -> Outcome:
         raise
     except UserError as e:
         return Outcome("failed", error=str(e))
-    return Outcome("complete", summary, epochs=len(seen), top1=summary["val_top1"], seconds=summary["train_seconds"])
+    return _complete(summary, len(seen))
+
+
+def _complete(summary: dict, epochs: int) -> Outcome:
+    return Outcome("complete", summary, epochs=epochs, top1=summary["val_top1"], seconds=summary["train_seconds"],
+                   steps=summary.get("steps") or 0)
 
 
 def _pruned(seen: list[dict]) -> Outcome:
     last = seen[-1]
-    return Outcome("pruned", epochs=last["epoch"], top1=last["val_top1"], seconds=last.get("train_seconds", 0.0))
+    return Outcome("pruned", epochs=last["epoch"], top1=last["val_top1"], seconds=last.get("train_seconds", 0.0),
+                   steps=last.get("step") or 0)
 
 
 def _identity(path: Path) -> Optional[tuple[int, int]]:
@@ -262,4 +269,4 @@ def _launch(job: Job, recipe_path: Path, launcher: str, told: Optional[Told], de
         error = next((line for line in reversed(lines) if line.startswith("error:")), "\n".join(lines[-15:]))
         return Outcome("failed", error=error.removeprefix("error: ") or f"exit code {p.returncode}")
     summary = rundir.RunFolder(job.run_dir).read_summary()
-    return Outcome("complete", summary, epochs=len(seen), top1=summary["val_top1"], seconds=summary["train_seconds"])
+    return _complete(summary, len(seen))

@@ -43,10 +43,11 @@ class Tuning:
         return best.user_attrs["candidate"], best.value
 
     def cost(self) -> dict[str, Any]:
-        """tune_trials, tune_pruned, tune_seconds: every tuning run that trained, pruned ones included."""
+        """tune_trials, tune_pruned, tune_seconds, tune_steps: every tuning run that trained, pruned ones included."""
         ran = [t for t in self.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
         return {"tune_trials": len(ran), "tune_pruned": sum(t.state == TrialState.PRUNED for t in ran),
-                "tune_seconds": round(sum(t.user_attrs.get("seconds", 0.0) for t in ran), 3)}
+                "tune_seconds": round(sum(t.user_attrs.get("seconds", 0.0) for t in ran), 3),
+                "tune_steps": sum(t.user_attrs.get("steps", 0) for t in ran)}
 
 
 def tuning(storage: BaseStorage, name: str, index: int) -> Tuning:

@@ -3,12 +3,12 @@
 results.csv: one row per (dataset, model, strategy setting), with
 
     dataset, model, strategy, options, control_for, learned_params, learned_pct, <each tuned key>, tune_top1,
-    tune_trials, tune_pruned, tune_seconds, val_top1_mean, val_top1_std, seeds, delta_bytes, train_seconds, peak_memory_mib, images_per_second
+    tune_trials, tune_pruned, tune_seconds, tune_steps, val_top1_mean, val_top1_std, seeds, delta_bytes, train_seconds, peak_memory_mib, images_per_second
 
 `control_for` names the strategy setting a random control matches in learned parameters (empty
 otherwise); the tuned-key columns hold the chosen values; tune_top1 the carve-out accuracy they reached;
-tune_trials, tune_pruned and tune_seconds the configuration's tuning runs (pruned ones included), how many
-of them were pruned, and their training seconds in all.
+tune_trials, tune_pruned, tune_seconds and tune_steps the configuration's tuning runs (pruned ones
+included), how many of them were pruned, and their training seconds and optimizer steps in all.
 results.md: per model, strategies as rows; one dataset: accuracy and every cost column; several:
 one column per dataset (mean ± std over seeds, and the tuned values chosen there) and their mean.
 """
@@ -23,7 +23,7 @@ from typing import Optional
 from ..atomic import write_atomic, write_text
 
 HEAD = ["dataset", "model", "strategy", "options", "control_for", "learned_params", "learned_pct"]
-TUNE_COST = ["tune_trials", "tune_pruned", "tune_seconds"]
+TUNE_COST = ["tune_trials", "tune_pruned", "tune_seconds", "tune_steps"]
 TAIL = ["tune_top1", *TUNE_COST, "val_top1_mean", "val_top1_std", "seeds", "delta_bytes", "train_seconds", "peak_memory_mib",
         "images_per_second"]
 COST = ["learned_params", "delta_bytes", "train_seconds", "peak_memory_mib"]  # what plot.py can put on x
