@@ -249,3 +249,26 @@ def test_a_worker_of_another_grid_and_a_second_sweep_on_one_folder_are_refused(t
         assert sorted(p.name for p in out.iterdir()) == [".sweep.lock"]
     finally:
         os.close(fd)
+
+
+def test_deadline_stops_the_running_trial_at_its_epoch_end_and_starts_no_other(tiny_recipe, tmp_path, monkeypatch):
+    """Options.deadline (advise's --time): the clock is past it from the first epoch's end on, so the first
+    candidate stops there (recorded as pruned, never chosen) and the second never starts."""
+    from partial_ft.sweep import engine
+
+    looks = []
+    monkeypatch.setattr(engine, "past", lambda deadline: looks.append(deadline) or len(looks) > 1)
+    base = tiny_recipe("base", train={"epochs": 3, "max_steps": None, "batch_size": 32, "progress": False})
+    result = tune(base, {"name": "head"}, {"train.lr": [0.01, 0.001]}, tmp_path / "t",
+                  options=Options(launcher="inprocess", deadline=1.0))
+    assert [(t.params, t.state, t.epochs) for t in result.trials] == [({"train.lr": 0.01}, "pruned", 1)]
+    assert result.chosen is None and set(looks) == {1.0}
+    # the same call with time: the stopped run is continued from its checkpoint (a new trial takes it over:
+    # it trains epochs 2 and 3), the other starts; both finish, and the study holds these two
+    monkeypatch.setattr(engine, "past", lambda deadline: False)
+    again = tune(base, {"name": "head"}, {"train.lr": [0.01, 0.001]}, tmp_path / "t",
+                 options=Options(launcher="inprocess"))
+    assert sorted((t.params["train.lr"], t.state, t.epochs) for t in again.trials) == [(0.001, "complete", 3),
+                                                                                       (0.01, "complete", 2)]
+    stopped = next(t for t in again.trials if t.params["train.lr"] == 0.01)
+    assert "resuming from" in Path(stopped.run_dir + ".log").read_text()

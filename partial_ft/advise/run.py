@@ -80,7 +80,10 @@ def advise(req: Request) -> Outcome:
     rows = [probe, *(r for r in candidates.size(task, recipe) if r.name != candidates.PROBE)]
     state.restore(out, fingerprint, rows[1:])
     out.mkdir(parents=True, exist_ok=True)
-    tuner = Tuner(req.storage, req.worker, req.launcher, out, n_eval, TUNE_FRACTION, TUNE_SEED)
+    # the limit as a wall-clock time for the sweep engine: no trial starts after it, a running one stops at its
+    # epoch's end (the plan's estimates are from a measured epoch; a machine that slows down would overrun them)
+    deadline = time.time() + req.seconds - (time.monotonic() - start)
+    tuner = Tuner(req.storage, req.worker, req.launcher, out, n_eval, TUNE_FRACTION, TUNE_SEED, deadline)
     meta = {"budget": task.budget, "total": task.total, "tune_fraction": TUNE_FRACTION, "tune_seed": TUNE_SEED}
     signum = None
     with _hold(out, req.worker), stop_on_signals() as stop:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import yaml
 
@@ -28,19 +28,22 @@ class Tuner:
     """Runs trials of candidates in the advise folder's study storage."""
 
     def __init__(self, storage: Any, worker: bool, launcher: str, out: Path, n_eval: int, tune_fraction: float,
-                 seed: int):
+                 seed: int, deadline: Optional[float] = None):
         self.storage, self.worker, self.launcher = storage, worker, launcher
         self.out, self.n_eval, self.tune_fraction, self.seed = out, n_eval, tune_fraction, seed
+        self.deadline = deadline  # time.time() when --time is up: no trial starts after it, a running one stops
 
     def trial(self, row: Row, base: dict, n: int = 1) -> None:
         """`n` more trials of `row`; the row gets the best so far (chosen lr, top-1, counts)."""
         path = write_base(self.out, base)
         overrides = [f"{k}={json.dumps(v)}" for k, v in row.settings.items()]
         total = row.trials + n
-        search = {"trials": total, "sampler": "tpe", "pruner": "halving", "min_epochs": 1}
+        # judged from the first epoch after the warm-up: while the lr still ramps up, accuracy says little of it
+        search = {"trials": total, "sampler": "tpe", "pruner": "halving",
+                  "min_epochs": (base["train"].get("warmup_epochs") or 0) + 1}
         tuned = tune(path, row.resolved, {"train.lr": dict(LR_RANGE)}, self.out, overrides, search,
                      self.tune_fraction, self.seed, self.storage, f"advise-{study_name(row.name)}",
-                     Options(launcher=self.launcher, worker=self.worker))
+                     Options(launcher=self.launcher, worker=self.worker, deadline=self.deadline))
         row.trials = len(tuned.trials)
         row.pruned = sum(t.state == "pruned" for t in tuned.trials)
         if tuned.chosen is not None:

@@ -31,6 +31,12 @@ class Options:
     jobs: int = 1
     heartbeat: float = 60.0
     worker: bool = False  # one of several processes on one study (else: the only one)
+    deadline: Optional[float] = None  # time.time() after which no run starts and a tuning run stops at the end
+    # of its epoch (advise's --time); a run stopped so is recorded as pruned: never chosen, continued by a rerun
+
+
+def past(deadline: Optional[float]) -> bool:
+    return deadline is not None and time.time() >= deadline
 
 
 class Engine:
@@ -80,19 +86,12 @@ class Engine:
         study.set_ready(self.storage, self.name)
 
     def _extend(self) -> None:
-        """Up to `search.trials` drawn trials in each configuration's tuning: a study set up with fewer
-        (a tuning study's fingerprint leaves the count out, so `tune` with more trials continues it) gets
-        the missing ones, each enqueued once across processes (the claim of slot K is the creation of the
-        study NAME/tune/I/slot/K, which only one process can do)."""
-        if not self.plan.grid.tune or self.search.sampler == "grid":
-            return
-        for i in range(len(self.plan.configs)):
-            name = study.tune_name(self.name, i)
-            sid = self.storage.get_study_id_from_name(name)
-            have = {t.user_attrs.get("order") for t in self.storage.get_all_trials(sid, deepcopy=False)}
-            for k in range(self.search.trials):
-                if k not in have and study.claim_slot(self.storage, name, k):
-                    study.enqueue(self.storage, sid, {}, {"config": i, "kind": "tune", "order": k})
+        """Continue each configuration's tuning (study.continue_tuning): runs the deadline stopped are
+        queued again, and drawn trials are added up to `search.trials` (a tuning study's fingerprint leaves
+        the count out, so `tune` with more trials continues it)."""
+        for i in range(len(self.plan.configs) if self.plan.grid.tune else 0):
+            drawn = None if self.search.sampler == "grid" else self.search.trials
+            study.continue_tuning(self.storage, self.name, i, drawn)
 
     def restart(self, exclusive: bool, beat: float) -> None:
         """A plain sweep (no --worker): runs left RUNNING by a process that stopped (any, when the study is
@@ -153,7 +152,7 @@ class Engine:
             beat.stop()
 
     def _loop(self, options: Options, beat: study.Heartbeat, device: Optional[str]) -> None:
-        while True:
+        while not past(options.deadline):
             claimed = self._claim()
             if claimed is not None:
                 self._run(*claimed, options, beat, device)
@@ -223,7 +222,12 @@ class Engine:
 
         def report(epoch: int, top1: float) -> bool:
             trial.report(top1, epoch)
-            return trial.should_prune()
+            if trial.should_prune():
+                return True
+            if past(options.deadline):  # not judged, only out of time: the next call continues it
+                trial.set_user_attr("stopped", "deadline")
+                return True
+            return False
 
         outcome = run_job(job, options.launcher, report, device)
         return outcome, _attrs(job.where, job.run_dir, outcome)

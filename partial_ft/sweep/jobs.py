@@ -9,6 +9,7 @@ A finished run folder is reused only when the recipe it recorded is the one the 
 from __future__ import annotations
 
 import json
+import contextlib
 import os
 import signal
 import subprocess
@@ -165,14 +166,16 @@ def _in_process(job: Job, recipe_path: Path, told: Optional[Told]) -> Outcome:
         return bool(stopped)
 
     overwrite, resume = _mode(job)
+    log = job.run_dir.parent / f"{job.run_dir.name}.log"  # the run's own lines, as a subprocess run's are not shown
     try:
-        try:
-            summary = run(recipes.load(recipe_path), overwrite=overwrite, resume=resume, on_epoch_end=on_epoch_end)
-        except UserError:
-            if not resume:
-                raise
-            seen.clear()  # it cannot be resumed (its data changed): start afresh
-            summary = run(recipes.load(recipe_path), overwrite=True, on_epoch_end=on_epoch_end)
+        with open(log, "a") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+            try:
+                summary = run(recipes.load(recipe_path), overwrite=overwrite, resume=resume, on_epoch_end=on_epoch_end)
+            except UserError:
+                if not resume:
+                    raise
+                seen.clear()  # it cannot be resumed (its data changed): start afresh
+                summary = run(recipes.load(recipe_path), overwrite=True, on_epoch_end=on_epoch_end)
     except Interrupted:
         if stopped:
             return _pruned(seen)

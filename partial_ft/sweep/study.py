@@ -196,14 +196,27 @@ def take_over(storage: BaseStorage, name: str, sid: int, trial: FrozenTrial) -> 
     return True
 
 
-def claim_slot(storage: BaseStorage, name: str, k: int) -> bool:
-    """Claim the enqueuing of trial slot `k` of the tuning study `name` (more trials asked for than it was
-    set up with): True for the one process whose creation of NAME/slot/K succeeds."""
-    try:
-        storage.create_new_study(MAXIMIZE, f"{name}/slot/{k}")
-    except DuplicatedStudyError:
-        return False
-    return True
+def continue_tuning(storage: BaseStorage, sweep: str, index: int, trials: Optional[int]) -> None:
+    """Continue configuration `index`'s tuning study in the sweep `sweep`: a run stopped by the deadline (not
+    judged by the pruner) is taken over, so its run resumes from its checkpoint; then drawn trials are
+    enqueued up to `trials` (None: candidates are fixed), each slot K once across processes (its claim
+    is the creation of the study NAME/slot/K, which only one process can do)."""
+    name = tune_name(sweep, index)
+    sid = storage.get_study_id_from_name(name)
+    trials_now = storage.get_all_trials(sid, deepcopy=False)
+    gone = superseded(trials_now)
+    for t in trials_now:
+        if t.number not in gone and t.user_attrs.get("stopped") == "deadline":
+            take_over(storage, sweep, sid, t)
+    have = {t.user_attrs.get("order") for t in trials_now}
+    for k in range(trials or 0):
+        if k in have:
+            continue
+        try:
+            storage.create_new_study(MAXIMIZE, f"{name}/slot/{k}")
+        except DuplicatedStudyError:
+            continue
+        enqueue(storage, sid, {}, {"config": index, "kind": "tune", "order": k})
 
 
 def enqueue(storage: BaseStorage, sid: int, params: dict, user_attrs: dict) -> None:
