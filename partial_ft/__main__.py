@@ -113,10 +113,11 @@ def _train(args: argparse.Namespace) -> int:
     recipe = recipes.load(args.recipe, args.overrides)  # recipe mistakes fail before the heavy imports
     import datasets
 
-    from .signals import Interrupted, Stopped
+    from .signals import Interrupted, Stopped, stop_with_watched
     from .train import run
 
     datasets.disable_progress_bars()  # our own progress bar is the one that matters
+    stop_with_watched()  # a run a sweep started stops (checkpointing) when the sweep is gone
     try:
         run(recipe, overwrite=args.overwrite, resume=args.resume)
     except (Interrupted, Stopped) as e:

@@ -8,9 +8,37 @@ import os
 import signal
 import sys
 import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Optional
+
+
+WATCHED = "PARTIAL_FT_STOP_WITH"  # a sweep's process id: the runs it starts stop when it is gone
+
+
+def stop_with_watched() -> None:
+    """In a run a sweep started (its pid in $PARTIAL_FT_STOP_WITH): when that process is gone, killed outright
+    (SIGKILL, or a SIGTERM that ended it before it could stop its runs), SIGTERM this one, which checkpoints
+    and stops; otherwise the run would train on unwatched in its own session, and the worker that takes it
+    over would find its folder busy. The kernel's PR_SET_PDEATHSIG would need preexec_fn, which is unsafe
+    in the sweep's threads; a poll once a second is not."""
+    pid = os.environ.get(WATCHED, "")
+    if not pid.isdigit():
+        return
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            try:
+                os.kill(int(pid), 0)
+            except ProcessLookupError:
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+            except PermissionError:  # alive (a process of another user): keep watching
+                pass
+
+    threading.Thread(target=watch, name="partial_ft-watch-sweep", daemon=True).start()
 
 
 class StopFlag:

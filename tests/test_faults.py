@@ -8,6 +8,8 @@ import json
 import math
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -204,3 +206,19 @@ def test_write_failures_are_one_error_line_and_keep_the_last_good_state(case, do
     assert named.replace("OUT/", f"{out}/").replace("RUN/", f"{run}/") in err
     assert _hashes(run, out, images) == before  # nothing replaced, nothing half-written, no temporary file
     assert sorted(p.name for p in out.iterdir()) == ["model.safetensors", "p.jsonl"]
+
+
+@pytest.mark.parametrize("watched, code", [("gone", 143), ("alive", 0)])
+def test_a_run_started_by_a_sweep_stops_when_the_sweep_is_gone(watched, code):
+    """$PARTIAL_FT_STOP_WITH names the sweep that started a run: once that process is gone (here: one that
+    has exited) the run SIGTERMs itself, which checkpoints and stops; while it lives (this test) nothing happens."""
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    pid = gone.pid if watched == "gone" else os.getpid()
+    child = ("import signal, sys, time\n"
+             "from partial_ft.signals import stop_with_watched\n"
+             "signal.signal(signal.SIGTERM, lambda *a: sys.exit(143))\n"
+             "stop_with_watched()\n"
+             "time.sleep(4)\n")
+    p = subprocess.run([sys.executable, "-c", child], env={**os.environ, "PARTIAL_FT_STOP_WITH": str(pid)}, timeout=120)
+    assert p.returncode == code

@@ -5,14 +5,17 @@
     python tools/pruning.py --recipe recipes/quickstart.yaml --grid recipes/sweeps/suite_offline.yaml \
         --out sweeps/pruning --dataset transfer --jobs 2 --workers 2
 
-OUT/grid.yaml is the grid as run (`--dataset` keeps one dataset of a suite); OUT/<pruner>/ and OUT/none/ are
-its two sweeps (single process, `--jobs` runs at once); with `--workers N`, OUT/workers/ is the grid as written
-swept again with `pruner: none` by N processes of one journal study (none: with a pruner, what is pruned
-depends on which of the runs going at once reports first, so only none is deterministic). OUT/pruning.md (printed too) has, per configuration, the
-learning rate each sweep chose, its tuning runs (pruned), optimizer steps and seconds, and the final
-validation top-1 over the grid's seeds; the totals and their ratio; and, with workers, whether their
-results.csv equals the single process's (timings and memory aside) and whether any run was trained twice.
-Rerunning the command continues: each sweep reuses its finished runs.
+`--dataset` keeps one dataset of a suite. Both sweeps run in OUT/<pruner>/ (single process, `--jobs` runs at
+once), the pruned one first; its tables are kept as OUT/<pruner>.csv / .md. The none sweep then reuses its
+finished runs and resumes its pruned ones to their end (their steps and seconds count whole), so only what
+pruning skipped is trained; its tables are OUT/none.csv / .md. With `--workers N`, the grid with `pruner: none`
+is swept from scratch by one process (OUT/one/) and by N processes of one journal study (OUT/workers/); none,
+because with a pruner what is pruned depends on which of the runs going at once reports first.
+OUT/pruning.md (printed too) has, per configuration, the learning rate each sweep chose, its tuning runs
+(pruned), optimizer steps and seconds, and the final validation top-1 over the grid's seeds; the totals and
+their ratio; and, with workers, whether their results.csv equals the single process's (timings and memory
+aside) and whether any run was trained twice.
+Rerunning the command continues (the pruned sweep, once its tables are kept, is not run again).
 """
 from __future__ import annotations
 
@@ -30,7 +33,8 @@ from partial_ft import UserError, parse_yaml, sweep
 
 TIMING = {"tune_seconds", "train_seconds", "images_per_second", "peak_memory_mib"}  # differ run to run
 KEY = ("dataset", "model", "options")  # a configuration's row in results.csv
-RUN_LINE = re.compile(r"^(.*?): (?:val_top1 |pruned after |FAILED: ).*\[\d+/\d+ done")  # the line a sweep prints per run
+# the line a sweep prints per finished or pruned run; group 1 names the run
+RUN_LINE = re.compile(r"^(.*?): (?:val_top1 |pruned after |FAILED: ).*\[\d+/\d+ done")
 
 
 def grid_as_run(path: Path, dataset: str | None) -> dict:
@@ -67,10 +71,18 @@ def sweep_workers(recipe: Path, grid: dict, out: Path, workers: int, launcher: s
     procs = [subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT) for log in logs]
     if any(p.wait() for p in procs):
         raise SystemExit(f"error: a worker failed; see {logs}")
-    subprocess.run([*command[:-2], "--report"], check=True, stdout=subprocess.DEVNULL)  # whichever ended last wrote them
+    # the worker that ended the last run wrote the tables; write them once more from the study, all runs in
+    subprocess.run([*command[:-2], "--report"], check=True, stdout=subprocess.DEVNULL)
     runs = (RUN_LINE.match(line) for log in logs for line in log.read_text().splitlines())
     printed = Counter(m.group(1) for m in runs if m)
     return read_rows(out / "results.csv"), printed
+
+
+def keep_tables(rows: list[dict], runs: Path, to: Path) -> list[dict]:
+    """Copy the sweep's results.csv and .md to `to`.csv / .md (the next sweep in the folder rewrites them)."""
+    for suffix in (".csv", ".md"):
+        to.with_suffix(suffix).write_text((runs / "results").with_suffix(suffix).read_text())
+    return rows
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -88,7 +100,8 @@ def compare(pruned: list[dict], full: list[dict], pruner: str) -> list[str]:
     by_key = {tuple(r[k] for k in KEY): r for r in full}
     tuned = [c for c in pruned[0] if c.startswith("train.") or c.startswith("data.") or c.startswith("strategy.")]
     lines = [f"| dataset | strategy | chosen ({pruner} / none) | tuning runs (pruned): {pruner} / none | "
-             f"tuning steps: {pruner} / none | tuning s: {pruner} / none | val top-1: {pruner} | val top-1: none | Δ |",
+             f"tuning steps: {pruner} / none | tuning s: {pruner} / none | val top-1: {pruner} | val top-1: none "
+             "| Δ |",
              "|---|---|---|---|---|---|---:|---:|---:|"]
     totals = Counter()
     for r in pruned:
@@ -104,7 +117,8 @@ def compare(pruned: list[dict], full: list[dict], pruner: str) -> list[str]:
             totals[f"{name} seconds"] += float(row["tune_seconds"])
         totals["worst"] = max(totals["worst"], abs(delta))
     steps, seconds = (totals[f"{pruner} {k}"] / totals[f"none {k}"] for k in ("steps", "seconds"))
-    lines += ["", f"Tuning, all configurations: {totals[f'{pruner} steps']:,} steps and {totals[f'{pruner} seconds']:.0f} s "
+    ours = f"{totals[f'{pruner} steps']:,} steps and {totals[f'{pruner} seconds']:.0f} s"
+    lines += ["", f"Tuning, all configurations: {ours} "
               f"with {pruner}, {totals['none steps']:,} steps and {totals['none seconds']:.0f} s with none: "
               f"{steps:.0%} of the steps, {seconds:.0%} of the seconds. Largest final top-1 difference: "
               f"{totals['worst']:.4f}."]
@@ -138,18 +152,22 @@ def main(argv: list[str] | None = None) -> int:
         pruner = (grid.get("search") or {}).get("pruner", "none")
         if pruner == "none":
             raise UserError(f"{args.grid}: its search section has no pruner to compare with none")
-        pruned = sweep_once(args.recipe, grid, args.out / pruner, args.jobs, args.launcher)
-        full = sweep_once(args.recipe, {**grid, "search": {**grid["search"], "pruner": "none"}}, args.out / "none",
-                          args.jobs, args.launcher)
+        none = {**grid, "search": {**grid["search"], "pruner": "none"}}
+        runs = args.out / pruner
+        if not (args.out / f"{pruner}.csv").is_file():  # measured once: a rerun would find its runs trained on
+            keep_tables(sweep_once(args.recipe, grid, runs, args.jobs, args.launcher), runs, args.out / pruner)
+        pruned = read_rows(args.out / f"{pruner}.csv")
+        # none in the same folder: finished runs are reused, pruned ones resumed to their end (their steps
+        # and seconds count whole), so only what pruning skipped is trained
+        full = keep_tables(sweep_once(args.recipe, none, runs, args.jobs, args.launcher), runs, args.out / "none")
         lines = [f"# {pruner} against none: {args.grid}" + (f", dataset {args.dataset}" if args.dataset else ""), "",
                  *compare(pruned, full, pruner)]
-        if args.workers:
-            # the none grid: with a pruner, what is pruned depends on which concurrent runs reported first
-            none = {**grid, "search": {**grid["search"], "pruner": "none"}}
+        if args.workers:  # the none grid: with a pruner, what is pruned depends on which run reported first
+            one = sweep_once(args.recipe, none, args.out / "one", args.jobs, args.launcher)
             rows, printed = sweep_workers(args.recipe, none, args.out / "workers", args.workers, args.launcher)
             twice = sorted(k for k, n in printed.items() if n > 1)
             lines += ["", f"{args.workers} workers of one journal study against one process (pruner none): results.csv "
-                      f"{'identical' if same_tables(full, rows) else 'DIFFERENT'} (timings and memory aside); "
+                      f"{'identical' if same_tables(one, rows) else 'DIFFERENT'} (timings and memory aside); "
                       f"{sum(printed.values())} runs reported, {len(twice)} more than once{': ' if twice else ''}"
                       f"{', '.join(twice)}; {folders_trained(args.out / 'workers')} run folders."]
     except UserError as e:

@@ -23,7 +23,7 @@ import yaml
 
 from .. import checkpoints, recipe as recipes, rundir
 from ..errors import UserError
-from ..signals import Interrupted
+from ..signals import WATCHED, Interrupted
 
 LAUNCHERS = ("python", "accelerate", "inprocess")
 POLL_SECONDS = 0.5  # how often a subprocess run's metrics.jsonl is read for its epochs' accuracy
@@ -235,7 +235,8 @@ def _launch(job: Job, recipe_path: Path, launcher: str, told: Optional[Told], de
             resume: bool) -> Outcome:
     # `accelerate launch` of this interpreter's accelerate, not whichever `accelerate` is first on PATH
     launch = [sys.executable, "-m", "accelerate.commands.launch"] if launcher == "accelerate" else [sys.executable]
-    env = {**os.environ, **({"CUDA_VISIBLE_DEVICES": device} if device is not None else {})}
+    env = {**os.environ, WATCHED: str(os.getpid()),  # the run stops when this process is gone
+           **({"CUDA_VISIBLE_DEVICES": device} if device is not None else {})}
     metrics_path = job.run_dir / rundir.METRICS
     stale = None if resume else _identity(metrics_path)
     seen: list[dict] = []
