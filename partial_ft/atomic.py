@@ -7,7 +7,9 @@ import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
+from . import jsonsafe
 from .errors import UserError
 
 # write failures the user can fix (space, permissions, names, kinds): one `error:` line naming the path
@@ -70,6 +72,11 @@ def write_atomic(path: str | Path, write: Callable[[Path], None]) -> Path:
 def write_text(path: str | Path, text: str) -> Path:
     """Atomically replace `path` with `text`."""
     return write_atomic(path, lambda tmp: tmp.write_text(text))
+
+
+def write_json(path: str | Path, obj: Any) -> Path:
+    """Atomically replace `path` with `obj` as strict JSON (jsonsafe: NaN and infinities as null)."""
+    return write_atomic(path, lambda tmp: tmp.write_text(jsonsafe.dumps(obj, indent=2) + "\n"))
 
 
 def check_name(path: str | Path, what: str) -> Path:

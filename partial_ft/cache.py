@@ -78,32 +78,12 @@ def decide_cut(model: nn.Module, mode: str, deterministic: bool, input_size: tup
         for n in updating:
             freeze_norm_stats(model.get_submodule(n))
         notes.append(f"{len(updating)} BatchNorm layers below the cut now keep their statistics fixed")
-    if not _same_in_training(model, cut, sample):
+    if not cuts.same_in_training(model, cut, sample):
         if mode == "auto":
             return Decision(None, f"not used: the network below {cut.name} is random in training (dropout or "
                                   "drop-path); cache_features: on would switch it off")
         notes.append("its dropout / drop-path is off (the cached prefix runs in eval mode)")
     return Decision(cut, f"features at {cut.name}" + "".join(f"; {n}" for n in notes))
-
-
-def _same_in_training(model: nn.Module, cut: cuts.Cut, sample: torch.Tensor) -> bool:
-    """Whether the prefix gives the same features in train mode as in eval mode (buffers and the global
-    random generators are restored: this check must not change the run)."""
-    buffers = {k: v.clone() for k, v in model.named_buffers()}
-    modes = [(m, m.training) for m in model.modules()]
-    try:
-        with torch.no_grad(), torch.random.fork_rng(devices=[]):
-            with cuts.eval_mode(model):
-                expected = cut.prefix(sample)
-            model.train()
-            got = cut.prefix(sample)
-    finally:
-        for m, mode in modes:
-            m.training = mode
-        with torch.no_grad():
-            for k, v in model.named_buffers():
-                v.copy_(buffers[k])
-    return torch.allclose(got, expected, rtol=1e-4, atol=1e-5)
 
 
 def _memory_budget(mode: str) -> int:

@@ -3,8 +3,11 @@ process contributes what it sees, all act on the reduced answer, so no process w
 collective that the others skipped."""
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list
 from torch import nn
 
 from .signals import StopFlag
@@ -37,3 +40,8 @@ def stop_requested(acc: Accelerator, stop: StopFlag) -> bool:
     signum = int(acc.reduce(flag, reduction="max").item())
     stop.signum = stop.signum or (signum or None)
     return signum != 0
+
+
+def from_main(acc: Accelerator, value: Any) -> Any:
+    """The main process's `value` (plain data), on every process: what it alone decided."""
+    return broadcast_object_list([value])[0] if acc.num_processes > 1 else value

@@ -270,3 +270,23 @@ def _agrees(cut: Cut, sample: torch.Tensor, expected: torch.Tensor) -> bool:
         return False
     return torch.is_tensor(got) and got.shape == expected.shape and torch.allclose(got, expected, rtol=1e-4,
                                                                                      atol=1e-5)
+
+
+def same_in_training(model: nn.Module, cut: Cut, sample: torch.Tensor) -> bool:
+    """Whether the prefix gives the same features in train mode as in eval mode (buffers and the global
+    random generators are restored: this check must not change the run)."""
+    buffers = {k: v.clone() for k, v in model.named_buffers()}
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            with eval_mode(model):
+                expected = cut.prefix(sample)
+            model.train()
+            got = cut.prefix(sample)
+    finally:
+        for m, mode in modes:
+            m.training = mode
+        with torch.no_grad():
+            for k, v in model.named_buffers():
+                v.copy_(buffers[k])
+    return torch.allclose(got, expected, rtol=1e-4, atol=1e-5)

@@ -26,7 +26,7 @@ from torch import nn
 from . import delta_checks, models
 from .atomic import write_atomic
 from .errors import UserError, first_line
-from .normstats import updates_norm_stats
+from .learned import learned_tensors
 from .sections import ModelCfg
 from .strategies import apply_strategy, for_export
 from .version import __version__
@@ -45,27 +45,11 @@ def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def learned_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The model's own tensors that a delta stores (see delta_state), live: what training changes."""
-    return _learned(model)
-
-
-def _learned(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The model's own tensors that a delta stores (see delta_state)."""
-    state = {name: p for name, p in model.named_parameters() if p.requires_grad}
-    for prefix, module in model.named_modules():
-        if updates_norm_stats(module):
-            for name in ("running_mean", "running_var", "num_batches_tracked"):
-                if getattr(module, name, None) is not None:
-                    state[f"{prefix}.{name}" if prefix else name] = getattr(module, name)
-    return state
-
-
 def delta_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """The learned values (parameters that require grad: learned slices and whole tensors) and the
     running statistics of BatchNorm layers that update them; nothing fixed. CPU copies."""
     model = extract_model_from_parallel(model)
-    return {k: v.detach().cpu().contiguous().clone() for k, v in _learned(model).items()}
+    return {k: v.detach().cpu().contiguous().clone() for k, v in learned_tensors(model).items()}
 
 
 def fingerprint_parts(model: nn.Module) -> dict[str, str]:
@@ -73,7 +57,7 @@ def fingerprint_parts(model: nn.Module) -> dict[str, str]:
     learned/fixed index maps), in name order, one per top-level module (so a mismatch can say where).
     Computed right after apply_strategy, before any forward."""
     model = extract_model_from_parallel(model)
-    stored = set(_learned(model))
+    stored = set(learned_tensors(model))
     tensors = dict(model.named_parameters())
     tensors.update(model.named_buffers())
     hashes: dict[str, Any] = {}
@@ -196,7 +180,7 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
 def _copy_in(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
     own = dict(model.named_parameters())
     own.update(model.named_buffers())
-    expected = set(_learned(model))
+    expected = set(learned_tensors(model))
     if set(state) != expected:
         missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
         raise UserError(f"delta {path} does not match its strategy: missing {missing[:3]}, unexpected {extra[:3]}")

@@ -14,7 +14,7 @@ import torch
 from timm.utils import ModelEmaV3
 from torch import nn
 
-from .delta import learned_tensors
+from .learned import learned_tensors
 
 
 class _Tensors(nn.Module):

@@ -13,7 +13,7 @@ from timm.models._hub import HF_SAFE_WEIGHTS_NAME, save_config_for_hf
 from .atomic import check_file_target, write_atomic
 from .delta import delta_path, merged_state_dict, read_info, rebuild
 from .errors import UserError
-from .runfiles import check_output
+from .outputs import check_output
 
 CONFIG_NAME = "config.json"  # timm's name: `local-dir:` and `hf-hub:` models read it
 

@@ -24,8 +24,8 @@ class Extras:
         t = recipe.train
         self.model = model  # the whole model (not a cached suffix, not a DDP wrapper): its names are the delta's
         self.mixer, self.criterion = mixing.make(recipe.data, num_classes, t.label_smoothing)
-        self.ema: Optional[LearnedEma] = LearnedEma(model, t.ema_decay) if t.ema else None
         self.keeper = Keeper(t.keep)
+        self.ema: Optional[LearnedEma] = LearnedEma(model, t.ema_decay) if t.ema else None
 
     def mix(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """A training batch as the loss sees it: mixed with soft targets, or as it came."""

@@ -21,7 +21,7 @@ from .atomic import USER_ERRNOS, user_error
 from .errors import UserError, first_line
 from .modelcard import check_license
 from .rundir import CARD, DATA, RECIPE, SUMMARY, card
-from .runfiles import check_output
+from .outputs import check_output
 
 HUB_FILES = (DELTA_NAME, RECIPE, DATA, SUMMARY, CARD)
 

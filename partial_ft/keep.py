@@ -9,7 +9,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from .delta import learned_tensors
+from .learned import learned_tensors
 
 
 class Keeper:

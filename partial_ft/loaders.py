@@ -18,7 +18,7 @@ from PIL import UnidentifiedImageError
 from .data import DataBundle
 from .data_columns import INDEX_COLUMN
 from .errors import UserError, first_line
-from .sections import DataCfg
+from .sections import DataCfg, max_workers
 
 def _common(data_config: dict) -> dict[str, Any]:
     return dict(input_size=data_config["input_size"], interpolation=data_config.get("interpolation", "bilinear"),
@@ -207,18 +207,6 @@ def collate_indexed(batch: list) -> tuple[list[int], Optional[torch.Tensor], Opt
         return [], None, None
     x = torch.stack([item[0] for _, item in good])
     return [i for i, _ in good], x, torch.tensor([item[1] for _, item in good], dtype=torch.long)
-
-
-# DataLoader workers per CPU this process may use. Workers decode and augment images: past one per core
-# they only queue for it, and a few per core still cover reads that wait on a slow disk or network. A
-# number far beyond (data.num_workers=100000) forks until the machine runs out of processes and hangs.
-WORKERS_PER_CPU = 4
-
-
-def max_workers() -> int:
-    """The most DataLoader workers a process of this machine starts (WORKERS_PER_CPU x usable CPUs)."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return WORKERS_PER_CPU * max(1, cpus)
 
 
 def loader(ds: torch.utils.data.Dataset, batch_size: int, shuffle: bool, num_workers: int, seed: int,

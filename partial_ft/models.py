@@ -2,7 +2,6 @@
 and the data config (input size, normalisation) the model expects."""
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,21 +12,8 @@ from timm.models import load_state_dict
 from torch import nn
 
 from .errors import UserError, first_line, load_reason
-from .sections import DataCfg, ModelCfg
+from .sections import HUB_PREFIXES, DataCfg, ModelCfg, check_model_name
 from .layers import classifier_params
-
-
-HUB_PREFIXES = ("hf-hub:", "hf_hub:", "local-dir:")  # timm loads these from the Hub / a folder by itself
-
-
-def check_name(name: str) -> None:
-    """Refuse an unknown timm model name, suggesting the closest ones."""
-    base = name.split(".", 1)[0]  # timm accepts name.pretrained_tag
-    if timm.is_model(base) or name.startswith(HUB_PREFIXES):
-        return
-    close = difflib.get_close_matches(base, timm.list_models(), n=3, cutoff=0.6)
-    hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
-    raise UserError(f"unknown timm model '{name}'{hint}")
 
 
 def build(cfg: ModelCfg, num_classes: int, seed: int = 0) -> tuple[nn.Module, Callable[[], nn.Module]]:
@@ -36,7 +22,7 @@ def build(cfg: ModelCfg, num_classes: int, seed: int = 0) -> tuple[nn.Module, Ca
     Returns (model, init_model): init_model() builds the same architecture at its own random init,
     which strategies use to re-draw fixed weights (`fixed: random`).
     """
-    check_name(cfg.name)
+    check_model_name(cfg.name)
 
     def create(pretrained: bool) -> nn.Module:
         try:

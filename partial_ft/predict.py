@@ -20,7 +20,7 @@ from typing import IO, Any, Optional
 import torch
 from torch import nn
 
-from . import cuts, delta, hub, jsonsafe, loaders, runfiles, walk
+from . import cuts, delta, hub, jsonsafe, loaders, outputs, walk
 from .atomic import check_file_target, write_atomic
 from .data_columns import IMAGE_SUFFIXES
 from .errors import UserError
@@ -250,7 +250,7 @@ def _check_out(target: Path, files: list[Path], paths: list[Path]) -> Path:
     if not target.parent.is_dir():
         raise UserError(f"--out {target}: folder {target.parent} does not exist")
     check_file_target(target, "predict --out")
-    return runfiles.check_output(target, "predict --out", [*files, *map(delta.delta_path, paths)],
+    return outputs.check_output(target, "predict --out", [*files, *map(delta.delta_path, paths)],
                                  [p for p in paths if p.is_dir()])
 
 

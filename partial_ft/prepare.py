@@ -12,7 +12,7 @@ from accelerate.utils import DataLoaderConfiguration, set_seed
 from torch import nn
 
 from . import cache, data, delta, gradients, loaders, mixing, models, preload, probe, rundir, signals, tracking
-from .recipe import Recipe, loop_features
+from .recipe import Recipe
 from .strategies import Plan, apply_strategy
 
 
@@ -45,14 +45,14 @@ def prepare(recipe: Recipe, resuming: bool = False) -> Setup:
     decision = cache.Decision(None, "not used: data.mixup / data.cutmix mix images") if mixing.mixes(recipe.data) \
         else cache.decide_cut(model, recipe.train.cache_features, tfs.deterministic,
                               tuple(data_config["input_size"]), len(bundle.train) + len(bundle.val))
+    solver = probe.choose(recipe, decision.cut)
     made = _setup_loaders(recipe, accelerator, bundle, data_config, tfs, decision.cut is not None)
     if recipe.train.channels_last:
         model.to(memory_format=torch.channels_last)
     # the main process saves deltas, and with them this fingerprint
     fingerprint = delta.fingerprint_parts(model) if accelerator.is_main_process else {}
     return Setup(recipe, accelerator, bundle, model, plan, data_config, made.train, made.val, fingerprint, decision,
-                 made.note, made.seconds,
-                 "loop" if loop_features(recipe) else probe.choose(recipe.train.solver, decision.cut))
+                 made.note, made.seconds, solver)
 
 
 def _setup_accelerator(recipe: Recipe) -> Accelerator:

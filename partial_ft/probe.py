@@ -31,6 +31,7 @@ from torch import nn
 from .cache import Cached
 from .cuts import PRE_LOGITS, Cut
 from .errors import UserError
+from .recipe import Recipe, loop_features
 
 # candidate L2 strengths: 1e-6 .. 10, a decade apart, then the two half-decades around the best (CLIP's
 # coarse-to-fine search); the scores of all are reported, so a choice at the edge is visible
@@ -165,17 +166,19 @@ def _fit(features: torch.Tensor, labels: torch.Tensor, num_classes: int, seed: i
                        _score(x, y, w)[1])
 
 
-def choose(mode: str, cut: Optional[Cut]) -> str:
-    """'exact' or 'loop' for `train.solver` = mode: exact applies when only the classifier (a Linear
-    with a bias) learns, on cached pre-logits features. An `exact` that cannot apply is a UserError."""
-    applies = cut is not None and cut.name == PRE_LOGITS and isinstance(cut.suffix, nn.Linear) and \
-        cut.suffix.bias is not None
+def choose(recipe: Recipe, cut: Optional[Cut]) -> str:
+    """'exact' or 'loop' for the recipe's `train.solver`: exact applies when only the classifier (a Linear
+    with a bias) learns, on cached pre-logits features, and no recipe key acts on training steps (mixing,
+    an average, a kept epoch, layer-wise decay). An `exact` that cannot apply is a UserError."""
+    mode, steps = recipe.train.solver, loop_features(recipe)
+    linear = cut is not None and isinstance(cut.suffix, nn.Linear) and cut.suffix.bias is not None
+    applies = cut is not None and cut.name == PRE_LOGITS and linear
     if mode == "exact" and not applies:
         why = ("the features are not cached (see train.cache_features)" if cut is None else
                "more than a linear classifier learns" if cut.name != PRE_LOGITS else "the classifier is not a Linear with a bias")
         raise UserError(f"train.solver: exact needs only the classifier to learn, on cached features; here {why} "
                         "(set train.solver: loop or auto)")
-    return "exact" if mode != "loop" and applies else "loop"
+    return "exact" if mode != "loop" and applies and not steps else "loop"
 
 
 def describe(result: ProbeResult) -> str:

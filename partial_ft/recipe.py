@@ -48,12 +48,39 @@ class Recipe:
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
-    def validate(self) -> None:
-        """Each section validates itself, in recipe order (the strategy node: its registry, when parsed)."""
-        self.model.validate()
-        self.data.validate(channels=self.model.kwargs.get("in_chans", 3))
-        self.train.validate()  # (output.dir: whether the folder can be used is rundir.check_folder's, on disk)
-        refuse(_loop_checks(self))
+    def validate(self, here: bool = False) -> None:
+        """Each section validates itself, in recipe order (the strategy node: its registry, when parsed), then
+        the keys that only mean something together. `here` (before a run): also what this machine decides:
+        timm's model, optimizer and scheduler names, installed trackers, how many workers it can start.
+        (output.dir: whether the folder can be used is rundir.check_folder's, on disk.)"""
+        together = _loop_checks(self)
+        self.model.validate(here)
+        self.data.validate(channels=self.model.kwargs.get("in_chans", 3), here=here)
+        self.train.validate(here)
+        refuse(together)
+
+
+# keys that may change between a run and its resumption (or a sweep's rerun): they do not change the numbers
+RESUME_MAY_DIFFER = {"train.progress", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
+                     "train.nan_policy", "train.log_with"}
+
+
+def differences(old: Recipe, new: Recipe) -> list[str]:
+    """The `section.key`s (and `strategy`) in which two recipes describe different runs: the output section
+    names a folder, not a run, and RESUME_MAY_DIFFER do not change the numbers."""
+    a, b = _flat(old.to_dict()), _flat(new.to_dict())
+    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k) and k not in RESUME_MAY_DIFFER)
+
+
+def _flat(resolved: dict) -> dict[str, Any]:
+    """{'train.lr': 0.001, ..., 'strategy': {...}} without the output section."""
+    out: dict[str, Any] = {}
+    for section, node in resolved.items():
+        if section == "strategy" or not isinstance(node, dict):
+            out[section] = node
+        elif section != "output":
+            out.update({f"{section}.{key}": value for key, value in node.items()})
+    return out
 
 
 # --------------------------------------------------------------------------------------------

@@ -12,17 +12,13 @@ import json
 from pathlib import Path
 from typing import Any, Optional
 
-from . import checkpoints, curves, delta, jsonsafe, modelcard, runfiles, yamlsafe
-from .atomic import check_writable, staged, write_atomic, write_text
+from . import checkpoints, curves, delta, jsonsafe, modelcard, runfiles
+from .atomic import check_writable, staged, write_atomic, write_json, write_text
 from .errors import UserError, first_line
-from .recipe import Recipe, from_dict
+from .recipe import Recipe
 from .runfiles import (CARD, CONFUSION, CURVE, DATA, EVAL, LOGS, MARKER, METRICS, OWN, PLAN, PREVIOUS,  # noqa: F401
-                       RECIPE, STRATEGY, SUMMARY, is_ours)
-from .runlock import LOCK, RunLock
-
-# keys that may change between a run and its resumption: they do not change the numbers
-RESUME_MAY_DIFFER = {"train.progress", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
-                     "train.nan_policy", "train.log_with"}
+                       RECIPE, STRATEGY, SUMMARY)
+from .runlock import LOCK, RunLock  # noqa: F401
 
 
 def is_ours(path: Path) -> bool:
@@ -32,10 +28,10 @@ def is_ours(path: Path) -> bool:
 
 def check_folder(recipe: Recipe, overwrite: bool = False, resume: bool = False) -> Optional[Path]:
     """Decide, without writing anything, whether the run folder can be used: refuses an output path that is
-    a file or not writable, a folder partial_ft did not make (no valid marker), run paths that are links,
-    a folder another process is using, and a folder holding a run unless --overwrite (start again) or
-    --resume (continue it). Returns the checkpoint to resume from, if any. Cheap: runs before any data or
-    model."""
+    a file or not writable, a folder another process is using, and then whatever runfiles.check refuses
+    (a folder partial_ft did not make, links, a run there without --overwrite / --resume, a resume of
+    another recipe or damaged files). Returns the checkpoint to resume from, if any. Cheap: runs before
+    any data or model; RunFolder.start takes the same decision again under the lock."""
     run_dir = recipe.run_dir
     if overwrite and resume:
         raise UserError("pass --resume or --overwrite, not both")
@@ -43,43 +39,8 @@ def check_folder(recipe: Recipe, overwrite: bool = False, resume: bool = False) 
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"output.dir {run_dir} is a file, not a folder")
     if run_dir.is_dir() and is_ours(run_dir):
-        runfiles.refuse_links(run_dir)
         RunLock(run_dir).check_free()
-    return _decide(recipe, overwrite, resume)
-
-
-def _decide(recipe: Recipe, overwrite: bool, resume: bool) -> Optional[Path]:
-    """check_folder's decision on what the folder holds (taken again under the lock, in RunFolder.start)."""
-    run_dir = recipe.run_dir
-    # a lock alone: its process died before marking the folder
-    held = [p for p in run_dir.iterdir() if p.name != LOCK] if run_dir.is_dir() else []
-    if not held:
-        return None
-    marker = runfiles.read_marker(run_dir)
-    if marker is None:
-        sample = ", ".join(sorted(p.name for p in held)[:3])
-        raise UserError(f"output.dir {run_dir} is not empty and is not a partial_ft run folder (it holds {sample}, "
-                        "...); partial_ft never replaces what it did not write: choose another output.dir")
-    runfiles.refuse_links(run_dir)
-    finished = (run_dir / SUMMARY).is_file()
-    if overwrite:
-        runfiles.refuse_unlisted(run_dir, marker)
-        return None
-    last = checkpoints.latest(run_dir)  # a damaged `latest` pointer is an error here, never a restart
-    if not resume:
-        if finished:
-            raise UserError(f"run folder {run_dir} already holds a run that finished; pass --overwrite to replace "
-                            "it or set output.dir")
-        state = f"stopped at step {checkpoints.step_of(last)}" if last else "that stopped before its first checkpoint"
-        raise UserError(f"run folder {run_dir} already holds a run {state}; pass --resume to continue it from "
-                        "its last checkpoint, --overwrite to replace it, or set output.dir")
-    if finished:
-        raise UserError(f"the run in {run_dir} already finished: nothing to resume (--overwrite runs it again)")
-    _check_same_recipe(recipe, run_dir)
-    read_metrics(run_dir)  # a damaged log is named now, not as a traceback when the run finishes
-    if last is not None:
-        checkpoints.verify(last)  # a damaged checkpoint is refused before any data or model is loaded
-    return last  # None: stopped before its first checkpoint, so it starts from the beginning
+    return runfiles.check(run_dir, recipe, overwrite, resume)
 
 
 # --------------------------------------------------------------------------------------------
@@ -95,19 +56,18 @@ class RunFolder:
         self.lock, self.replacing = RunLock(self.path), False
 
     def start(self, recipe: Recipe, overwrite: bool = False, resume: bool = False,
-              data_info: Optional[dict[str, Any]] = None) -> Optional[Path]:
-        """Lock the folder (main process) and make it ready (check_folder's decisions, taken again under the
-        lock; --overwrite moves the old run aside until the new one has finished; --resume refuses data
-        that data.json no longer describes); returns the checkpoint to resume from, if any."""
-        check_folder(recipe, overwrite, resume)
+              data_info: Optional[dict[str, Any]] = None, plan: Any = None) -> Optional[Path]:
+        """Lock the folder (main process) and make it ready: check_folder's decision taken again under the
+        lock (with `data_info`, --resume also refuses data that data.json no longer describes); --overwrite
+        moves the old run aside until the new one has finished. A fresh start (or a resume with nothing saved
+        yet) with the strategy `plan` writes the run's first files (write_start). Returns the checkpoint to
+        resume from, if any."""
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise UserError(f"cannot create run folder {self.path}: {e.strerror}") from None
         self.lock.acquire()
-        last = _decide(recipe, overwrite, resume)
-        if resume and data_info is not None:
-            _check_same_data(self.path, data_info)
+        last = runfiles.check(self.path, recipe, overwrite, resume, data_info)
         if overwrite and is_ours(self.path):
             runfiles.move_aside(self.path)
             self.replacing = True
@@ -115,6 +75,8 @@ class RunFolder:
             runfiles.new_marker(self.path)
         if recipe.train.log_with:  # trackers write there (log_with may be set on a resume too)
             runfiles.register(self.path, [LOGS])
+        if last is None and plan is not None:
+            self.write_start(recipe, plan, data_info or {})
         return last
 
     def release(self) -> None:
@@ -127,32 +89,25 @@ class RunFolder:
             runfiles.restore_previous(self.path)
             self.replacing = False
 
-    def write_start(self, recipe: Recipe, plan_table: str, data_info: dict[str, Any], strategy: Any = None,
-                    scoring_seconds: float = 0.0) -> None:
-        """A fresh start (or a resume with nothing saved yet): recipe, plan, data description, and the
-        resolved strategy (what a strategy chose from data, so --resume rebuilds it without scoring). Every
-        name the run will write is in its manifest from here on."""
+    def write_start(self, recipe: Recipe, plan: Any, data_info: dict[str, Any]) -> None:
+        """A fresh start: recipe, the plan's table, data description, and the resolved strategy (what a
+        strategy chose from data, so --resume rebuilds it without scoring). Every name the run will write is
+        in its manifest from here on."""
         runfiles.register(self.path, [RECIPE, PLAN, DATA, STRATEGY, METRICS, checkpoints.CHECKPOINTS,
                                       delta.DELTA_NAME, CURVE, CARD, SUMMARY])
-        write_text(self.path / RECIPE, recipe.to_yaml())
-        write_text(self.path / PLAN, plan_table + "\n")
-        self.write_json(DATA, data_info)
-        self.write_json(STRATEGY, {"strategy": strategy if strategy is not None else recipe.strategy,
-                                   "scoring_seconds": round(scoring_seconds, 3)})
+        strategy = {"strategy": plan.spec if plan.spec is not None else recipe.strategy,
+                    "scoring_seconds": round(plan.scoring_seconds, 3)}
+        text = recipe.to_yaml()
+        table = plan.table() + "\n"
+        write_text(self.path / RECIPE, text)
+        write_text(self.path / PLAN, table)
+        write_json(self.path / DATA, data_info)
+        write_json(self.path / STRATEGY, strategy)
         (self.path / METRICS).unlink(missing_ok=True)
 
     def read_recipe(self) -> Recipe:
         """The recipe the folder records; a missing, empty or damaged one is one clear error."""
-        path = self.path / RECIPE
-        if not path.is_file():
-            raise UserError(f"{self.path} is not a run folder (no {RECIPE})")
-        try:
-            raw = yamlsafe.load_file(path, "recipe")
-            if not isinstance(raw, dict):
-                raise ValueError("not a mapping of recipe sections")
-            return from_dict(raw, name=self.path.name)
-        except (ValueError, UserError) as e:
-            raise UserError(f"{path} is damaged ({first_line(e)}); restore it, or --overwrite to start again") from None
+        return runfiles.read_recipe(self.path)
 
     def read_summary(self) -> dict[str, Any]:
         """The finished run's summary.json; a missing or damaged one is one clear error."""
@@ -164,7 +119,7 @@ class RunFolder:
 
     def write_json(self, name: str, obj: Any) -> Path:
         runfiles.register(self.path, [name])
-        return write_text(self.path / name, jsonsafe.dumps(obj, indent=2) + "\n")
+        return write_json(self.path / name, obj)
 
     def write_confusion(self, result: dict[str, Any]) -> Path:
         """`eval`'s confusion matrix as a picture (the numbers are in eval.json)."""
@@ -186,40 +141,31 @@ class RunFolder:
         """On resume: epochs logged after the checkpoint are run again, so their lines go."""
         write_text(self.path / METRICS, "".join(self.metrics_lines()[:lines]))
 
-    def finish(self, summary: dict[str, Any], title: str = "") -> None:
-        """The run is done, as one step: training curve, model card, no more whole-model checkpoints (the
-        delta is what it keeps), and last the finished mark, summary.json (written beside its name first,
-        so a full disk stops the run before its checkpoints are gone). An --overwrite's old run goes then."""
+    def finish(self, summary: dict[str, Any], model: Any, recipe: Recipe, plan: Any, class_names: list[str],
+               data_config: dict, fingerprint: dict[str, str]) -> None:
+        """The run is done, as one step: model card, training curve, the delta (what learned, with
+        `fingerprint`, the fixed values' hashes taken before training; its size goes into `summary`), no more
+        whole-model checkpoints (the delta is what it keeps), and last the finished mark, summary.json
+        (written beside its name first, so a full disk stops the run before its checkpoints are gone). An
+        --overwrite's old run goes then."""
         runfiles.register(self.path, [CURVE, CARD, SUMMARY])
-        evals = read_metrics(self.path)
+        title = f"{recipe.model.name}, {plan.label}"
+        text = card(self.path, summary=summary)
+        evals = runfiles.read_metrics(self.path)
         losses = [(step, loss) for e in evals for step, loss in e.get("loss_curve", [])]
+        write_text(self.path / CARD, text)
         if summary.get("solver", {}).get("solver") == "exact":  # no steps: the cross-validation is the curve
             write_atomic(self.path / CURVE, lambda tmp: curves.plot_solver(summary["solver"], summary["val_top1"],
                                                                            tmp, title))
         else:
             write_atomic(self.path / CURVE, lambda tmp: curves.plot(losses, evals, tmp, title))
-        write_text(self.path / CARD, card(self.path, summary=summary))
-        text = jsonsafe.dumps(summary, indent=2) + "\n"
-        with staged(self.path / SUMMARY, lambda tmp: tmp.write_text(text)):
+        path = delta.save_delta(self.path / delta.DELTA_NAME, model, recipe, class_names, data_config, fingerprint,
+                                {"strategy": plan.spec})  # data-driven choices resolved: no data to load
+        summary["delta_bytes"] = path.stat().st_size
+        with staged(self.path / SUMMARY, lambda tmp: tmp.write_text(jsonsafe.dumps(summary, indent=2) + "\n")):
             checkpoints.remove(self.path)
         runfiles.drop_previous(self.path)
         self.replacing = False
-
-
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """The run's metrics.jsonl records; a damaged line is one clear error naming the file."""
-    path = Path(run_dir) / METRICS
-    records = []
-    for number, line in enumerate(path.read_text().splitlines() if path.is_file() else [], 1):
-        try:
-            record = json.loads(line)
-            if not isinstance(record, dict):
-                raise ValueError("not a JSON object")
-        except (ValueError, UnicodeDecodeError) as e:
-            raise UserError(f"{path} is damaged (line {number}: {first_line(e)[:80]}); restore it, or --overwrite "
-                            "to start again") from None
-        records.append(record)
-    return records
 
 
 def card(folder: Path, repo_id: Optional[str] = None, license: Optional[str] = None,
@@ -233,7 +179,7 @@ def card(folder: Path, repo_id: Optional[str] = None, license: Optional[str] = N
         summary = summary if summary is not None else json.loads((folder / SUMMARY).read_text())
         data = json.loads((folder / DATA).read_text())
         plan = (folder / PLAN).read_text() if (folder / PLAN).is_file() else None
-        return modelcard.render(RunFolder(folder).read_recipe().to_dict(), summary, data["class_names"], plan,
+        return modelcard.render(runfiles.read_recipe(folder).to_dict(), summary, data["class_names"], plan,
                                 data.get("val_split"), repo_id, license)
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise UserError(f"cannot describe the run in {folder}: {first_line(e)}") from None
@@ -249,46 +195,3 @@ def read_strategy(run_dir: Path) -> dict[str, Any]:
         raise UserError(f"{path} is damaged ({first_line(e)}); restore it, or --overwrite to start again") from None
 
 
-def _check_same_recipe(recipe: Recipe, run_dir: Path) -> None:
-    """Resuming with another recipe would silently mix two runs: refuse, naming what differs."""
-    old, new = _flat(RunFolder(run_dir).read_recipe().to_dict()), _flat(recipe.to_dict())
-    differ = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k not in RESUME_MAY_DIFFER)
-    if differ:
-        raise UserError(f"cannot resume {run_dir} with a different recipe: {', '.join(differ)} differ "
-                        f"from its recipe.yaml (--overwrite starts afresh)")
-
-
-# what data.json records that must hold for a resumed run to continue the same one
-SAME_DATA = ("train_samples", "val_samples", "num_classes", "class_names", "rows_sha256")
-
-
-def _check_same_data(run_dir: Path, info: dict[str, Any]) -> None:
-    """Resuming on changed data would continue a run that data.json no longer describes: refuse."""
-    path = run_dir / DATA
-    if not path.is_file():
-        return
-    try:
-        saved = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise UserError(f"{path} is damaged ({first_line(e)}); --overwrite to start again") from None
-    differ = [k for k in SAME_DATA if k in saved and saved.get(k) != info.get(k)]
-    if differ:
-        k = differ[0]
-        raise UserError(f"cannot resume {run_dir}: the dataset changed since the run started ({k}: "
-                        f"{_short(saved.get(k))} then, {_short(info.get(k))} now); --overwrite to start again")
-
-
-def _short(value: Any) -> str:
-    text = json.dumps(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _flat(resolved: dict) -> dict[str, Any]:
-    """{'train.lr': 0.001, ..., 'strategy': {...}}; the output section names the folder, not the run."""
-    out: dict[str, Any] = {}
-    for section, node in resolved.items():
-        if section == "strategy" or not isinstance(node, dict):
-            out[section] = node
-        elif section != "output":
-            out.update({f"{section}.{key}": value for key, value in node.items()})
-    return out

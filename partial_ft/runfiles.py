@@ -4,8 +4,8 @@ A folder is a run folder only when it holds a valid marker, `.partial_ft-run`: J
 wrote with a run id, the version and the time, and the manifest, the names of the files and folders
 this run wrote (each registered before it is first written). `--overwrite` moves exactly those aside,
 never anything else, and never through a symbolic link; the old run stays in `.partial_ft-previous/`
-until the new one has finished, and comes back if it fails. Outputs of other commands never land on a
-run's files (`check_output`).
+until the new one has finished, and comes back if it fails. Whether a run may use a folder is decided
+here, in one pass (`check`).
 """
 from __future__ import annotations
 
@@ -18,10 +18,12 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Optional
 
-from .atomic import check_name, write_text
+from . import checkpoints, yamlsafe
+from .atomic import write_text
 from .checkpoints import CHECKPOINTS
 from .delta import DELTA_NAME
-from .errors import UserError
+from .errors import UserError, first_line
+from .recipe import Recipe, differences, from_dict
 from .runlock import LOCK
 from .version import __version__
 
@@ -158,30 +160,119 @@ def drop_previous(run_dir: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# outputs of other commands (predict, export, push) never land on what a run or a read needs
+# whether a run may use the folder: one pass over what it holds
 
 
-def _protected_in(folder: Path, name: str, sources: set[str]) -> bool:
-    """Whether `folder/name` is (or is inside) a file of a run folder or of a folder being read."""
-    marked = os.path.lexists(folder / MARKER) or os.path.realpath(folder) in sources
-    return marked and (name in OWN or name in BOOKKEEPING)
+def check(run_dir: Path, recipe: Recipe, overwrite: bool, resume: bool,
+          data_info: Optional[dict[str, Any]] = None) -> Optional[Path]:
+    """What the folder holds, decided without writing anything: a folder partial_ft did not mark, run paths
+    that are links, names an --overwrite would take that its run did not write, a run there without
+    --overwrite or --resume, a finished run to resume, a resume with another recipe or (`data_info`, once
+    the data is loaded) other data, damaged metrics and a damaged latest checkpoint are refused. Returns
+    the checkpoint to resume from (None: start from the beginning)."""
+    run_dir = Path(run_dir)
+    marker = _marker_of_run(run_dir)
+    if marker is None:  # nothing there yet
+        return None
+    finished = (run_dir / SUMMARY).is_file()
+    if overwrite:
+        refuse_unlisted(run_dir, marker)
+        return None
+    if resume:
+        _refuse_other_run(run_dir, recipe, finished, data_info)
+    last = checkpoints.latest(run_dir)  # a damaged `latest` pointer is an error here, never a restart
+    if not resume:
+        if finished:
+            raise UserError(f"run folder {run_dir} already holds a run that finished; pass --overwrite to replace "
+                            "it or set output.dir")
+        state = f"stopped at step {checkpoints.step_of(last)}" if last else "that stopped before its first checkpoint"
+        raise UserError(f"run folder {run_dir} already holds a run {state}; pass --resume to continue it from "
+                        "its last checkpoint, --overwrite to replace it, or set output.dir")
+    if last is not None:
+        checkpoints.verify(last)  # a damaged checkpoint is refused before any data or model is loaded
+    return last  # None: stopped before its first checkpoint, so it starts from the beginning
 
 
-def check_output(path: str | Path, what: str, reading: Iterable[str | Path] = (),
-                 source_folders: Iterable[str | Path] = ()) -> Path:
-    """Refuse an output path that is a symbolic link, a run folder's file (delta, recipe, summary, ...,
-    or anything inside its checkpoints/), a file of a folder being read (`source_folders`: pushed
-    layouts), or a file being read (`reading`), as written or through links. Returns the path."""
-    path = check_name(path, what)
-    if path.is_symlink():
-        raise UserError(f"{what} {path} is a symbolic link; give the file's own path")
-    real = Path(os.path.realpath(path))
-    if any(real == Path(os.path.realpath(r)) for r in reading):
-        raise UserError(f"{what} {path} is an input being read; choose another file")
-    sources = {os.path.realpath(f) for f in source_folders}
-    for candidate in (path.absolute(), real):
-        for inner in (candidate, *candidate.parents):
-            if inner.parent != inner and _protected_in(inner.parent, inner.name, sources):
-                raise UserError(f"{what} {path} is {inner.name} of the run in {inner.parent}; partial_ft never "
-                                "writes its outputs over a run's files: choose a path outside them")
-    return path
+def _marker_of_run(run_dir: Path) -> Optional[dict[str, Any]]:
+    """The marker of the run in the folder (its links refused), or None when the folder holds nothing (a
+    lock alone: its process died before marking the folder); a folder of other files is refused."""
+    held = [p for p in run_dir.iterdir() if p.name != LOCK] if run_dir.is_dir() else []
+    if not held:
+        return None
+    marker = read_marker(run_dir)
+    if marker is None:
+        sample = ", ".join(sorted(p.name for p in held)[:3])
+        raise UserError(f"output.dir {run_dir} is not empty and is not a partial_ft run folder (it holds {sample}, "
+                        "...); partial_ft never replaces what it did not write: choose another output.dir")
+    refuse_links(run_dir)
+    return marker
+
+
+def _refuse_other_run(run_dir: Path, recipe: Recipe, finished: bool, data_info: Optional[dict[str, Any]]) -> None:
+    """--resume continues the run there only: not a finished one, not with damaged metrics, another
+    recipe or (when given) data that data.json no longer describes."""
+    if finished:
+        raise UserError(f"the run in {run_dir} already finished: nothing to resume (--overwrite runs it again)")
+    read_metrics(run_dir)  # a damaged log is named now, not as a traceback when the run finishes
+    if data_info is not None:
+        check_same_data(run_dir, data_info)
+    old = read_recipe(run_dir)
+    differ = differences(old, recipe)
+    if differ:
+        raise UserError(f"cannot resume {run_dir} with a different recipe: {', '.join(differ)} differ "
+                        f"from its recipe.yaml (--overwrite starts afresh)")
+
+
+def read_recipe(run_dir: Path) -> Recipe:
+    """The recipe the folder records; a missing, empty or damaged one is one clear error."""
+    path = Path(run_dir) / RECIPE
+    if not path.is_file():
+        raise UserError(f"{run_dir} is not a run folder (no {RECIPE})")
+    try:
+        raw = yamlsafe.load_file(path, "recipe")
+        if not isinstance(raw, dict):
+            raise ValueError("not a mapping of recipe sections")
+        return from_dict(raw, name=Path(run_dir).name)
+    except (ValueError, UserError) as e:
+        raise UserError(f"{path} is damaged ({first_line(e)}); restore it, or --overwrite to start again") from None
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """The run's metrics.jsonl records; a damaged line is one clear error naming the file."""
+    path = Path(run_dir) / METRICS
+    records = []
+    for number, line in enumerate(path.read_text().splitlines() if path.is_file() else [], 1):
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict):
+                raise ValueError("not a JSON object")
+        except (ValueError, UnicodeDecodeError) as e:
+            raise UserError(f"{path} is damaged (line {number}: {first_line(e)[:80]}); restore it, or --overwrite "
+                            "to start again") from None
+        records.append(record)
+    return records
+
+
+# what data.json records that must hold for a resumed run to continue the same one
+SAME_DATA = ("train_samples", "val_samples", "num_classes", "class_names", "rows_sha256")
+
+
+def check_same_data(run_dir: Path, info: dict[str, Any]) -> None:
+    """Resuming on changed data would continue a run that data.json no longer describes: refuse."""
+    path = Path(run_dir) / DATA
+    if not path.is_file():
+        return
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path} is damaged ({first_line(e)}); --overwrite to start again") from None
+    differ = [k for k in SAME_DATA if k in saved and saved.get(k) != info.get(k)]
+    if differ:
+        k = differ[0]
+        raise UserError(f"cannot resume {run_dir}: the dataset changed since the run started ({k}: "
+                        f"{_short(saved.get(k))} then, {_short(info.get(k))} now); --overwrite to start again")
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."

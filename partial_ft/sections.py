@@ -4,10 +4,27 @@ tables are generated from them), each section validating its own values. recipe.
 from __future__ import annotations
 
 import copy
+import difflib
+import os
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, Union
 
-from .errors import UserError
+import accelerate.tracking
+import timm
+from accelerate.utils import LoggerType
+from timm.optim import create_optimizer_v2, list_optimizers
+from timm.scheduler import create_scheduler_v2
+from torch import nn
+
+from .errors import UserError, did_you_mean, first_line
+
+HUB_PREFIXES = ("hf-hub:", "hf_hub:", "local-dir:")  # timm loads these from the Hub / a folder by itself
+# DataLoader workers per CPU this process may use. Workers decode and augment images: past one per core
+# they only queue for it, and a few per core still cover reads that wait on a slow disk or network. A
+# number far beyond (data.num_workers=100000) forks until the machine runs out of processes and hangs.
+WORKERS_PER_CPU = 4
+# what `pip install` needs where the package is not named as the tracker
+TRACKER_PACKAGES = {"comet_ml": "comet-ml"}
 
 
 def key(default: Any, help: str) -> Any:
@@ -28,9 +45,12 @@ class ModelCfg:
                                           "of another size is replaced")
     kwargs: dict = key({}, "passed to `timm.create_model` (`drop_path_rate`, `zero_init_last`, `img_size`, ...)")
 
-    def validate(self) -> None:
-        """Raise UserError for values that are well-typed but meaningless (as strategy options do)."""
+    def validate(self, here: bool = False) -> None:
+        """Raise UserError for values that are well-typed but meaningless (as strategy options do); `here`:
+        also a name that this timm does not know."""
         refuse([(not self.pretrained or not self.checkpoint, "set model.pretrained or model.checkpoint, not both")])
+        if here:
+            check_model_name(self.name)
 
 
 @dataclass
@@ -84,10 +104,11 @@ class DataCfg:
                                                             "device (see Concepts); `auto` preloads on a GPU when "
                                                             "it fits")
 
-    def validate(self, channels: Any = 3) -> None:
+    def validate(self, channels: Any = 3, here: bool = False) -> None:
         """Raise UserError for values that are well-typed but meaningless, or that timm or torchvision would
-        reject only once images flow; `channels`: what the model takes. (A value only timm can judge, such
-        as an interpolation or an auto-augment policy, is checked by building the transforms.)"""
+        reject only once images flow; `channels`: what the model takes; `here`: also more workers than this
+        machine can start. (A value only timm can judge, such as an interpolation or an auto-augment policy,
+        is checked by building the transforms.)"""
         size = self.input_size
         sizes = [size] if isinstance(size, int) else list(size or [])
         refuse([
@@ -116,6 +137,9 @@ class DataCfg:
             *[(getattr(self, k) is None or len(getattr(self, k)) in (1, channels),
                f"data.{k} must have 1 or {channels} values (one per channel)") for k in ("mean", "std")],
             (self.std is None or all(v > 0 for v in self.std), "data.std must be > 0 (images are divided by it)"),
+            (not here or self.num_workers <= max_workers(),
+             f"data.num_workers {self.num_workers:,} is more than this machine can use: at most {max_workers()} "
+             f"({WORKERS_PER_CPU} per CPU it may use)"),
         ])
 
 
@@ -176,8 +200,9 @@ class TrainCfg:
                                   "`train.log_every` steps, and `val_top1`, `val_top5`, `val_loss`, `train_loss` "
                                   "each epoch; local ones write under `RUN_DIR/logs/`")
 
-    def validate(self) -> None:
-        """Raise UserError for values that are well-typed but meaningless."""
+    def validate(self, here: bool = False) -> None:
+        """Raise UserError for values that are well-typed but meaningless; `here`: also optimizer or
+        scheduler names this timm does not know and trackers that are unknown or not installed."""
         refuse([
             (self.epochs >= 1, "train.epochs must be >= 1"),
             (self.max_steps is None or self.max_steps >= 1, "train.max_steps must be >= 1"),
@@ -198,6 +223,24 @@ class TrainCfg:
              "train.keep_checkpoints must be >= 1 (null: keep all)"),
             (0 <= self.seed < 2**32, "train.seed must be in [0, 2**32)"),
         ])
+        if here:
+            self._check_timm_names()
+            check_trackers(self.log_with)
+
+    def _check_timm_names(self) -> None:
+        """train.opt and train.sched are timm names: try them on a stand-in parameter, so a typo (or a
+        scheduler that cannot step per update, like plateau) fails before any work."""
+        try:
+            opt = create_optimizer_v2(nn.Linear(1, 1), opt=self.opt, lr=self.lr, weight_decay=self.weight_decay,
+                                      momentum=self.momentum)
+        except Exception as e:
+            hint = did_you_mean(self.opt, list_optimizers())
+            raise UserError(f"train.opt '{self.opt}': {first_line(e)}{hint}") from None
+        try:
+            create_scheduler_v2(opt, sched=self.sched, num_epochs=max(self.epochs, 2), warmup_epochs=self.warmup_epochs,
+                                min_lr=self.min_lr, step_on_epochs=False, updates_per_epoch=1)
+        except Exception as e:
+            raise UserError(f"train.sched '{self.sched}': {first_line(e)}") from None
 
 
 @dataclass
@@ -208,6 +251,34 @@ class OutputCfg:
 
 
 SECTIONS: dict[str, type] = {"model": ModelCfg, "data": DataCfg, "train": TrainCfg, "output": OutputCfg}
+
+
+def check_model_name(name: str) -> None:
+    """Refuse an unknown timm model name, suggesting the closest ones."""
+    base = name.split(".", 1)[0]  # timm accepts name.pretrained_tag
+    if timm.is_model(base) or name.startswith(HUB_PREFIXES):
+        return
+    close = difflib.get_close_matches(base, timm.list_models(), n=3, cutoff=0.6)
+    hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+    raise UserError(f"unknown timm model '{name}'{hint}")
+
+
+def max_workers() -> int:
+    """The most DataLoader workers a process of this machine starts (WORKERS_PER_CPU x usable CPUs)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return WORKERS_PER_CPU * max(1, cpus)
+
+
+def check_trackers(log_with: list[str]) -> None:
+    """Every tracker is one Accelerate knows and is installed here."""
+    known = [name for name in LoggerType.list() if name != "all"]
+    available = {str(getattr(t, "value", t)) for t in accelerate.tracking.get_available_trackers()}
+    for name in log_with:
+        if name not in known:
+            raise UserError(f"train.log_with: unknown tracker '{name}'{did_you_mean(name, known)} "
+                            f"(Accelerate's trackers: {', '.join(known)})")
+        if name not in available:
+            raise UserError(f"train.log_with: {name} is not installed (pip install {TRACKER_PACKAGES.get(name, name)})")
 
 
 def refuse(checks: list[tuple[bool, str]]) -> None:

@@ -111,7 +111,7 @@ def stop_on_signals():
 
 @contextmanager
 def deferred():
-    """While a run finishes (delta, curve, card, cleanup, finished mark), SIGTERM and Ctrl-C wait: they
+    """While a run finishes (card, curve, delta, cleanup, finished mark), SIGTERM and Ctrl-C wait: they
     are delivered when the block ends, so a run is finished as one step or not at all."""
     if threading.current_thread() is not threading.main_thread():
         yield

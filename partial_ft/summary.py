@@ -1,11 +1,15 @@
-"""What summary.json holds, built in one place from the run's setup and what its loop ended with."""
+"""What summary.json holds, built in one place from the run's setup and what its loop ended with, and the
+run's finishing step that hands it to the run folder."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from torch import nn
+
 from .prepare import Setup
 from .progress import Progress, peak_memory_bytes
+from .rundir import RunFolder
 from .version import __version__
 
 
@@ -19,10 +23,21 @@ class Trained:
     kept: Optional[dict[str, Any]] = None  # train.keep: best: the kept epoch's metrics (None: the last epoch's)
 
 
-def summarize(setup: Setup, trained: Trained, delta_bytes: Optional[int]) -> dict[str, Any]:
+def finish(setup: Setup, folder: RunFolder, trained: Trained, model: nn.Module) -> dict[str, Any]:
+    """The run's last step, as one: the summary, and (main process) what the run folder keeps of it: the
+    model card, the curve, the delta and summary.json (RunFolder.finish). Returns the summary."""
+    summary = summarize(setup, trained)
+    if setup.accelerator.is_main_process:
+        folder.finish(summary, model, setup.recipe, setup.plan, setup.bundle.class_names, setup.data_config,
+                      setup.fingerprint)
+    return summary
+
+
+def summarize(setup: Setup, trained: Trained) -> dict[str, Any]:
     """The plan's counts, the last epoch's metrics, throughput and memory. train_seconds includes
     extracting cached features; train_images_per_second is the training steps' own, in the steady state
-    (see progress.Meter). `delta_bytes`: the saved delta's size (None in processes that save none)."""
+    (see progress.Meter). `delta_bytes` stays None here: the run folder fills it when it saves the delta
+    (the main process; the others save none)."""
     recipe, plan, p = setup.recipe, setup.plan, trained.progress
     metrics, device = trained.kept or p.metrics, setup.accelerator.device
     feature_cache = dict(trained.feature_cache) if trained.feature_cache else None
@@ -59,5 +74,5 @@ def summarize(setup: Setup, trained: Trained, delta_bytes: Optional[int]) -> dic
         "seed": recipe.train.seed,
         "partial_ft_version": __version__,
         "preload": setup.preload,
-        "delta_bytes": delta_bytes,
+        "delta_bytes": None,
     }

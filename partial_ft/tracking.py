@@ -1,34 +1,14 @@
 """Experiment tracking through Accelerate's trackers (`train.log_with`: tensorboard, wandb, mlflow, ...):
 the resolved recipe as hyperparameters, per-step loss / lr / images per second, per-epoch validation
-metrics. Local trackers write under RUN_DIR/logs/."""
+metrics. Local trackers write under RUN_DIR/logs/. (Which trackers a recipe may name: the train section's
+validation, sections.check_trackers.)"""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError, did_you_mean
-
 LOGS = "logs"
-# what `pip install` needs where the package is not named as the tracker
-PACKAGES = {"comet_ml": "comet-ml"}
-
-
-def check_installed(log_with: list[str]) -> None:
-    """Every tracker is one Accelerate knows and is installed here: a UserError before any work."""
-    from accelerate.tracking import get_available_trackers
-    from accelerate.utils import LoggerType
-
-    known = [name for name in LoggerType.list() if name != "all"]
-    available = {str(getattr(t, "value", t)) for t in get_available_trackers()}
-    for name in log_with:
-        if name not in known:
-            raise UserError(f"train.log_with: unknown tracker '{name}'{did_you_mean(name, known)} "
-                            f"(Accelerate's trackers: {', '.join(known)})")
-        if name not in available:
-            raise UserError(f"train.log_with: {name} is not installed (pip install {PACKAGES.get(name, name)})")
-
-
 def accelerator_kwargs(log_with: list[str], run_dir: Path) -> dict[str, Any]:
     """Arguments for Accelerator(...): the trackers, logging under run_dir/logs."""
     if not log_with:

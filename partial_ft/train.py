@@ -16,13 +16,12 @@ from typing import Any, Callable, Optional
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import broadcast_object_list
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import cache, checkpoints, collective, delta, loaders, probe, report, tracking
+from . import cache, checkpoints, collective, loaders, probe, report, tracking
 from .errors import NonFiniteLoss
 from .evaluation import evaluate
 from .extras import Extras
@@ -34,7 +33,7 @@ from .rundir import RunFolder
 from .sections import TrainCfg
 from .signals import Interrupted, StopFlag, Stopped, deferred, stop_on_signals
 from .strategies import silent_norms
-from .summary import Trained, summarize
+from .summary import Trained, finish
 from .validate import validate
 
 EpochHook = Callable[[dict[str, Any]], bool]  # gets an epoch's metrics line; True asks the run to stop
@@ -51,11 +50,8 @@ def run(recipe: Recipe, overwrite: bool = False, resume: bool = False,
     acc = setup.accelerator
     folder = RunFolder(recipe.run_dir, main=acc.is_main_process)
     try:
-        resume_from = [folder.start(recipe, overwrite, resume, setup.bundle.info) if acc.is_main_process else None]
-        resume_from = broadcast_object_list(resume_from)[0] if acc.num_processes > 1 else resume_from[0]
-        if acc.is_main_process and resume_from is None:  # a fresh start (or a resume with nothing saved yet)
-            folder.write_start(recipe, setup.plan.table(), setup.bundle.info, setup.plan.spec,
-                               setup.plan.scoring_seconds)
+        started = folder.start(recipe, overwrite, resume, setup.bundle.info, setup.plan) if folder.main else None
+        resume_from = collective.from_main(acc, started)
         acc.wait_for_everyone()
         tracking.start(acc, recipe.name, recipe.to_dict())  # inside the run folder: it exists now
         preload = setup.preload if recipe.data.preload != "false" else None
@@ -66,15 +62,7 @@ def run(recipe: Recipe, overwrite: bool = False, resume: bool = False,
         with stop_on_signals() as stop:
             trained, model = train(setup, folder, resume_from, stop, on_epoch_end)
         with deferred():  # finishing is one step: a signal now waits until it is done
-            delta_bytes = None
-            if acc.is_main_process:
-                path = delta.save_delta(folder.path / delta.DELTA_NAME, model, recipe, setup.bundle.class_names,
-                                        setup.data_config, setup.fingerprint,
-                                        {"strategy": setup.plan.spec})  # data-driven choices resolved: no data to load
-                delta_bytes = path.stat().st_size
-            summary = summarize(setup, trained, delta_bytes)
-            if acc.is_main_process:
-                folder.finish(summary, f"{recipe.model.name}, {setup.plan.label}")
+            summary = finish(setup, folder, trained, model)
             folder.release()
     except (Interrupted, Stopped):
         raise  # stopped with a checkpoint (or before any): --resume continues this run
@@ -136,6 +124,7 @@ def _build_loop(setup: Setup, folder: RunFolder, stop: StopFlag) -> tuple[Loop, 
     """Optimizer, scheduler and loaders over what trains: the whole model on images, or (feature cache)
     the part after the fixed prefix on its cached features; both share the model's parameters."""
     acc, cfg = setup.accelerator, setup.recipe.train
+    optimizer = make_optimizer(setup.model, cfg)  # over the model's learned parameters, which a cached suffix shares
     net, train_data, val_data, cached = setup.model, setup.train_loader, setup.val_loader, None
     if setup.cache.cut is not None:
         cached = cache.build(setup.cache.cut, setup.model, setup.train_loader, setup.val_loader, cfg.seed,
@@ -147,7 +136,6 @@ def _build_loop(setup: Setup, folder: RunFolder, stop: StopFlag) -> tuple[Loop, 
                   f"extracted in {i['extract_seconds']:.1f} s", flush=True)
     elif cfg.cache_features != "off":
         acc.print(f"feature cache: {setup.cache.note}", flush=True)
-    optimizer = make_optimizer(setup.model, cfg)
     # fixed slices are identical on every process (seeded); DDP must not broadcast them every step
     torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
         net, partial_buffer_names(net))
@@ -172,25 +160,24 @@ def train(setup: Setup, folder: RunFolder, resume_from: Optional[Path], stop: St
     """The driver: epochs of training, each followed by evaluation and a checkpoint. Returns (what the
     summary needs, trained model)."""
     loop, cached = _build_loop(setup, folder, stop)
-    acc, progress = setup.accelerator, Progress()
-    if resume_from is not None:  # model, optimizer, scheduler, RNG states, and where the loop was
-        state = checkpoints.load(acc, resume_from)
-        per_epoch, t = len(loop.train_loader), loop.train  # a position past this recipe's end is refused
-        total = loop.epochs * max(1, math.ceil(per_epoch / t.grad_accum_steps))
-        checkpoints.check_position(state, resume_from, loop.epochs, per_epoch, min(total, t.max_steps or total),
-                                   {f.name for f in fields(Progress)} | {"scheduler", "extras"})
-        loop.scheduler.load_state_dict(state.pop("scheduler"))  # plain data (Accelerate would unpickle it)
-        loop.extras.load(state.pop("extras", None), checkpoints.load_tensors(resume_from))
-        progress = Progress(**state)
-        if acc.is_main_process:
-            folder.keep_metrics(progress.metrics_lines)
-    batches = loop.train_loader
+    acc, progress, batches = setup.accelerator, Progress(), loop.train_loader
     try:
         if setup.solver == "exact":  # a convex problem: solved to convergence on the cached features, no epochs
-            progress.solver = probe.train_exact(cached, loop.num_classes, loop.train.seed, acc)
+            progress.solver = probe.train_exact(cached, loop.num_classes, loop.train.seed, acc)  # (no checkpoints)
             progress.loss_sum, progress.loss_count = progress.solver["train_loss"], 1  # (its time: the epoch meter's)
             loop.epochs = 1
             end_of_epoch(loop, progress)
+        elif resume_from is not None:  # model, optimizer, scheduler, RNG states, and where the loop was
+            state = checkpoints.load(acc, resume_from)
+            per_epoch, t = len(loop.train_loader), loop.train  # a position past this recipe's end is refused
+            total = loop.epochs * max(1, math.ceil(per_epoch / t.grad_accum_steps))
+            checkpoints.check_position(state, resume_from, loop.epochs, per_epoch, min(total, t.max_steps or total),
+                                       {f.name for f in fields(Progress)} | {"scheduler", "extras"})
+            loop.scheduler.load_state_dict(state.pop("scheduler"))  # plain data (Accelerate would unpickle it)
+            loop.extras.load(state.pop("extras", None), checkpoints.load_tensors(resume_from))
+            progress = Progress(**state)
+            if acc.is_main_process:
+                folder.keep_metrics(progress.metrics_lines)
         while setup.solver == "loop" and not loop.finished(progress):
             batches = train_one_epoch(loop, progress)
             end_of_epoch(loop, progress)

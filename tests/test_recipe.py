@@ -76,3 +76,16 @@ def test_whole_strategy_node_overrides_replace_it(tmp_path, raw, overrides, expe
 
 
 # (recipe mistakes, one line each: test_errors.py's table, through the CLI)
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    ([], []),
+    (["train.lr=0.01"], ["train.lr"]),
+    (["train.log_every=3", "train.progress=false", "train.keep_checkpoints=5"], []),  # they do not change the numbers
+    (["output.dir=elsewhere"], []),  # it names a folder, not a run
+    (["strategy.name=head", "data.mixup=0.2"], ["data.mixup", "strategy"]),
+], ids=["same", "lr", "bookkeeping", "folder", "strategy-and-data"])
+def test_differences_name_what_changes_the_run(overrides, expected):
+    base = {"strategy": {"name": "full"}, "train": {"epochs": 2}}
+    old = recipes.from_dict(base)
+    assert recipes.differences(old, recipes.from_dict(recipes.apply_overrides(base, overrides))) == expected

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from partial_ft import data, rundir
+from partial_ft import data, runfiles
 from partial_ft.errors import UserError
 from partial_ft.sections import DataCfg
 from test_rundir import _fails, _tree, stopped  # noqa: F401 - stopped is a fixture
@@ -126,7 +126,7 @@ def test_swapped_class_folders_are_changed_data(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     (run / "data.json").write_text(json.dumps(before))
-    rundir._check_same_data(run, data.load(cfg).info)  # unchanged: accepted
+    runfiles.check_same_data(run, data.load(cfg).info)  # unchanged: accepted
     (folder / "cat").rename(folder / "tmp")
     (folder / "dog").rename(folder / "cat")
     (folder / "tmp").rename(folder / "dog")
@@ -134,4 +134,4 @@ def test_swapped_class_folders_are_changed_data(tmp_path):
     assert {k: after[k] for k in ("train_samples", "val_samples", "class_names")} == \
         {k: before[k] for k in ("train_samples", "val_samples", "class_names")}
     with pytest.raises(UserError, match=r"the dataset changed since the run started \(rows_sha256"):
-        rundir._check_same_data(run, after)
+        runfiles.check_same_data(run, after)

@@ -11,6 +11,7 @@ import pytest
 from conftest import run_cli
 from partial_ft import tracking
 from partial_ft.errors import UserError
+from partial_ft.sections import TrainCfg
 
 
 @pytest.mark.parametrize("log_with, message", [
@@ -24,8 +25,8 @@ def test_unknown_or_missing_trackers_are_refused(log_with, message, monkeypatch)
 
     monkeypatch.setattr(accelerate.tracking, "get_available_trackers", lambda: ["tensorboard"])
     with pytest.raises(UserError, match=message):
-        tracking.check_installed(log_with)
-    tracking.check_installed(["tensorboard"])  # installed: fine
+        TrainCfg(log_with=log_with).validate(here=True)
+    TrainCfg(log_with=["tensorboard"]).validate(here=True)  # installed: fine
 
 
 def test_hparams_are_flat_scalars():

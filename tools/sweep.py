@@ -1,5 +1,3 @@
-"""Alias of `python -m partial_ft sweep` (docs/sweep.md), kept for the commands written before it."""
-import runpy
-import sys
-sys.argv[1:1] = ["sweep"]
-runpy.run_module("partial_ft", run_name="__main__", alter_sys=True)
+"""Alias of `python -m partial_ft sweep` (docs/sweep.md)."""
+import sys, partial_ft.__main__ as cli  # noqa: E401
+sys.exit(cli.main(["sweep", *sys.argv[1:]]))

@@ -91,26 +91,12 @@ def finished_before(job: Job) -> Optional[dict]:
         return None
     folder = rundir.RunFolder(job.run_dir)
     try:
-        old = _flat(folder.read_recipe().to_dict())
+        old = folder.read_recipe()
         summary = folder.read_summary()
     except UserError:
         return None  # unreadable: train it again
-    new = _flat(recipes.from_dict(job.raw, name=job.run_dir.name).to_dict())
-    same = all(old.get(k) == new.get(k) for k in old.keys() | new.keys() if k not in rundir.RESUME_MAY_DIFFER)
+    same = not recipes.differences(old, recipes.from_dict(job.raw, name=job.run_dir.name))
     return summary if same and isinstance(summary, dict) else None
-
-
-def _flat(resolved: dict, prefix: str = "") -> dict[str, Any]:
-    """section.key -> value of a resolved recipe (the strategy section as one value)."""
-    out: dict[str, Any] = {}
-    for key, value in resolved.items():
-        if key == "output":
-            continue  # it names the folder, not the run
-        if isinstance(value, dict) and not prefix and key != "strategy":
-            out.update(_flat(value, f"{key}."))
-        else:
-            out[prefix + key] = value
-    return out
 
 
 def _mode(job: Job) -> tuple[bool, bool]:
