@@ -76,9 +76,11 @@ def test_check_grid_holds_the_candidates_as_sized_exhaustive_lr_three_seeds(tmp_
     assert runs.configs[0].label == PROBE_LABEL
 
 
-def test_check_grid_of_a_folder_without_advice_is_a_user_error(tmp_path):
+def test_check_grid_of_a_folder_without_advice_or_candidates_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="holds no advice"):
         advise.write_check_grid(tmp_path)
+    with pytest.raises(UserError, match="holds no candidate: advise skipped them all"):
+        advise.write_check_grid(_state(tmp_path / "empty", {}))
 
 
 def _results(path, rows):

@@ -151,7 +151,9 @@ def test_a_killed_workers_run_is_taken_over_and_resumed(tiny_recipe, tmp_path):
     second = _worker(base, grid, out, journal, "--heartbeat", "1")
     text, err = second.communicate(timeout=900)
     assert second.returncode == 0, err[-2000:]
-    assert "took over tune head {'train.lr': 0.01}: its worker stopped" in text and "resuming from" in text
+    assert "took over tune head {'train.lr': 0.01}: its worker stopped" in text
+    # an in-process run prints into the .log beside its folder
+    assert "resuming from" in (out / "tune" / "head_lr-0.01_seed0.log").read_text()
     trials = _trials(out, storage=f"journal:{journal}")
     tune0 = trials["sweep/tune/0"]
     assert [s for s, _ in tune0] == ["FAIL", "COMPLETE", "COMPLETE"] and tune0[2][1]["takes_over"] == 0
@@ -263,3 +265,12 @@ def test_deadline_stops_the_running_trial_at_its_epoch_end_and_starts_no_other(t
                   options=Options(launcher="inprocess", deadline=1.0))
     assert [(t.params, t.state, t.epochs) for t in result.trials] == [({"train.lr": 0.01}, "pruned", 1)]
     assert result.chosen is None and set(looks) == {1.0}
+    # the same call with time: the stopped run is continued from its checkpoint (a new trial takes it over:
+    # it trains epochs 2 and 3), the other starts; both finish, and the study holds these two
+    monkeypatch.setattr(engine, "past", lambda deadline: False)
+    again = tune(base, {"name": "head"}, {"train.lr": [0.01, 0.001]}, tmp_path / "t",
+                 options=Options(launcher="inprocess"))
+    assert sorted((t.params["train.lr"], t.state, t.epochs) for t in again.trials) == [(0.001, "complete", 3),
+                                                                                       (0.01, "complete", 2)]
+    stopped = next(t for t in again.trials if t.params["train.lr"] == 0.01)
+    assert "resuming from" in Path(stopped.run_dir + ".log").read_text()

@@ -97,9 +97,12 @@ def check_grid(state: dict) -> dict:
     fraction, seed = state.get("tune_fraction", CARVE_OUT[0]), state.get("tune_seed", CARVE_OUT[1])
     if seed != 0:  # the sweep carves with seed 0
         raise UserError(f"{STATE}: the carve-out seed {seed} is not the sweep's (0): no check grid can match it")
+    cands = candidates(state)
+    if not cands:
+        raise UserError(f"{STATE} holds no candidate: advise skipped them all, so there is nothing to check")
     raw = {"seeds": list(SEEDS), "tune": {"train.lr": list(LRS)}, "search": {"pruner": "none"},
            "tune_fraction": fraction,
-           "strategies": [{**c.spec, **({"overrides": c.own} if c.own else {})} for c in candidates(state)]}
+           "strategies": [{**c.spec, **({"overrides": c.own} if c.own else {})} for c in cands]}
     grids.from_dict(raw)
     return raw
 
@@ -114,7 +117,8 @@ def write_check_grid(folder: str | Path, path: Optional[str | Path] = None) -> P
             "# rate chosen from all of these on the same carve-out of train (no pruning), then each seed trained on",
             "# all of train and scored on the validation split. Run it, then compare:",
             f"#   {sweep_command(folder, path)}", f"#   python tools/advise_check.py --advice {folder}"]
-    return write_text(path, "\n".join(head) + "\n" + yaml.safe_dump(raw, sort_keys=False, width=120, default_flow_style=None))
+    body = yaml.safe_dump(raw, sort_keys=False, width=120, default_flow_style=None)
+    return write_text(path, "\n".join(head) + "\n" + body)
 
 
 def sweep_command(folder: str | Path, grid: str | Path) -> str:
@@ -214,7 +218,8 @@ def markdown(verdict: Verdict, folder: Path) -> str:
                      f"{'; '.join(n for n in notes if n)} |")
     lines += ["", f"- Recommended: `{verdict.recommended.candidate.row.name}`: {verdict.recommended.accuracy()}"]
     if verdict.best is not None:
-        lines.append(f"- The best at or below the budget: `{verdict.best.candidate.row.name}`: {verdict.best.accuracy()}")
+        best = verdict.best
+        lines.append(f"- The best at or below the budget: `{best.candidate.row.name}`: {best.accuracy()}")
     if verdict.full is not None:
         lines.append(f"- `{verdict.full.candidate.row.name}` (outside the budget): {verdict.full.accuracy()}")
     if verdict.difference is not None:

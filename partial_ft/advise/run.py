@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import re
+import socket
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -88,7 +90,8 @@ def advise(req: Request) -> Outcome:
         save = functools.partial(state.save, out, fingerprint, rows, meta)  # after every step
         save()  # the folder is advice from now on (continuing reads it)
         try:
-            _work(rows, base, out, tuner, n_eval, start + req.seconds, req.trials, stop, save)
+            _work(rows, base, _measure_root(out, req.worker), tuner, n_eval, start + req.seconds, req.trials, stop,
+                  save)
         except (Interrupted, Stopped) as e:
             signum = e.signum
         signum = signum or stop.signum
@@ -135,6 +138,12 @@ def _hold(out: Path, worker: bool):
                                            "as a worker (--storage URL --worker)")
 
 
+def _measure_root(out: Path, worker: bool) -> Path:
+    """Where this process's one-epoch measurements go: measure/, or for a worker measure/<host>-<pid>/
+    (workers measure their own machine, and one run folder has one owner: a shared one would be in use)."""
+    return out / "measure" / (f"{socket.gethostname()}-{os.getpid()}" if worker else "")
+
+
 def _measure(base: dict, row: Row, run_dir: Path, n_eval: int) -> None:
     try:
         measure(base, row, run_dir, n_eval)
@@ -143,7 +152,7 @@ def _measure(base: dict, row: Row, run_dir: Path, n_eval: int) -> None:
     print(_line(row, "measured"), flush=True)
 
 
-def _work(rows: list[Row], base: dict, out: Path, tuner: Tuner, n_eval: int, deadline: float, trials: int,
+def _work(rows: list[Row], base: dict, measure_root: Path, tuner: Tuner, n_eval: int, deadline: float, trials: int,
           stop, save: Callable[[], None]) -> None:
     """Measure and tune as the time plan says until nothing more fits, or a signal."""
     for r in rows:
@@ -154,7 +163,7 @@ def _work(rows: list[Row], base: dict, out: Path, tuner: Tuner, n_eval: int, dea
         if step is None:
             return
         if step.kind == "measure":
-            _measure(base, step.row, out / "measure" / study_name(step.row.name), n_eval)
+            _measure(base, step.row, measure_root / study_name(step.row.name), n_eval)
         else:
             tuner.trial(step.row, base, step.n)
             print(_line(step.row, f"{step.row.trials} trials"), flush=True)

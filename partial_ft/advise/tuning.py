@@ -2,11 +2,11 @@
 log range, TPE, successive-halving pruning) in the advise folder's study storage (or --storage), so that
 finished trials are kept and any number of --worker processes can share them.
 
-The time plan decides how many trials each candidate gets: each call asks for `n` more. A call is a study
-of its own (named by the candidate and the trials it holds, so that a shared --storage never sees one
-study asked for two sizes); the runs of earlier calls are reused from their folders (the engine reuses a
-finished run whose recorded recipe is the same, and resumes a pruned one from its checkpoint), and the
-seeded sampler draws the same learning rates first, so no finished trial is trained again.
+The time plan decides how many trials each candidate gets: each call asks for `n` more. A candidate's
+trials live in ONE study (`advise-<candidate>`) that each call extends to the trials it asks for in all
+(a tuning study's fingerprint leaves the count out): its finished trials stay finished and are never
+trained again, the pruner judges a new trial against every earlier one, and TPE draws from all of them.
+Each trial's draw is seeded by its number, so workers sharing the study never draw the same value.
 """
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ class Tuner:
         search = {"trials": total, "sampler": "tpe", "pruner": "halving",
                   "min_epochs": (base["train"].get("warmup_epochs") or 0) + 1}
         tuned = tune(path, row.resolved, {"train.lr": dict(LR_RANGE)}, self.out, overrides, search,
-                     self.tune_fraction, self.seed, self.storage, f"advise-{study_name(row.name)}-{total}",
+                     self.tune_fraction, self.seed, self.storage, f"advise-{study_name(row.name)}",
                      Options(launcher=self.launcher, worker=self.worker, deadline=self.deadline))
         row.trials = len(tuned.trials)
         row.pruned = sum(t.state == "pruned" for t in tuned.trials)

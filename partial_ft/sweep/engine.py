@@ -68,6 +68,7 @@ class Engine:
                 study.delete_sweep(self.storage, self.name)
                 return self.set_up(False)
             study.wait_ready(self.storage, self.name, digest, self.where)
+            self._extend()
             return None
         order = 0
         if self.plan.grid.tune:
@@ -83,6 +84,14 @@ class Engine:
                 study.enqueue(self.storage, sid, {}, {"config": i, "seed": seed, "kind": "final", "order": order})
                 order += 1
         study.set_ready(self.storage, self.name)
+
+    def _extend(self) -> None:
+        """Continue each configuration's tuning (study.continue_tuning): runs the deadline stopped are
+        queued again, and drawn trials are added up to `search.trials` (a tuning study's fingerprint leaves
+        the count out, so `tune` with more trials continues it)."""
+        for i in range(len(self.plan.configs) if self.plan.grid.tune else 0):
+            drawn = None if self.search.sampler == "grid" else self.search.trials
+            study.continue_tuning(self.storage, self.name, i, drawn)
 
     def restart(self, exclusive: bool, beat: float) -> None:
         """A plain sweep (no --worker): runs left RUNNING by a process that stopped (any, when the study is
@@ -118,6 +127,11 @@ class Engine:
                                                         sampler=self.search.make_sampler(),
                                                         pruner=self.search.make_pruner())
             return self._studies[name]
+
+    def _trial_study(self, name: str, number: int) -> optuna.Study:
+        """The study as trial `number` draws from it: its sampler seeded for that trial (search.make_sampler)."""
+        return optuna.load_study(study_name=name, storage=self.storage, sampler=self.search.make_sampler(number),
+                                 pruner=self.search.make_pruner())
 
     # ---------------------------------------------------------------- working
 
@@ -184,7 +198,7 @@ class Engine:
     def _run(self, name: str, sid: int, claimed: tuple[int, FrozenTrial], options: Options, beat: study.Heartbeat,
              device: Optional[str]) -> None:
         trial_id, frozen = claimed
-        trial = optuna.Trial(self._study(name), trial_id)
+        trial = optuna.Trial(self._trial_study(name, frozen.number), trial_id)
         beat.add(trial_id)
         try:
             i = frozen.user_attrs["config"]
@@ -208,7 +222,12 @@ class Engine:
 
         def report(epoch: int, top1: float) -> bool:
             trial.report(top1, epoch)
-            return trial.should_prune() or past(options.deadline)
+            if trial.should_prune():
+                return True
+            if past(options.deadline):  # not judged, only out of time: the next call continues it
+                trial.set_user_attr("stopped", "deadline")
+                return True
+            return False
 
         outcome = run_job(job, options.launcher, report, device)
         return outcome, _attrs(job.where, job.run_dir, outcome)

@@ -41,6 +41,8 @@ class Plan:
         grid = dataclasses.asdict(self.grid)
         if not any(grid["strategy_overrides"]):  # as before strategies had their own: older studies still match
             del grid["strategy_overrides"]
+        if not self.finals and self.grid.search.sampler != "grid":  # tuning alone (`tune`): more draws extend it
+            del grid["search"]["trials"]
         return fingerprint(grid, self.base, self.cli)
 
     def tune_job(self, index: int, candidate: dict[str, Any]) -> Job:

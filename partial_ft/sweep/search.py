@@ -16,6 +16,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Optional
 
+import numpy as np
 import optuna
 
 from ..errors import UserError, did_you_mean
@@ -52,11 +53,16 @@ class Search:
     min_epochs: int = 1
     seed: int = 0
 
-    def make_sampler(self) -> optuna.samplers.BaseSampler:
-        """The sampler for ranges and random draws (grid candidates are enqueued as fixed trials)."""
+    def make_sampler(self, number: Optional[int] = None) -> optuna.samplers.BaseSampler:
+        """The sampler for ranges and random draws (grid candidates are enqueued as fixed trials). With
+        `number`, seeded for that trial of the study: a trial's draw then depends on the seed, its number
+        and the trials before it, not on which process draws it, nor on how many it drew before (one
+        sampler per process would give each worker, and each later call extending a study, the same
+        first draws: the same values trained twice)."""
+        seed = self.seed if number is None else int(np.random.SeedSequence([self.seed, number]).generate_state(1)[0])
         if self.sampler == "tpe":
-            return optuna.samplers.TPESampler(seed=self.seed)
-        return optuna.samplers.RandomSampler(seed=self.seed)
+            return optuna.samplers.TPESampler(seed=seed)
+        return optuna.samplers.RandomSampler(seed=seed)
 
     def make_pruner(self) -> optuna.pruners.BasePruner:
         if self.pruner == "halving":

@@ -5,6 +5,8 @@ Layout, under one name (`--study`, default "sweep"):
     NAME/tune/I          configuration I's tuning: one trial per candidate (or per draw from a range)
     NAME/final           every (configuration, seed) final run
     NAME/takeover/T      a claim: trial T's run was taken over after its worker stopped beating
+    NAME/tune/I/slot/K   a claim: drawn trial K of configuration I was enqueued when a tuning study
+                         was continued with more trials (`tune`)
 
 Every run is a trial enqueued once, when the sweep is set up (by whichever process creates NAME first),
 and claimed by moving it from WAITING to RUNNING, which the storage grants to one process only. Optuna's
@@ -192,6 +194,29 @@ def take_over(storage: BaseStorage, name: str, sid: int, trial: FrozenTrial) -> 
     except UpdateFinishedTrialError:
         pass  # it finished after all; the new trial finds its run folder finished and reuses it
     return True
+
+
+def continue_tuning(storage: BaseStorage, sweep: str, index: int, trials: Optional[int]) -> None:
+    """Continue configuration `index`'s tuning study in the sweep `sweep`: a run stopped by the deadline (not
+    judged by the pruner) is taken over, so its run resumes from its checkpoint; then drawn trials are
+    enqueued up to `trials` (None: candidates are fixed), each slot K once across processes (its claim
+    is the creation of the study NAME/slot/K, which only one process can do)."""
+    name = tune_name(sweep, index)
+    sid = storage.get_study_id_from_name(name)
+    trials_now = storage.get_all_trials(sid, deepcopy=False)
+    gone = superseded(trials_now)
+    for t in trials_now:
+        if t.number not in gone and t.user_attrs.get("stopped") == "deadline":
+            take_over(storage, sweep, sid, t)
+    have = {t.user_attrs.get("order") for t in trials_now}
+    for k in range(trials or 0):
+        if k in have:
+            continue
+        try:
+            storage.create_new_study(MAXIMIZE, f"{name}/slot/{k}")
+        except DuplicatedStudyError:
+            continue
+        enqueue(storage, sid, {}, {"config": index, "kind": "tune", "order": k})
 
 
 def enqueue(storage: BaseStorage, sid: int, params: dict, user_attrs: dict) -> None:
