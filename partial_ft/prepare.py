@@ -42,9 +42,9 @@ def prepare(recipe: Recipe, resuming: bool = False) -> Setup:
     bundle = _setup_data(recipe, accelerator)
     model, init_model, data_config, tfs = _setup_model(recipe, bundle.num_classes)
     plan = _setup_strategy(recipe, accelerator, bundle, tfs, model, init_model, resuming)
-    decision = cache.Decision(None, "not used: data.mixup / data.cutmix mix images") if mixing.mixes(recipe.data) \
-        else cache.decide_cut(model, recipe.train.cache_features, tfs.deterministic,
-                              tuple(data_config["input_size"]), len(bundle.train) + len(bundle.val))
+    decision = (cache.Decision(None, "not used: data.mixup / data.cutmix mix images") if mixing.mixes(recipe.data)
+                else cache.decide_cut(model, recipe.train.cache_features, tfs.deterministic,
+                                      tuple(data_config["input_size"]), len(bundle.train) + len(bundle.val)))
     solver = probe.choose(recipe, decision.cut)
     made = _setup_loaders(recipe, accelerator, bundle, data_config, tfs, decision.cut is not None)
     if recipe.train.channels_last:
