@@ -65,14 +65,15 @@ def sweep_workers(recipe: Path, grid: dict, out: Path, workers: int, launcher: s
     out.mkdir(parents=True, exist_ok=True)
     path = out / "grid.yaml"
     path.write_text(yaml.safe_dump(grid, sort_keys=False))
-    command = [sys.executable, "-m", "partial_ft", "sweep", "--recipe", str(recipe), "--grid", str(path),
-               "--out", str(out), "--storage", f"journal:{out / 'study.journal'}", "--worker", "--launcher", launcher]
+    study = [sys.executable, "-m", "partial_ft", "sweep", "--recipe", str(recipe), "--grid", str(path),
+             "--out", str(out), "--storage", f"journal:{out / 'study.journal'}"]
+    command = [*study, "--worker", "--launcher", launcher]
     logs = [out / f"worker{k}.log" for k in range(workers)]
     procs = [subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT) for log in logs]
     if any(p.wait() for p in procs):
         raise SystemExit(f"error: a worker failed; see {logs}")
     # the worker that ended the last run wrote the tables; write them once more from the study, all runs in
-    subprocess.run([*command[:-2], "--report"], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([*study, "--report"], check=True, stdout=subprocess.DEVNULL)
     runs = (RUN_LINE.match(line) for log in logs for line in log.read_text().splitlines())
     printed = Counter(m.group(1) for m in runs if m)
     return read_rows(out / "results.csv"), printed
