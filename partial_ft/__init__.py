@@ -37,7 +37,8 @@ from .data import load as load_data
 from .data_sources import digits
 from .delta import merged_state_dict
 from .errors import UserError
-from .loaders import eval_loader, eval_transform, shutdown_workers
+from .loaders import eval_loader, shutdown_workers
+from .transforms import eval_transform
 from .models import build as build_model
 from .partial import learned_masks
 from .recipe import Recipe

@@ -27,7 +27,7 @@ from . import delta_checks, models
 from .atomic import write_atomic
 from .errors import UserError, first_line
 from .learned import learned_tensors
-from .sections import ModelCfg
+from .sections import ModelCfg, check_model_name
 from .strategies import apply_strategy, for_export
 from .version import __version__
 
@@ -157,6 +157,7 @@ def rebuild(source: str | Path) -> nn.Module:
     path = delta_path(source)
     info = read_info(path)
     cfg = ModelCfg(**info["model"])
+    check_model_name(cfg.name)  # (a recipe's is checked with the recipe)
     seed, num_classes = int(info["seed"]), len(info["class_names"])
     delta_checks.check_classifier(path, cfg, num_classes, delta_checks.header_tensors(path))
     model, init_model = models.build(cfg, num_classes, seed=seed)

@@ -12,7 +12,7 @@ from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration
 from torch import nn
 
-from . import data, delta, hub, loaders, rundir
+from . import data, delta, hub, loaders, rundir, transforms
 from .errors import UserError
 
 
@@ -90,7 +90,7 @@ def evaluate_run(run_dir: str | Path, dataset: Optional[str] = None, split: Opti
         raise UserError(f"{'--dataset ' if dataset else 'dataset '}{cfg.dataset} has classes "
                         f"{bundle.class_names[:10]}, but the run learned {info['class_names'][:10]}: the "
                         "classifier cannot be evaluated on it")
-    loader = loaders.eval_loader(bundle, cfg, loaders.eval_transform(info["data_config"]),
+    loader = loaders.eval_loader(bundle, cfg, transforms.eval_transform(info["data_config"]),
                                  loaders.eval_batch_size(t.eval_batch_size, t.batch_size, acc.device), t.seed,
                                  acc.device.type == "cuda")
     model, loader = acc.prepare(model, loader)

@@ -3,10 +3,13 @@ select from, and what loading a checkpoint into a new classifier must tell apart
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 from torch import nn
 
 from .errors import UserError
+from .normstats import FrozenStats
+from .partial import is_partial
 
 _NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm,
                nn.modules.instancenorm._InstanceNorm)
@@ -72,3 +75,44 @@ def blocks(model: nn.Module, coarse: bool = True) -> list[list[str]]:
     groups = group_parameters(model, model.group_matcher(coarse=coarse))
     out = [[n for n in names if n not in head] for _, names in sorted(groups.items())]
     return [names for names in out if names]
+
+
+@dataclass
+class LayerRow:
+    """One row of the per-layer table of a strategy's plan."""
+
+    name: str
+    kind: str
+    learned: int
+    total: int
+    how: str
+
+
+def layer_rows(model: nn.Module, notes: dict[str, str], freeze_stats: bool = False) -> list[LayerRow]:
+    """The per-layer table: each module with parameters of its own, learned of total and how (a slice, whole,
+    fixed), with the strategies' `notes`. `freeze_stats`: norm_stats: freeze is about to fix every BatchNorm's
+    statistics (as are those fixed already)."""
+    rows = []
+    for name, m in model.named_modules():
+        own = list(m.named_parameters(recurse=False))
+        if not own:
+            continue
+        learned = sum(p.numel() for _, p in own if p.requires_grad)
+        total = sum(p.numel() for _, p in own)
+        if is_partial(m):
+            total += m.weight_fixed.numel()
+            k = m.weight_learned.shape[m.partial_dim]
+            size = k + m.weight_fixed.shape[m.partial_dim]
+            how = f"{k}/{size} {m.partial_axis}"
+        elif learned == total:
+            how = "learned"
+        elif learned == 0:
+            how = "fixed"
+        else:
+            how = "learned: " + ", ".join(p for p, t in own if t.requires_grad)
+        if isinstance(m, FrozenStats) or (freeze_stats and isinstance(m, nn.modules.batchnorm._BatchNorm)):
+            how += " (stats frozen)"
+        if name in notes:
+            how += f" ({notes[name]})"
+        rows.append(LayerRow(name or "<model>", type(m).__name__, learned, total, how))
+    return rows

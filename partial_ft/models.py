@@ -12,7 +12,7 @@ from timm.models import load_state_dict
 from torch import nn
 
 from .errors import UserError, first_line, load_reason
-from .sections import HUB_PREFIXES, DataCfg, ModelCfg, check_model_name
+from .sections import HUB_PREFIXES, DataCfg, ModelCfg
 from .layers import classifier_params
 
 
@@ -20,9 +20,9 @@ def build(cfg: ModelCfg, num_classes: int, seed: int = 0) -> tuple[nn.Module, Ca
     """Create the model with a new `num_classes` classifier, seeded; load its starting weights.
 
     Returns (model, init_model): init_model() builds the same architecture at its own random init,
-    which strategies use to re-draw fixed weights (`fixed: random`).
+    which strategies use to re-draw fixed weights (`fixed: random`). The name was checked with the
+    recipe (ModelCfg.validate, here=True, with suggestions); timm's own refusal is a UserError too.
     """
-    check_model_name(cfg.name)
 
     def create(pretrained: bool) -> nn.Module:
         try:
@@ -30,7 +30,7 @@ def build(cfg: ModelCfg, num_classes: int, seed: int = 0) -> tuple[nn.Module, Ca
         except TypeError as e:
             raise UserError(f"model.kwargs not accepted by {cfg.name}: {first_line(e)}") from None
         except RuntimeError as e:
-            if "pretrained tag" in str(e):  # timm refuses an unknown `name.tag` even without weights
+            if "pretrained tag" in str(e) or "Unknown model" in str(e):  # also an unknown `name.tag`
                 raise UserError(f"model.name '{cfg.name}': {first_line(e)}") from None
             raise
         except (ValueError, AssertionError, KeyError) as e:  # timm's own checks of kwargs values

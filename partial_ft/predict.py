@@ -20,7 +20,7 @@ from typing import IO, Any, Optional
 import torch
 from torch import nn
 
-from . import cuts, delta, hub, jsonsafe, loaders, outputs, walk
+from . import cuts, delta, hub, jsonsafe, loaders, outputs, transforms, walk
 from .atomic import check_file_target, write_atomic
 from .data_columns import IMAGE_SUFFIXES
 from .errors import UserError
@@ -217,7 +217,7 @@ def predict(runner: Runner, files: list[Path], top_k: int = 5, batch_size: int =
     if ensemble and any(s.info["class_names"] != names for s in sources):
         raise UserError("--ensemble averages predictions over the same classes, but the sources' classes differ")
     counts = counts if counts is not None else Counts()
-    transform = loaders.eval_transform(sources[0].info["data_config"])
+    transform = transforms.eval_transform(sources[0].info["data_config"])
     dl = torch.utils.data.DataLoader(ImageFiles(files, transform), batch_size=batch_size, num_workers=num_workers,
                                      collate_fn=_collate)
     for batch in tqdm(dl, desc="predict", unit="batch", disable=True if not progress or len(dl) < 2 else None):

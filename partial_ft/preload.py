@@ -26,7 +26,7 @@ from typing import Any, Optional
 import psutil
 import torch
 
-from . import loaders
+from . import loaders, transforms
 from .augment import Augment, device_augment
 from .errors import UserError
 
@@ -176,7 +176,7 @@ class Loaders:
     seconds: float = 0.0
 
 
-def make_loaders(bundle: Any, cfg: Any, data_config: dict, tfs: loaders.Transforms, batch_sizes: tuple[int, int],
+def make_loaders(bundle: Any, cfg: Any, data_config: dict, tfs: transforms.Transforms, batch_sizes: tuple[int, int],
                  seed: int, device: torch.device, cache_used: bool = False) -> Loaders:
     """The train and validation DataLoaders: preloaded when `data.preload` says so (see decide()), else
     per-image PIL loaders in worker processes. Preloading decodes every image here, before any run
@@ -191,10 +191,10 @@ def make_loaders(bundle: Any, cfg: Any, data_config: dict, tfs: loaders.Transfor
                        loaders.eval_loader(bundle, cfg, tfs.eval, batch_sizes[1], seed, pin), note)
     columns = (bundle.image_column, bundle.label_column)
     start = time.perf_counter()
-    eval_store, (mean, std) = loaders.eval_transform(data_config, to_uint8=True), normalization(data_config)
+    eval_store, (mean, std) = transforms.eval_transform(data_config, to_uint8=True), normalization(data_config)
     # augmented training crops from the whole image (crop_pct 1), as the per-image transform does
     train_store = eval_store if tfs.deterministic else \
-        loaders.eval_transform({**data_config, "crop_pct": 1.0}, to_uint8=True)
+        transforms.eval_transform({**data_config, "crop_pct": 1.0}, to_uint8=True)
     made = []
     for split, tf, role, aug in ((bundle.train, train_store, "train", augment),
                                  (bundle.val, eval_store, "validation", None)):

@@ -28,8 +28,9 @@ from sklearn.model_selection import StratifiedKFold
 from accelerate.utils import broadcast, broadcast_object_list
 from torch import nn
 
+from . import cache, mixing
 from .cache import Cached
-from .cuts import PRE_LOGITS, Cut
+from .cuts import PRE_LOGITS
 from .errors import UserError
 from .recipe import Recipe, loop_features
 
@@ -166,11 +167,16 @@ def _fit(features: torch.Tensor, labels: torch.Tensor, num_classes: int, seed: i
                        _score(x, y, w)[1])
 
 
-def choose(recipe: Recipe, cut: Optional[Cut]) -> str:
-    """'exact' or 'loop' for the recipe's `train.solver`: exact applies when only the classifier (a Linear
-    with a bias) learns, on cached pre-logits features, and no recipe key acts on training steps (mixing,
-    an average, a kept epoch, layer-wise decay). An `exact` that cannot apply is a UserError."""
-    mode, steps = recipe.train.solver, loop_features(recipe)
+def choose(recipe: Recipe, model: nn.Module, deterministic: bool, input_size: tuple[int, ...],
+           num_images: int) -> tuple[cache.Decision, str]:
+    """Whether the fixed prefix's features are cached (cache.decide_cut; never when the recipe mixes images),
+    and from that 'exact' or 'loop' for the recipe's `train.solver`: exact applies when only the classifier
+    (a Linear with a bias) learns, on cached pre-logits features, and no recipe key acts on training steps
+    (mixing, an average, a kept epoch, layer-wise decay). An `exact` that cannot apply is a UserError."""
+    t = recipe.train
+    decision = (cache.decide_cut(model, t.cache_features, deterministic, input_size, num_images)
+                if not mixing.mixes(recipe.data) else cache.Decision(None, "not used: data.mixup / data.cutmix mix images"))
+    cut, mode, steps = decision.cut, t.solver, loop_features(recipe)
     linear = cut is not None and isinstance(cut.suffix, nn.Linear) and cut.suffix.bias is not None
     applies = cut is not None and cut.name == PRE_LOGITS and linear
     if mode == "exact" and not applies:
@@ -178,7 +184,7 @@ def choose(recipe: Recipe, cut: Optional[Cut]) -> str:
                "more than a linear classifier learns" if cut.name != PRE_LOGITS else "the classifier is not a Linear with a bias")
         raise UserError(f"train.solver: exact needs only the classifier to learn, on cached features; here {why} "
                         "(set train.solver: loop or auto)")
-    return "exact" if mode != "loop" and applies and not steps else "loop"
+    return decision, "exact" if mode != "loop" and applies and not steps else "loop"
 
 
 def describe(result: ProbeResult) -> str:

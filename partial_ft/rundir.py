@@ -28,19 +28,27 @@ def is_ours(path: Path) -> bool:
 
 def check_folder(recipe: Recipe, overwrite: bool = False, resume: bool = False) -> Optional[Path]:
     """Decide, without writing anything, whether the run folder can be used: refuses an output path that is
-    a file or not writable, a folder another process is using, and then whatever runfiles.check refuses
-    (a folder partial_ft did not make, links, a run there without --overwrite / --resume, a resume of
-    another recipe or damaged files). Returns the checkpoint to resume from, if any. Cheap: runs before
-    any data or model; RunFolder.start takes the same decision again under the lock."""
+    a file, whatever runfiles.check refuses (a folder partial_ft did not make, links, a run there without
+    --overwrite / --resume, a resume of another recipe or damaged files) unless another process is using
+    the folder (that refusal wins), and an output path that is not writable. Returns the checkpoint to
+    resume from, if any. Cheap: runs before any data or model; RunFolder.start takes the same decision
+    again under the lock."""
     run_dir = recipe.run_dir
     if overwrite and resume:
         raise UserError("pass --resume or --overwrite, not both")
-    check_writable(run_dir, "output.dir")
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"output.dir {run_dir} is a file, not a folder")
-    if run_dir.is_dir() and is_ours(run_dir):
-        RunLock(run_dir).check_free()
-    return runfiles.check(run_dir, recipe, overwrite, resume)
+    refused: Optional[UserError] = None
+    try:
+        last = runfiles.check(run_dir, recipe, overwrite, resume)
+    except UserError as e:
+        refused = e
+    if run_dir.is_dir() and is_ours(run_dir):  # a folder another process is using: what it holds may be
+        RunLock(run_dir).check_free()          # half-written, so that refusal comes first
+    if refused is not None:
+        raise refused
+    check_writable(run_dir, "output.dir")
+    return last
 
 
 # --------------------------------------------------------------------------------------------
@@ -60,8 +68,10 @@ class RunFolder:
         """Lock the folder (main process) and make it ready: check_folder's decision taken again under the
         lock (with `data_info`, --resume also refuses data that data.json no longer describes); --overwrite
         moves the old run aside until the new one has finished. A fresh start (or a resume with nothing saved
-        yet) with the strategy `plan` writes the run's first files (write_start). Returns the checkpoint to
-        resume from, if any."""
+        yet) with the strategy `plan` writes the run's first files: recipe, the plan's table, data
+        description, and the resolved strategy (what a strategy chose from data, so --resume rebuilds it
+        without scoring); every name the run will write is in its manifest from then on. Returns the
+        checkpoint to resume from, if any."""
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -75,9 +85,18 @@ class RunFolder:
             runfiles.new_marker(self.path)
         if recipe.train.log_with:  # trackers write there (log_with may be set on a resume too)
             runfiles.register(self.path, [LOGS])
-        if last is None and plan is not None:
-            self.write_start(recipe, plan, data_info or {})
-        return last
+        if last is not None or plan is None:
+            return last
+        runfiles.register(self.path, [RECIPE, PLAN, DATA, STRATEGY, METRICS, checkpoints.CHECKPOINTS,
+                                      delta.DELTA_NAME, CURVE, CARD, SUMMARY])
+        strategy = {"strategy": plan.spec if plan.spec is not None else recipe.strategy,
+                    "scoring_seconds": round(plan.scoring_seconds, 3)}
+        write_text(self.path / RECIPE, recipe.to_yaml())
+        write_text(self.path / PLAN, plan.table() + "\n")
+        write_json(self.path / DATA, data_info or {})
+        write_json(self.path / STRATEGY, strategy)
+        (self.path / METRICS).unlink(missing_ok=True)
+        return None
 
     def release(self) -> None:
         """Give the lock back (a crash leaves the kernel to free it)."""
@@ -88,22 +107,6 @@ class RunFolder:
         if self.replacing:
             runfiles.restore_previous(self.path)
             self.replacing = False
-
-    def write_start(self, recipe: Recipe, plan: Any, data_info: dict[str, Any]) -> None:
-        """A fresh start: recipe, the plan's table, data description, and the resolved strategy (what a
-        strategy chose from data, so --resume rebuilds it without scoring). Every name the run will write is
-        in its manifest from here on."""
-        runfiles.register(self.path, [RECIPE, PLAN, DATA, STRATEGY, METRICS, checkpoints.CHECKPOINTS,
-                                      delta.DELTA_NAME, CURVE, CARD, SUMMARY])
-        strategy = {"strategy": plan.spec if plan.spec is not None else recipe.strategy,
-                    "scoring_seconds": round(plan.scoring_seconds, 3)}
-        text = recipe.to_yaml()
-        table = plan.table() + "\n"
-        write_text(self.path / RECIPE, text)
-        write_text(self.path / PLAN, table)
-        write_json(self.path / DATA, data_info)
-        write_json(self.path / STRATEGY, strategy)
-        (self.path / METRICS).unlink(missing_ok=True)
 
     def read_recipe(self) -> Recipe:
         """The recipe the folder records; a missing, empty or damaged one is one clear error."""

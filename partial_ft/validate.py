@@ -2,7 +2,7 @@
 is written, so a mistake is one `error:` line naming the recipe key, never a traceback after the run
 folder exists: the recipe's sections, each validating itself with what this machine decides (timm names,
 trackers, workers), then the output folder. What needs the model is tried as it is built
-(models.try_forward, loaders.transforms)."""
+(models.try_forward, transforms.build)."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -17,7 +17,7 @@ from PIL import Image as PILImage
 
 from conftest import (empty_class, negative_ints, no_image_parquet, no_label_parquet, out_of_range,
                       parquet_with_labels, png_bytes, run_cli)
-from partial_ft import data, data_sources, loaders
+from partial_ft import data, data_sources, loaders, transforms
 from partial_ft.data_columns import INDEX_COLUMN
 from partial_ft.errors import UserError
 from partial_ft.sections import DataCfg
@@ -269,12 +269,12 @@ def test_transforms_from_timm():
     config = {"input_size": (3, 32, 32), "interpolation": "bilinear", "mean": (0.5,) * 3, "std": (0.5,) * 3,
               "crop_pct": 1.0, "crop_mode": "center"}
     cfg = DataCfg(scale=[0.8, 1.0], ratio=[0.9, 1.1], hflip=0.5)
-    train_tf, eval_tf, deterministic = loaders.transforms(cfg, config)
+    train_tf, eval_tf, deterministic = transforms.build(cfg, config)
     image = PILImage.new("RGB", (8, 8), (255, 0, 0))
     assert not deterministic and train_tf(image).shape == eval_tf(image).shape == (3, 32, 32)
     assert "RandomHorizontalFlip" in repr(train_tf) and "scale=(0.8, 1.0)" in repr(train_tf)
     assert "Random" not in repr(eval_tf)
-    assert loaders.transforms(DataCfg(augment=False), config)[2]
+    assert transforms.build(DataCfg(augment=False), config)[2]
 
 
 # --------------------------------------------------------------------------------------------

@@ -117,14 +117,14 @@ def test_resume_on_cuda_after_sigkill_equals_a_straight_run(tmp_path):
 
 
 def test_preloaded_batches_on_cuda_equal_the_cpu_ones():
-    from partial_ft import data, loaders, models, preload
+    from partial_ft import data, models, preload, transforms
     from partial_ft import recipe as recipes
 
     r = recipes.from_dict(QUICK)
     bundle = data.load(r.data, seed=0)
     model, _ = models.build(r.model, bundle.num_classes, seed=0)
     dc = models.data_config(model, r.data)
-    made = {d: preload.make_loaders(bundle, r.data, dc, loaders.transforms(r.data, dc), (16, 32), 0,
+    made = {d: preload.make_loaders(bundle, r.data, dc, transforms.build(r.data, dc), (16, 32), 0,
                                         torch.device(d)) for d in ("cpu", "cuda")}
     assert made["cuda"].train.dataset.images.is_cuda  # small data: kept on the GPU
     for kind in ("train", "val"):  # augmented on the device, and not

@@ -155,9 +155,12 @@ def test_data_config_recipe_keys_over_the_models(keys, expected):
 
 def test_unknown_model_name_suggests_closest():
     with pytest.raises(UserError) as e:
-        models.build(ModelCfg(name="resnet181"), num_classes=3)
+        ModelCfg(name="resnet181").validate(here=True)
     text = _one_line(e)
     assert text.startswith("unknown timm model 'resnet181'") and "'resnet18'" in text
+    with pytest.raises(UserError) as e:  # built without the recipe's check: timm's refusal, as one line
+        models.build(ModelCfg(name="resnet181"), num_classes=3)
+    assert _one_line(e) == "model.name 'resnet181': Unknown model (resnet181)"
     ModelCfg(name="resnet18.a1_in1k").validate(here=True)  # a pretrained tag is fine
     ModelCfg(name="hf-hub:timm/resnet18.a1_in1k").validate(here=True)  # timm resolves Hub names itself
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from partial_ft import augment, data, loaders, models, preload
+from partial_ft import augment, data, loaders, models, preload, transforms
 from partial_ft import recipe as recipes
 from partial_ft.errors import UserError
 
@@ -24,7 +24,7 @@ def built():
     bundle = data.load(r.data, seed=0)
     model, _ = models.build(r.model, bundle.num_classes, seed=0)
     dc = models.data_config(model, r.data)
-    made = preload.make_loaders(bundle, r.data, dc, loaders.transforms(r.data, dc), (16, 32), 0, torch.device("cpu"))
+    made = preload.make_loaders(bundle, r.data, dc, transforms.build(r.data, dc), (16, 32), 0, torch.device("cpu"))
     assert made.note.startswith("on: ") and made.seconds > 0
     return r, bundle, dc, made.train, made.val
 
@@ -37,12 +37,12 @@ def _batches(loader) -> list:
 def test_preloaded_batches_equal_the_per_image_eval_transform_exactly(built, split):
     r, bundle, dc, train, val = built
     cfg = r.data if split == "val" else recipes.from_dict({**QUICK, "data": {**QUICK["data"], "augment": False}}).data
-    _, eval_tf, _ = loaders.transforms(cfg, dc)
+    _, eval_tf, _ = transforms.build(cfg, dc)
     part = bundle.val if split == "val" else bundle.train
     if split == "val":
         got = val
     else:
-        got = preload.make_loaders(bundle, cfg, dc, loaders.transforms(cfg, dc), (32, 32), 0, torch.device("cpu")).train
+        got = preload.make_loaders(bundle, cfg, dc, transforms.build(cfg, dc), (32, 32), 0, torch.device("cpu")).train
         got = loaders.loader(got.dataset, 32, False, 0, 0, collate_fn=preload.collate_preloaded)
     ref = loaders.loader(loaders.ImageDataset(part, bundle.image_column, bundle.label_column, eval_tf, split), 32,
                          False, 0, 0)
@@ -143,7 +143,7 @@ def test_color_jitter_is_refused_with_preload_true(built):
     r, bundle, dc, _, _ = built
     cfg = recipes.from_dict({**QUICK, "data": {**QUICK["data"], "color_jitter": 0.4}}).data
     with pytest.raises(UserError, match="cannot run data.color_jitter"):
-        preload.make_loaders(bundle, cfg, dc, loaders.transforms(cfg, dc), (16, 32), 0, torch.device("cpu"))
+        preload.make_loaders(bundle, cfg, dc, transforms.build(cfg, dc), (16, 32), 0, torch.device("cpu"))
 
 
 @pytest.mark.parametrize("value,expected", [(True, "true"), (False, "false"), ("auto", "auto"), ("sometimes", None)])

@@ -18,7 +18,7 @@ import numpy as np
 from accelerate import Accelerator
 from torch import nn
 
-from .. import data, gradients, loaders, models
+from .. import data, gradients, loaders, models, transforms
 from ..budget import budget_count, learned_count, size_to_budget
 from ..data_columns import label_array
 from ..errors import UserError
@@ -123,7 +123,7 @@ def _gradients(task: Task, recipe: Recipe) -> Any:
     """The gradient source a training run gives strategies (prepare's), over the carve-out's training part."""
     t = recipe.train
     acc = Accelerator(mixed_precision=t.mixed_precision)
-    tfs = loaders.transforms(recipe.data, models.data_config(task.model, recipe.data))
+    tfs = transforms.build(recipe.data, models.data_config(task.model, recipe.data))
     return gradients.for_training(loaders.train_dataset(task.bundle, recipe.data, tfs, t.seed), t.batch_size,
                                   recipe.data.num_workers, acc, nn.CrossEntropyLoss(label_smoothing=t.label_smoothing),
                                   t.seed, t.channels_last)

@@ -9,9 +9,9 @@ from torch import nn
 
 # one line per strategy module: importing it registers its strategies
 from . import auto, basic, bias, block, filters, lora, norm  # noqa: F401
-from ..layers import classifier_params, norm_params, silent_norms
+from ..layers import LayerRow, silent_norms
 from .context import Context
-from .plan import LayerRow, Plan, build, merge
+from .plan import Plan, build, merge
 from .registry import Strategy, for_export, get, list_strategies, normalize_spec, parse_spec, register
 from .scoring import Gradients
 from .types import Options, Selection
@@ -38,10 +38,6 @@ def apply_strategy(model: nn.Module, spec: Any, *, seed: int = 0,
     for opts in options:
         strategy = get(opts.name)
         sel = strategy.fn(model, opts, ctx)
-        if opts.head:
-            sel.whole |= classifier_params(model)
-        if opts.norm:
-            sel.whole |= norm_params(model)
         selections.append(sel)
         resolved.append(dataclasses.asdict(dataclasses.replace(opts, **sel.resolved)))
     plan = build(model, options, merge(selections), total)

@@ -9,21 +9,10 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from ..normstats import FrozenStats, freeze_norm_stats
-from ..partial import axis_size, is_partial, make_partial
-from ..layers import is_norm
+from ..layers import LayerRow, classifier_params, layer_rows, norm_params
+from ..normstats import freeze_norm_stats
+from ..partial import axis_size, make_partial
 from .types import Options, PartialSpec, Selection, describe
-
-
-@dataclass
-class LayerRow:
-    """One row of the per-layer table."""
-
-    name: str
-    kind: str
-    learned: int
-    total: int
-    how: str
 
 
 @dataclass
@@ -78,8 +67,15 @@ def merge(selections: list[Selection]) -> Selection:
 
 
 def build(model: nn.Module, options: list[Options], selection: Selection, total: int) -> Plan:
-    """Freeze everything, then make the selection learnable (partial weights split in place).
-    `total` is the model's parameter count before any strategy added modules (e.g. adapters)."""
+    """Freeze everything, then make the selection learnable (partial weights split in place), with the
+    classifier and the norm layers where the options ask for them. `total` is the model's parameter count
+    before any strategy added modules (e.g. adapters). The per-layer table is taken before `norm_stats:
+    freeze` is applied, and says which statistics it freezes."""
+    for opts in options:
+        if opts.head:
+            selection.whole |= classifier_params(model)
+        if opts.norm:
+            selection.whole |= norm_params(model)
     for p in model.parameters():
         p.requires_grad_(False)
     for name, spec in selection.partial.items():
@@ -95,38 +91,12 @@ def build(model: nn.Module, options: list[Options], selection: Selection, total:
     for name in selection.whole:
         if name in params:
             params[name].requires_grad_(True)
-    if any(o.norm_stats == "freeze" for o in options):
-        freeze_norm_stats(model)
+    freeze = any(o.norm_stats == "freeze" for o in options)
+    rows = layer_rows(model, selection.notes, freeze_stats=freeze)
     learned_names = [n for n, p in model.named_parameters() if p.requires_grad]
     learned = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if learned == 0:
         raise UserError("this strategy learns no parameters (did you set head: false?)")
-    return Plan(options, learned, total, _rows(model, selection.notes), learned_names, list(selection.remarks))
-
-
-def _rows(model: nn.Module, notes: dict[str, str]) -> list[LayerRow]:
-    rows = []
-    for name, m in model.named_modules():
-        own = list(m.named_parameters(recurse=False))
-        if not own:
-            continue
-        learned = sum(p.numel() for _, p in own if p.requires_grad)
-        total = sum(p.numel() for _, p in own)
-        if is_partial(m):
-            total += m.weight_fixed.numel()
-            k = m.weight_learned.shape[m.partial_dim]
-            size = k + m.weight_fixed.shape[m.partial_dim]
-            how = f"{k}/{size} {m.partial_axis}"
-        elif learned == total:
-            how = "learned"
-        elif learned == 0:
-            how = "fixed"
-        else:
-            how = "learned: " + ", ".join(p for p, t in own if t.requires_grad)
-        kind = type(m).__name__
-        if is_norm(m) and not m.training and isinstance(m, FrozenStats):
-            how += " (stats frozen)"
-        if name in notes:
-            how += f" ({notes[name]})"
-        rows.append(LayerRow(name or "<model>", kind, learned, total, how))
-    return rows
+    if freeze:
+        freeze_norm_stats(model)
+    return Plan(options, learned, total, rows, learned_names, list(selection.remarks))
