@@ -101,6 +101,11 @@ def test_time_plan_measures_cheapest_first_then_first_trials_then_the_reference_
                      "candidates near the top", "`lora`: 2 of 6 trials (cut for time)",
                      "`full`: not tuned: a trial (100 s/epoch) did not fit the time left"]
     assert next_step(rows, 0, 6) is None
+    lora.trials = 6  # the top is done: time left goes to those far below, cheapest first, a round at a time
+    assert (next_step(rows, 100, 6).row, next_step(rows, 100, 6).n) == (bias, 2)
+    assert (next_step(rows, 10, 6).row, next_step(rows, 10, 6).n) == (bias, 1)  # 7 s each: one fits in 10
+    bias.trials = 6
+    assert next_step(rows, 100, 6) is None  # everything tried that fits (full's 301 s trials do not)
 
 
 # ---------------------------------------------------------------------------------------------------------
