@@ -274,3 +274,23 @@ def test_deadline_stops_the_running_trial_at_its_epoch_end_and_starts_no_other(t
                                                                                        (0.01, "complete", 2)]
     stopped = next(t for t in again.trials if t.params["train.lr"] == 0.01)
     assert "resuming from" in Path(stopped.run_dir + ".log").read_text()
+
+
+def test_qmc_sampler_spreads_a_few_trials_across_a_log_range():
+    """sampler: qmc (advise's): after the first trial (a seeded random draw that fixes the search space), the
+    next four Sobol points fall one in each quarter of the log range, where random draws may cluster."""
+    import math
+
+    import optuna
+
+    from partial_ft.sweep.search import Search
+
+    search, storage = Search(trials=5, sampler="qmc", seed=0), optuna.storages.InMemoryStorage()
+    optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    fractions = []
+    for number in range(5):
+        study = optuna.load_study(study_name="s", storage=storage, sampler=search.make_sampler(number))
+        trial = study.ask()
+        fractions.append(math.log(trial.suggest_float("train.lr", 1e-4, 0.3, log=True) / 1e-4) / math.log(3000))
+        study.tell(trial, 0.5)
+    assert sorted(int(f * 4) for f in fractions[1:]) == [0, 1, 2, 3]

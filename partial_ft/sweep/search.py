@@ -6,13 +6,15 @@ validated, and the Optuna sampler and pruner they name.
     search: {trials: 8, sampler: tpe, pruner: halving, min_epochs: 1, seed: 0}
 
 `sampler`: grid (every candidate once, in the order written; the default when every key lists its values),
-tpe (the default with a range) or random. `pruner`: none (every candidate trains to its end, the
+tpe (the default with a range), random, or qmc (Optuna's QMCSampler: a scrambled Sobol sequence, which
+spreads even a few trials across the range, where a few random or TPE-startup draws may cluster). `pruner`: none (every candidate trains to its end, the
 default), halving (Optuna's SuccessiveHalvingPruner) or hyperband; both judge a candidate by its carve-out
 top-1 after each epoch, from `min_epochs` on. `seed` seeds the sampler, so a rerun draws the same values.
 """
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -23,7 +25,7 @@ from ..errors import UserError, did_you_mean
 
 SEARCH_KEYS = ("trials", "sampler", "pruner", "min_epochs", "seed")
 RANGE_KEYS = ("low", "high", "log")
-SAMPLERS = ("grid", "tpe", "random")
+SAMPLERS = ("grid", "tpe", "random", "qmc")
 PRUNERS = ("none", "halving", "hyperband")
 DEFAULT_TRIALS = 10  # draws from a range when `trials` is not given
 
@@ -60,6 +62,13 @@ class Search:
         sampler per process would give each worker, and each later call extending a study, the same
         first draws: the same values trained twice)."""
         seed = self.seed if number is None else int(np.random.SeedSequence([self.seed, number]).generate_state(1)[0])
+        if self.sampler == "qmc":  # one scrambled Sobol sequence per study (the study counts the points drawn);
+            # its first trial, which fixes the search space, is a random draw seeded by its number
+            with warnings.catch_warnings():  # "experimental" since Optuna 3.0; said once per trial otherwise
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.samplers.QMCSampler(qmc_type="sobol", scramble=True, seed=self.seed,
+                                                  independent_sampler=optuna.samplers.RandomSampler(seed=seed),
+                                                  warn_independent_sampling=False)
         if self.sampler == "tpe":
             return optuna.samplers.TPESampler(seed=seed)
         return optuna.samplers.RandomSampler(seed=seed)
