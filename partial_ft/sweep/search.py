@@ -9,7 +9,8 @@ validated, and the Optuna sampler and pruner they name.
 tpe (the default with a range), random, or qmc (Optuna's QMCSampler: a scrambled Sobol sequence, which
 spreads even a few trials across the range, where a few random or TPE-startup draws may cluster).
 `pruner`: none (every candidate trains to its end, the default), halving (Optuna's SuccessiveHalvingPruner)
-or hyperband; both judge a candidate by its carve-out top-1 after each epoch, from `min_epochs` on. `seed` seeds the sampler, so a rerun draws the same values.
+or hyperband; both judge a candidate by its carve-out top-1 after each epoch, from `min_epochs` on. `seed`
+seeds the sampler, so a rerun draws the same values.
 """
 from __future__ import annotations
 
