@@ -92,3 +92,16 @@ def test_a_pruned_sweep_is_refused(tmp_path, capsys):
     study.tell(trial, state=optuna.trial.TrialState.PRUNED)
     with pytest.raises(SystemExit, match="pruned candidates; replay a sweep with pruner: none"):
         pruning_replay.configurations(tmp_path, tmp_path)
+
+
+def test_random_orders_cost_what_each_order_costs():
+    """Two candidates: B is behind A at the epoch-2 rung but ends 0.2 above it. After A (order AB), B is
+    pruned at epoch 2 (8 of 12 epochs, A chosen: 0.2 lost); first (BA), both train to the end (12 of 12, B
+    chosen). Whatever the drawn orders, the three numbers must fit that."""
+    curves = _curves([0.6, 0.4], end=[0.7, 0.9])  # A, B
+    share, worse, lost = pruning_replay.shuffled(curves, 2, orders=50)
+    assert 0 < worse < 1  # both orders were drawn
+    assert share == pytest.approx((8 * worse + 12 * (1 - worse)) / 12)
+    assert lost == pytest.approx(0.2 * worse)
+    # one candidate ahead at every epoch: never a worse choice, whatever the order
+    assert pruning_replay.shuffled(_curves([0.6, 0.4]), 2, orders=20)[1:] == (0.0, 0.0)

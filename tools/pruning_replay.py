@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import optuna
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
@@ -100,12 +101,28 @@ def configurations(folder: Path, root: Path) -> dict[str, list[Candidate]]:
     return found
 
 
+def shuffled(curves: list[list[float]], min_epochs: int, orders: int, seed: int = 0) -> tuple[float, float, float]:
+    """The candidates replayed in `orders` random orders (seeded): the mean share of the tuning epochs
+    trained, the share of orders whose choice ends below the best candidate, and the mean carve-out top-1
+    lost against the best candidate's."""
+    rng = np.random.default_rng(seed)
+    best, whole = max(c[-1] for c in curves), sum(len(c) for c in curves)
+    shares, losses = [], []
+    for _ in range(orders):
+        order = [curves[i] for i in rng.permutation(len(curves))]
+        r = replay(order, min_epochs)
+        shares.append(sum(r.epochs) / whole)
+        losses.append(best - order[r.chosen][-1])
+    return float(np.mean(shares)), float(np.mean([loss > 0 for loss in losses])), float(np.mean(losses))
+
+
 def _label(params: dict) -> str:
     return ", ".join(f"{k.split('.')[-1]} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in params.items())
 
 
-def table(found: dict[str, list[Candidate]], min_epochs: list[int]) -> str:
-    """The markdown table of one sweep's replay."""
+def table(found: dict[str, list[Candidate]], min_epochs: list[int], orders: int = 0) -> str:
+    """The markdown table of one sweep's replay; with `orders`, a last row of each min_epochs replayed in
+    that many random orders of the candidates (epochs trained, choices below the best, mean top-1 lost)."""
     head = "| configuration | none | " + " | ".join(f"min_epochs {m}" for m in min_epochs) + " |"
     lines = [head, "|---" * (2 + len(min_epochs)) + "|"]
     trained = {m: 0 for m in min_epochs}
@@ -127,6 +144,14 @@ def table(found: dict[str, list[Candidate]], min_epochs: list[int]) -> str:
     lines.append(f"| **all: epochs trained, choices changed** | {total} | "
                  + " | ".join(f"{trained[m]} ({trained[m] / max(total, 1):.0%}), {changed[m]} of {len(found)}"
                               for m in min_epochs) + " |")
+    if orders:
+        cells = []
+        for m in min_epochs:
+            runs = [shuffled([c.curve for c in candidates], m, orders) for candidates in found.values()]
+            share, worse, lost = (float(np.mean(col)) for col in zip(*runs))
+            cells.append(f"{share:.0%}, {worse:.0%} worse, −{lost:.4f}")
+        lines.append(f"| **{orders} random orders: epochs, choices worse, mean Δ top-1** | 100% | "
+                     + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -134,6 +159,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folders", nargs="+", type=Path, help="sweep folders swept with pruner: none")
     parser.add_argument("--min-epochs", nargs="+", type=int, default=[1, 2, 3])
+    parser.add_argument("--orders", type=int, default=0,
+                        help="also replay each configuration in this many random orders of its candidates")
     parser.add_argument("--root", type=Path, default=Path("."),
                         help="where the sweeps ran from (run folders are recorded relative to it)")
     args = parser.parse_args(argv)
@@ -144,7 +171,7 @@ def main(argv: Optional[list[str]] = None) -> None:
             sys.exit(f"error: {folder}: no study.journal (a sweep folder with its default storage)")
         found = configurations(folder, args.root)
         print(f"## {folder}\n\nEach cell: the chosen candidate (its carve-out top-1 at the end), epochs trained / "
-              f"epochs without pruning. Bold: a choice other than the unpruned one.\n\n{table(found, args.min_epochs)}\n")
+              f"epochs without pruning. Bold: a choice other than the unpruned one.\n\n{table(found, args.min_epochs, args.orders)}\n")
 
 
 if __name__ == "__main__":
