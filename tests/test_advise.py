@@ -7,6 +7,7 @@ import yaml
 
 from partial_ft.advise.table import CUT, DONE, SKIPPED, Row, binomial_se, recommend, sentence
 from partial_ft.advise.timeplan import cuts, next_step
+from partial_ft.advise.tuning import judged_from
 
 N = 1000  # carve-out images of the hand-made tables
 
@@ -52,6 +53,15 @@ def test_standard_error_is_binomial_on_the_carve_out():
     assert binomial_se(0.97, 1000) == pytest.approx(0.005394, abs=1e-6)
     assert binomial_se(1.0, 50) == 0.0
     assert _row("x", 1, 0.9, n=400).se == pytest.approx(0.015)
+
+
+# (trial epochs, warm-up epochs, the first epoch the pruner judges): the second half, after the warm-up
+JUDGED = [(4, 0, 3), (6, 1, 4), (1, 0, 1), (2, 0, 2), (3, 0, 2), (10, 0, 6), (10, 7, 8)]
+
+
+@pytest.mark.parametrize("epochs,warmup,first", JUDGED)
+def test_trials_are_judged_in_the_second_half_of_their_schedule_after_the_warm_up(epochs, warmup, first):
+    assert judged_from(epochs, warmup) == first
 
 
 def test_sentences_say_the_numbers_and_the_probe_case():

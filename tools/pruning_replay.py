@@ -149,7 +149,7 @@ def table(found: dict[str, list[Candidate]], min_epochs: list[int], orders: int 
         for m in min_epochs:
             runs = [shuffled([c.curve for c in candidates], m, orders) for candidates in found.values()]
             share, worse, lost = (float(np.mean(col)) for col in zip(*runs))
-            cells.append(f"{share:.0%}, {worse:.0%} worse, −{lost:.4f}")
+            cells.append(f"{share:.0%}, {worse:.0%} worse, " + (f"−{lost:.4f}" if lost > 0 else "0"))
         lines.append(f"| **{orders} random orders: epochs, choices worse, mean Δ top-1** | 100% | "
                      + " | ".join(cells) + " |")
     return "\n".join(lines)
