@@ -79,19 +79,36 @@ def test_a_sweep_journal_is_read_in_trial_order_with_run_folders_where_reports_a
     found = pruning_replay.configurations(sweep, tmp_path)
     assert {k: [(c.label, c.curve) for c in v] for k, v in found.items()} == {
         "filters": [("lr 0.01", [0.5, 0.6, 0.7, 0.7]), ("lr 0.1", [0.2, 0.3, 0.8, 0.9])]}
-    pruning_replay.main([str(sweep), "--root", str(tmp_path), "--min-epochs", "2"])
+    assert pruning_replay.main([str(sweep), "--root", str(tmp_path), "--min-epochs", "2"]) == 0
     # unpruned: lr 0.1 (0.9); judged at epoch 2, 0.3 < 0.6: pruned there, lr 0.01 kept: 4 + 2 of 8 epochs
     assert "| filters | lr 0.1 (0.9000) | **lr 0.01 (0.7000), 6/8** |" in capsys.readouterr().out
 
 
-def test_a_pruned_sweep_is_refused(tmp_path, capsys):
-    storage = JournalStorage(JournalFileBackend(str(tmp_path / "study.journal")))
+def _pruned_sweep(folder):
+    folder.mkdir()
+    storage = JournalStorage(JournalFileBackend(str(folder / "study.journal")))
     study = optuna.create_study(study_name="sweep/tune/0", storage=storage, direction="maximize")
     trial = study.ask()
     trial.report(0.1, 1)
     study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-    with pytest.raises(SystemExit, match="pruned candidates; replay a sweep with pruner: none"):
-        pruning_replay.configurations(tmp_path, tmp_path)
+
+
+BAD = [  # (arguments after the folder, whether the folder is a pruned sweep, the error line)
+    (["--min-epochs", "0"], False, "error: --min-epochs: each must be at least 1; --orders: at least 0"),
+    (["--orders", "-1"], False, "error: --min-epochs: each must be at least 1; --orders: at least 0"),
+    ([], False, "error: {f}: no study.journal (a sweep folder with its default storage)"),
+    ([], True, "error: {f}: sweep/tune/0 pruned candidates; replay a sweep with pruner: none"),
+]
+
+
+@pytest.mark.parametrize("args,pruned,line", BAD)
+def test_bad_input_is_one_error_line_and_exit_2(tmp_path, capsys, args, pruned, line):
+    folder = tmp_path / "sweep"
+    if pruned:
+        _pruned_sweep(folder)
+    assert pruning_replay.main([str(folder), *args]) == 2
+    out = capsys.readouterr()
+    assert out.err == line.format(f=folder) + "\n" and out.out == ""
 
 
 def test_random_orders_cost_what_each_order_costs():

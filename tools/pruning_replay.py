@@ -28,6 +28,8 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
+from partial_ft import UserError
+
 TUNE_STUDY = re.compile(r"^(.+)/tune/(\d+)$")  # how a sweep names a configuration's tuning study
 
 
@@ -93,7 +95,7 @@ def configurations(folder: Path, root: Path) -> dict[str, list[Candidate]]:
     for summary in sorted(summaries, key=lambda s: int(TUNE_STUDY.match(s.study_name).group(2))):
         trials = optuna.load_study(study_name=summary.study_name, storage=storage).get_trials(deepcopy=False)
         if any(t.state == TrialState.PRUNED for t in trials):
-            sys.exit(f"error: {folder}: {summary.study_name} pruned candidates; replay a sweep with pruner: none")
+            raise UserError(f"{folder}: {summary.study_name} pruned candidates; replay a sweep with pruner: none")
         done = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.number)
         candidates = [Candidate(_label(t.params), _curve(t, root)) for t in done]
         if candidates and all(len(c.curve) > 1 for c in candidates):
@@ -155,7 +157,7 @@ def table(found: dict[str, list[Candidate]], min_epochs: list[int], orders: int 
     return "\n".join(lines)
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folders", nargs="+", type=Path, help="sweep folders swept with pruner: none")
     parser.add_argument("--min-epochs", nargs="+", type=int, default=[1, 2, 3])
@@ -164,15 +166,25 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--root", type=Path, default=Path("."),
                         help="where the sweeps ran from (run folders are recorded relative to it)")
     args = parser.parse_args(argv)
-    if any(m < 1 for m in args.min_epochs):
-        sys.exit("error: --min-epochs: each must be at least 1")
-    for folder in args.folders:
-        if not (folder / "study.journal").is_file():
-            sys.exit(f"error: {folder}: no study.journal (a sweep folder with its default storage)")
-        found = configurations(folder, args.root)
-        print(f"## {folder}\n\nEach cell: the chosen candidate (its carve-out top-1 at the end), epochs trained / "
-              f"epochs without pruning. Bold: a choice other than the unpruned one.\n\n{table(found, args.min_epochs, args.orders)}\n")
+    try:
+        if any(m < 1 for m in args.min_epochs) or args.orders < 0:
+            raise UserError("--min-epochs: each must be at least 1; --orders: at least 0")
+        for folder in args.folders:
+            print(_replay_folder(folder, args))
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _replay_folder(folder: Path, args: argparse.Namespace) -> str:
+    if not (folder / "study.journal").is_file():
+        raise UserError(f"{folder}: no study.journal (a sweep folder with its default storage)")
+    found = configurations(folder, args.root)
+    return (f"## {folder}\n\nEach cell: the chosen candidate (its carve-out top-1 at the end), epochs trained / "
+            f"epochs without pruning. Bold: a choice other than the unpruned one.\n\n"
+            f"{table(found, args.min_epochs, args.orders)}\n")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
