@@ -70,8 +70,12 @@ def replay(curves: list[list[float]], min_epochs: int, reduction_factor: int = 4
             study.tell(trial, curve[-1])
             finished[i] = curve[-1]
         epochs.append(ran)
-    chosen = max(finished, key=lambda i: (finished[i], -i))  # the first of equals, as the sweep chooses
-    return Replay(chosen, epochs)
+    return Replay(first_best(finished), epochs)
+
+
+def first_best(finals: dict[int, float]) -> int:
+    """The candidate with the highest final top-1, the first of equals, as the sweep chooses."""
+    return max(finals, key=lambda i: (finals[i], -i))
 
 
 def _curve(trial: optuna.trial.FrozenTrial, root: Path) -> list[float]:
@@ -132,15 +136,15 @@ def table(found: dict[str, list[Candidate]], min_epochs: list[int], orders: int 
     total = 0
     for name, candidates in found.items():
         curves = [c.curve for c in candidates]
-        full = replay(curves, max(len(c) for c in curves) + 1)  # a first rung past the end prunes nothing
-        total += sum(full.epochs)
-        cells = [f"{candidates[full.chosen].label} ({curves[full.chosen][-1]:.4f})"]
+        unpruned, whole = first_best({i: c[-1] for i, c in enumerate(curves)}), sum(len(c) for c in curves)
+        total += whole
+        cells = [f"{candidates[unpruned].label} ({curves[unpruned][-1]:.4f})"]
         for m in min_epochs:
             r = replay(curves, m)
             trained[m] += sum(r.epochs)
-            differs = r.chosen != full.chosen
+            differs = r.chosen != unpruned
             changed[m] += differs
-            text = f"{candidates[r.chosen].label} ({curves[r.chosen][-1]:.4f}), {sum(r.epochs)}/{sum(full.epochs)}"
+            text = f"{candidates[r.chosen].label} ({curves[r.chosen][-1]:.4f}), {sum(r.epochs)}/{whole}"
             cells.append(f"**{text}**" if differs else text)
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines.append(f"| **all: epochs trained, choices changed** | {total} | "

@@ -81,9 +81,11 @@ def next_step(rows: list[Row], left: float, trials: int) -> Optional[Step]:
     best = max(tried, key=lambda r: r.top1)
     near = sorted((r for r in tried if within_noise(r, best)), key=lambda r: (r.trials, r.learned))
     far = sorted((r for r in tried if not within_noise(r, best)), key=cost)
-    for r in [*near, *far]:  # a round: up to ROUND more each, near the top first, least tried first, then
-        step = _trials(r, min(wanted[id(r)], r.trials + ROUND), left)  # the rest, cheapest first: with
-        if step is not None:  # untried learning rates a cheaper one may still reach the top (and be the answer)
+    # a round: up to ROUND more each, near the top first (least tried first), then the rest, cheapest first:
+    # with untried learning rates a cheaper one may still reach the top (and be the answer)
+    for r in [*near, *far]:
+        step = _trials(r, min(wanted[id(r)], r.trials + ROUND), left)
+        if step is not None:
             return step
     return None
 
